@@ -1,0 +1,153 @@
+"""Python API: ``lsuv_init(module, batch)`` for any ``nn.Module``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .engine import LsuvReport, LsuvSettings, is_target, lsuv_fx, lsuv_hooks
+from .orthonormal import pre_initialize
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": CUDA when available, else CPU. Raises ValueError for unusable devices."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r} (use auto, cpu or cuda[:N])") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r} (use auto, cpu or cuda[:N])")
+    return dev
+
+
+def _as_args(batch: Any) -> tuple:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch)
+    raise TypeError(f"batch must be a tensor or a tuple of tensors, got {type(batch).__name__}")
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype | None:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def find_targets(module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+    """Target submodules by qualified name: ``names`` if given, else every conv/linear."""
+    if names is not None:
+        return {n: module.get_submodule(n) for n in names}
+    return {n: m for n, m in module.named_modules() if is_target(m)}
+
+
+def _is_graph_module(module: nn.Module) -> bool:
+    import torch.fx
+
+    return isinstance(module, torch.fx.GraphModule)
+
+
+def lsuv_init(
+    module: nn.Module,
+    batch: Any,
+    *,
+    pre_init: str = "orthonormal",
+    tol: float = 0.02,
+    max_iter: int = 20,
+    target_var: float = 1.0,
+    center: bool = False,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    targets: Sequence[str] | None = None,
+    walker: str = "auto",
+    on_layer: Callable | None = None,
+) -> LsuvReport:
+    """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch`` (tensor or tuple).
+
+    ``device=None`` runs on CUDA when available; the module is returned to its original
+    device. ``walker`` is "fx" (interpret the fx graph), "hooks" (forward hooks, for
+    modules fx can't trace) or "auto" (fx when the module is or can be traced).
+    ``seed=None`` draws from torch's global generator.
+    """
+    settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
+    settings.validate()
+    dev = resolve_device(device)
+    report = LsuvReport(settings=settings, device=str(dev))
+    home = _module_device(module)
+    target_map = find_targets(module, targets)
+
+    t0 = time.perf_counter()
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    pre_initialize(list(target_map.values()), pre_init, generator)
+    report.seconds["pre_init"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    module.to(dev)
+    dtype = _float_dtype(module)
+    args = tuple(
+        a.to(dev, dtype=dtype if (dtype is not None and a.is_floating_point()) else a.dtype)
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in _as_args(batch)
+    )
+    try:
+        with _eval_mode(module):
+            report.walker, graph = _choose_walker(module, walker)
+            if report.walker == "fx":
+                targets_in_graph = {n: graph.get_submodule(n) for n in target_map}
+                report.layers = lsuv_fx(graph, args, targets_in_graph, settings, on_layer)
+            else:
+                report.layers = lsuv_hooks(module, args, target_map, settings, on_layer)
+    finally:
+        module.to(home)
+    report.seconds["lsuv"] = time.perf_counter() - t0
+    return report
+
+
+def _choose_walker(module: nn.Module, walker: str):
+    """("fx", graph module sharing ``module``'s parameters) or ("hooks", None)."""
+    if walker not in ("auto", "fx", "hooks"):
+        raise ValueError(f"walker must be auto, fx or hooks, got {walker!r}")
+    if walker == "hooks":
+        return "hooks", None
+    if _is_graph_module(module):
+        return "fx", module
+    import torch.fx
+
+    try:
+        return "fx", torch.fx.symbolic_trace(module)
+    except Exception:
+        if walker == "fx":
+            raise
+        return "hooks", None

@@ -1,0 +1,272 @@
+"""The LSUV engine (Algorithm 1 of Mishkin & Matas, made exact in docs/design.md).
+
+Linear cost: the model is run once, node by node. When execution reaches a target layer
+for the first time, the layers before it are final, so its weight is scaled on the layer's
+own cached input until ``|Var(out) - target| < tol`` (or ``max_iter``), and the forward pass
+continues with the scaled output. For conv / linear layers the output is linear in the
+weight, so a rescaled output is computed as ``f * (out - b) + b`` instead of re-running the
+layer; other target modules are re-run. The result equals the naive algorithm (one full
+forward pass per iteration) to float tolerance, at about the cost of one forward pass.
+
+Two walkers share :func:`fit_layer`: an fx interpreter (frees activations after their last
+use) and a forward-hook walker for modules fx can't trace. Both know nothing about files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+TARGET_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+@dataclass
+class LsuvSettings:
+    pre_init: str = "orthonormal"
+    tol: float = 0.02
+    max_iter: int = 20
+    target_var: float = 1.0
+    center: bool = False
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not (self.tol > 0 and math.isfinite(self.tol)):
+            raise ValueError(f"tol must be a positive number, got {self.tol}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
+        if not (self.target_var > 0 and math.isfinite(self.target_var)):
+            raise ValueError(f"target_var must be a positive number, got {self.target_var}")
+
+
+@dataclass
+class LayerReport:
+    index: int
+    name: str
+    op: str
+    weight_shape: list[int]
+    var_before: float
+    var_after: float
+    mean_after: float
+    iterations: int
+    scale: float
+    converged: bool
+    reason: str | None = None
+    uses: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["reason"] is None:
+            del d["reason"]
+        return d
+
+
+@dataclass
+class LsuvReport:
+    layers: list[LayerReport] = field(default_factory=list)
+    settings: LsuvSettings = field(default_factory=LsuvSettings)
+    device: str = "cpu"
+    walker: str = "fx"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unconverged(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if not layer.converged]
+
+
+def is_target(module: nn.Module) -> bool:
+    """Conv / deconv / linear layers, or any module that opts in with ``lsuv_target = True``."""
+    if getattr(module, "lsuv_target", False):
+        return True
+    return isinstance(module, TARGET_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+def output_stats(out: torch.Tensor) -> tuple[float, float]:
+    """Population variance and mean over all elements.
+
+    Sums and sums of squares are taken over rows of 4096 elements in the tensor's
+    precision and accumulated across rows in float64: as accurate as ``torch.var_mean``
+    (relative error ~1e-7 even for a mean 10x the standard deviation) at a quarter of
+    its cost, which matters because it runs once per layer over the layer's output.
+    """
+    flat = out.detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.to(torch.float32)
+    n = flat.numel()
+    if n == 0:
+        return float("nan"), float("nan")
+    rows = n // _STATS_ROW
+    body, tail = flat[: rows * _STATS_ROW].view(rows, _STATS_ROW), flat[rows * _STATS_ROW :]
+    total = body.sum(1).double().sum() + tail.double().sum()
+    squares = torch.einsum("ij,ij->i", body, body).double().sum() + tail.double().square().sum()
+    mean = total / n
+    var = torch.clamp(squares / n - mean * mean, min=0.0)
+    return float(var), float(mean)
+
+
+_STATS_ROW = 4096
+
+
+def _channel_dim(module: nn.Module, out: torch.Tensor) -> int | None:
+    """Dim of the output that the bias broadcasts along, for modules linear in their weight."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 1 if out.dim() > 1 else 0
+    if isinstance(module, nn.Linear):
+        return out.dim() - 1
+    return getattr(module, "lsuv_channel_dim", None)
+
+
+def _bias_like(module: nn.Module, out: torch.Tensor, dim: int) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    if not isinstance(bias, torch.Tensor):
+        return None
+    shape = [1] * out.dim()
+    shape[dim] = -1
+    return bias.detach().to(out.dtype).view(shape)
+
+
+@torch.no_grad()
+def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: LsuvSettings):
+    """Scale ``module.weight`` until its output variance is within tol of the target.
+
+    ``run`` evaluates the layer alone on its cached input. Returns ``(fields, out)`` where
+    ``out`` is the layer output with the final weights.
+    """
+    weight = module.weight
+    bias = getattr(module, "bias", None)
+    has_bias = isinstance(bias, torch.Tensor)
+    out = run()
+    var, mean = output_stats(out)
+    var_before = var
+    dim = _channel_dim(module, out)
+    if settings.center and has_bias and math.isfinite(mean):
+        reduce_dims = [d for d in range(out.dim()) if d != (dim if dim is not None else 1)]
+        channel_mean = out.detach().to(torch.float64).mean(dim=reduce_dims)
+        bias.sub_(channel_mean.to(bias.dtype))
+        out = run()
+        var, mean = output_stats(out)
+    # In centre mode weight and bias scale together, so the output scales exactly.
+    scales_bias = settings.center and has_bias
+    linear = dim is not None
+    bias_b = None if scales_bias or not linear else _bias_like(module, out, dim)
+    if bias_b is not None and not bias_b.any():
+        bias_b = None
+    # Scaling a layer whose output is proportional to its weight needs no re-evaluation.
+    homogeneous = linear and bias_b is None
+    scale, iterations, reason = 1.0, 0, None
+    while abs(var - settings.target_var) >= settings.tol and iterations < settings.max_iter:
+        if not math.isfinite(var):
+            reason = "output variance is not finite"
+            break
+        if var <= 0.0:
+            reason = "output variance is zero"
+            break
+        factor = math.sqrt(settings.target_var / var)
+        new_weight = weight * factor
+        if not torch.isfinite(new_weight).all():
+            reason = "scaling would make the weights non-finite"
+            break
+        weight.copy_(new_weight)
+        if scales_bias:
+            bias.mul_(factor)
+        scale *= factor
+        iterations += 1
+        if homogeneous:  # out is proportional to the weight: its statistics follow exactly
+            var, mean = var * factor * factor, mean * factor
+            continue
+        if linear:
+            out = (out - bias_b) * factor + bias_b
+        else:
+            out = run()
+        var, mean = output_stats(out)
+    if homogeneous and scale != 1.0:
+        out = out.mul_(scale) if not out.requires_grad else out * scale
+    converged = abs(var - settings.target_var) < settings.tol and math.isfinite(var)
+    if not converged and reason is None:
+        reason = f"not within tol after {iterations} iterations"
+    fields = dict(
+        op=type(module).__name__,
+        weight_shape=list(weight.shape),
+        var_before=var_before,
+        var_after=var,
+        mean_after=mean,
+        iterations=iterations,
+        scale=scale,
+        converged=converged,
+        reason=None if converged else reason,
+    )
+    return fields, out
+
+
+class _Tracker:
+    """Bookkeeping shared by both walkers: order, first-use and shared parameters."""
+
+    def __init__(self, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer):
+        self.targets = targets
+        self.settings = settings
+        self.on_layer = on_layer
+        self.reports: list[LayerReport] = []
+        self.by_weight: dict[int, LayerReport] = {}
+
+    def first_use(self, name: str) -> bool:
+        module = self.targets[name]
+        report = self.by_weight.get(id(module.weight))
+        if report is None:
+            return True
+        report.uses += 1
+        return False
+
+    def fit(self, name: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        module = self.targets[name]
+        fields, out = fit_layer(module, run, self.settings)
+        report = LayerReport(index=len(self.reports), name=name, **fields)
+        self.reports.append(report)
+        self.by_weight[id(module.weight)] = report
+        if self.on_layer is not None:
+            self.on_layer(report)
+        return out
+
+
+def lsuv_fx(gm, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
+    """LSUV over a ``torch.fx.GraphModule`` by interpreting its graph once."""
+    import torch.fx
+
+    tracker = _Tracker(targets, settings, on_layer)
+
+    class _Walker(torch.fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            if target in targets and tracker.first_use(target):
+                module = self.fetch_attr(target)
+                return tracker.fit(target, lambda: module(*args, **kwargs))
+            return super().call_module(target, args, kwargs)
+
+    with torch.no_grad():
+        _Walker(gm).run(*args)
+    return tracker.reports
+
+
+def lsuv_hooks(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
+    """LSUV through forward hooks: for modules fx can't trace. Same cost, same result."""
+    tracker = _Tracker(targets, settings, on_layer)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(mod, inputs, output):
+            if not tracker.first_use(name):
+                return None
+            return tracker.fit(name, lambda: mod.forward(*inputs))
+
+        return hook
+
+    try:
+        for name, mod in targets.items():
+            handles.append(mod.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            module(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return tracker.reports

@@ -1,0 +1,47 @@
+"""Exception types the CLI turns into one line on stderr.
+
+Every *expected* failure (bad file, bad data, bad option, a conversion we can't trust)
+is raised as an :class:`LsuvError` subclass; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LsuvError(Exception):
+    """Base class of expected failures; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, path: object | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{self.path}: {msg}" if self.path is not None else msg
+
+
+class ModelFormatError(LsuvError):
+    """The model file is unreadable, truncated, of an unknown format or uses an unsupported op."""
+
+
+class ConversionError(LsuvError):
+    """The model loaded but its torch graph can't be trusted (e.g. fails the fidelity gate)."""
+
+
+class DataError(LsuvError):
+    """The data batch is missing, unreadable, or doesn't fit the model's inputs."""
+
+
+class OutputError(LsuvError):
+    """The output can't be written where asked (same as input, read-only folder, disk full)."""
+
+
+class DeviceError(LsuvError):
+    """The requested device is unknown or absent."""
+
+
+class UnconvergedError(LsuvError):
+    """Some layer could not be scaled to the target variance (zero or non-finite output)."""
+
+    exit_code = 3

@@ -88,9 +88,10 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
     """Population variance and mean over all elements.
 
     Sums and sums of squares are taken over rows of 4096 elements in the tensor's
-    precision and accumulated across rows in float64: as accurate as ``torch.var_mean``
-    (relative error ~1e-7 even for a mean 10x the standard deviation) at a quarter of
-    its cost, which matters because it runs once per layer over the layer's output.
+    precision and accumulated across rows in float64: at a quarter of ``torch.var_mean``'s
+    cost, which matters because it runs once per layer over the layer's output. Where the
+    mean dominates the spread (mean^2 > 16 var), cancellation would cost precision, so the
+    exact float64 reduction is used instead.
     """
     flat = out.detach().reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
@@ -104,6 +105,9 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
     squares = torch.einsum("ij,ij->i", body, body).double().sum() + tail.double().square().sum()
     mean = total / n
     var = torch.clamp(squares / n - mean * mean, min=0.0)
+    if float(mean * mean) > 16.0 * float(var):
+        # E[x^2] - mean^2 cancels badly here: redo it the slow, exact way.
+        var, mean = torch.var_mean(flat.to(torch.float64), correction=0)
     return float(var), float(mean)
 
 
@@ -157,7 +161,8 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
     # Scaling a layer whose output is proportional to its weight needs no re-evaluation.
     homogeneous = linear and bias_b is None
     scale, iterations, reason = 1.0, 0, None
-    while abs(var - settings.target_var) >= settings.tol and iterations < settings.max_iter:
+    # Written as `not <` so that a NaN variance enters the loop and is reported.
+    while not abs(var - settings.target_var) < settings.tol and iterations < settings.max_iter:
         if not math.isfinite(var):
             reason = "output variance is not finite"
             break
@@ -169,6 +174,7 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
         if not torch.isfinite(new_weight).all():
             reason = "scaling would make the weights non-finite"
             break
+        previous = (weight.clone(), out, var, mean) if not homogeneous else None
         weight.copy_(new_weight)
         if scales_bias:
             bias.mul_(factor)
@@ -182,6 +188,14 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
         else:
             out = run()
         var, mean = output_stats(out)
+        if abs(var - settings.target_var) >= abs(previous[2] - settings.target_var) * (1 - 1e-6):
+            # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
+            weight.copy_(previous[0])
+            out, var, mean = previous[1:]
+            scale /= factor
+            iterations -= 1
+            reason = "output variance does not respond to scaling the weight (constant input?)"
+            break
     if homogeneous and scale != 1.0:
         out = out.mul_(scale) if not out.requires_grad else out * scale
     converged = abs(var - settings.target_var) < settings.tol and math.isfinite(var)

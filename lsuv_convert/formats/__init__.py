@@ -70,6 +70,9 @@ def find_format(path: Path | str):
             return fmt
     if by_ext:
         return by_ext[0]  # let its loader produce the precise error message
+    by_output = [f for f in formats.values() if f.output_extension and name.endswith(f.output_extension)]
+    if by_output:
+        return by_output[0]  # a written weights file (e.g. .caffemodel): verify finds its definition
     for fmt in formats.values():
         if fmt.sniff(path):
             return fmt

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, ModelFormatError
 from ..graph import InputSpec, ModelGraph
 
 
@@ -36,6 +36,27 @@ class ModelFormat:
         """Per target layer (by source name): (variance, mean) of its output, computed by the
         format's own runtime on a written file. Used by ``lsuv-convert verify``."""
         raise NotImplementedError(f"{self.name} has no independent runtime to verify with")
+
+    def in_place_output(self, path: Path, weights: Path | None) -> Path:
+        """Where ``--in-place`` writes: over the model file itself."""
+        return path
+
+    def written_pair(self, path: Path, weights: Path | None) -> tuple[Path, Path | None]:
+        """(model definition, weights file) to verify, given what the user named.
+
+        Formats whose output is a separate weights file (Caffe) accept that file and find
+        the definition beside it: ``NAME.lsuv.caffemodel`` -> ``NAME.prototxt``.
+        """
+        ext = self.output_extension
+        if ext and ext not in self.extensions and path.name.lower().endswith(ext):
+            stem = path.name[: -len(ext)]
+            stem = stem[: -len(".lsuv")] if stem.endswith(".lsuv") else stem
+            for model_ext in self.extensions:
+                candidate = path.with_name(stem + model_ext)
+                if candidate.is_file():
+                    return candidate, path
+            raise ModelFormatError(f"no model definition ({stem}{self.extensions[0]}) beside the weights file", path=path)
+        return path, weights
 
     def default_output(self, path: Path) -> Path:
         """``NAME.lsuv.EXT`` beside the input."""

@@ -1,0 +1,189 @@
+"""Command line: ``lsuv-convert MODEL... [options]``, ``lsuv-convert inspect``, ``lsuv-convert verify``.
+
+Thin by design: parse options, expand model arguments, and hand each model to
+:func:`lsuv_convert.pipeline.convert`. torch and onnx are imported only once there is work to
+do, so ``--help`` and ``--version`` are instant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import LsuvError
+
+PRE_INIT_CHOICES = ("orthonormal", "gaussian", "keep")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it isn't a sub-command, belongs to ``convert``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a shape like 16,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise click.BadParameter(f"{text!r} is not a shape like 16,3,224,224")
+    return dims
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _device(ctx, param, value: str) -> str:
+    if not _DEVICE_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="lsuv-convert")
+def main():
+    """Orthonormal + LSUV initialization of ONNX, Caffe and TorchScript models.
+
+    \b
+      lsuv-convert MODEL... [--data BATCH] [options]   initialize models (default command)
+      lsuv-convert inspect MODEL                        list target layers and input shapes
+      lsuv-convert verify OUTPUT --data BATCH           re-measure a written model's variances
+
+    Run `lsuv-convert convert --help` for every option of the default command.
+    """
+
+
+@main.command("convert")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", type=click.Path(path_type=Path), help="Batch: .npy, .npz (one array per input) or a folder of images. Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one model only). Default: NAME.lsuv.EXT beside the input.")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Write outputs here, mirroring the input folders.")
+@click.option("--in-place", is_flag=True, help="Allow overwriting the input model file.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path), help="Per-layer variance log (JSON); a folder when several models are given.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="PNG of per-layer variance before/after (needs matplotlib); a folder when several models are given.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pre-init (and of the synthetic batch).")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Tolerance on |Var - target|.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=20, show_default=True, help="Most scaling steps per layer.")
+@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Output variance each layer is scaled to.")
+@click.option("--pre-init", type=click.Choice(PRE_INIT_CHOICES), default="orthonormal", show_default=True, help="Weights before LSUV: orthonormal (Saxe), gaussian, or keep the given ones.")
+@click.option("--center", is_flag=True, help="Also set biases so each layer's output has zero mean.")
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto (CUDA when available), cpu, cuda or cuda:N.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
+@click.option("--image-size", help="H,W (or S) images of a --data folder are resized to.")
+@click.option("--mean", help="Per-channel mean subtracted from image data, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Per-channel std image data is divided by, e.g. 0.229,0.224,0.225.")
+@click.option("--force", is_flag=True, help="Rebuild outputs even when newer than their inputs.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first model that fails.")
+@click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
+@click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def convert_command(models, data, weights, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
+                    target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
+                    allow_unconverged, quiet, json_lines, table, debug):
+    """Initialize MODELS (files, folders, globs) and write them back in their own format."""
+    from .data import ImageOptions
+    from .runner import Run
+
+    size = None
+    if image_size:
+        dims = _shape(image_size)
+        if len(dims) not in (1, 2):
+            raise click.BadParameter("use H,W or S", param_hint="--image-size")
+        size = (dims[0], dims[-1])
+    from .pipeline import ConvertOptions
+
+    options = ConvertOptions(
+        data=data, weights=weights, pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var,
+        center=center, seed=seed, device=device,
+        input_shapes=[_shape(s) for s in input_shapes] or None,
+        image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
+        allow_unconverged=allow_unconverged, in_place=in_place,
+    )
+    run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
+              fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
+    sys.exit(_guarded(lambda: run.run(list(models)), debug))
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path), help="Existing weights (Caffe .caffemodel).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def inspect_command(model, weights, as_json, debug):
+    """List MODEL's target layers (name, op, weight shape) and its declared inputs; changes nothing."""
+    from .runner import inspect_model
+
+    sys.exit(_guarded(lambda: inspect_model(model, weights, as_json), debug))
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="The batch (default: NAME.npy beside the model, else seeded N(0,1)).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
+@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def verify_command(model, data, weights, tol, target_var, seed, as_json, debug):
+    """Re-measure each target layer's output variance of a written MODEL with the format's own
+    runtime (onnxruntime, OpenCV, torch.jit); exit 1 if any layer is out of tolerance."""
+    from .runner import verify_model
+
+    sys.exit(_guarded(lambda: verify_model(model, weights, data, tol, target_var, seed, as_json), debug))
+
+
+def _guarded(action, debug: bool) -> int:
+    """Run ``action``; expected errors become one stderr line, SIGTERM behaves like Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return action()
+    except LsuvError as exc:
+        if debug:
+            raise
+        error_line(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error_line("interrupted; no partial output was left")
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def error_line(message: str) -> None:
+    message = " ".join(str(message).split())
+    click.echo(f"lsuv-convert: error: {message}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

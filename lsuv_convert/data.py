@@ -1,0 +1,185 @@
+"""The data batch: read from .npy / .npz / a folder of images, or made up from the input shape.
+
+Every path returns one float32 numpy array per model input, in the model's input order.
+Nothing here unpickles: arrays are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .graph import InputSpec
+
+log = logging.getLogger("lsuv_convert")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEFAULT_BATCH = 16
+
+
+@dataclass
+class ImageOptions:
+    """How a folder of images becomes a batch: resize, scale to [0, 1], then (x - mean) / std."""
+
+    size: tuple[int, int] | None = None  # (height, width); None: the model's declared size
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    limit: int = 64  # images read at most (sorted by name)
+
+
+@dataclass
+class Batch:
+    arrays: list[np.ndarray]
+    description: str  # for the log: where the batch came from
+    warnings: list[str]
+
+
+def load_batch(path: Path | None, specs: list[InputSpec], *, seed: int = 0, image: ImageOptions | None = None,
+               input_shapes: list[tuple[int, ...]] | None = None) -> Batch:
+    """The batch for a model with inputs ``specs``: from ``path`` if given, else synthetic."""
+    if path is None:
+        arrays, desc = synthetic(specs, seed=seed, shapes=input_shapes), None
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        desc = f"seeded N(0,1) batch of shape {shapes} (seed {seed}); pass --data for real data"
+        return Batch(arrays, desc, [])
+    path = Path(path)
+    if not path.exists():
+        raise DataError("data file not found", path=path)
+    if path.is_dir():
+        arrays = [_read_images(path, specs, image or ImageOptions())]
+        desc = f"{arrays[0].shape[0]} images from {path}"
+    else:
+        arrays = _read_array_file(path, specs)
+        desc = f"{path} {', '.join(str(tuple(a.shape)) for a in arrays)}"
+    arrays = [_to_float(a, path) for a in arrays]
+    if image is not None and (image.mean is not None or image.std is not None) and not path.is_dir():
+        arrays = [_normalize(a, image, path) for a in arrays]
+    return Batch(arrays, desc, _check_values(arrays, path))
+
+
+def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Seeded N(0,1) arrays of the declared input shapes (a free batch dim becomes 16)."""
+    if shapes is not None:
+        if len(shapes) != len(specs):
+            raise DataError(f"model has {len(specs)} input(s) but {len(shapes)} --input-shape value(s) were given")
+        dims = [tuple(s) for s in shapes]
+    else:
+        dims = []
+        for spec in specs:
+            if spec.shape is None or any(d is None for d in spec.shape[1:]):
+                raise DataError(
+                    f"the model declares no complete shape for input {spec.name!r}; "
+                    "pass --data BATCH.npy (or --input-shape N,C,H,W)"
+                )
+            batch = spec.shape[0] if spec.shape and spec.shape[0] is not None else DEFAULT_BATCH
+            dims.append((batch, *spec.shape[1:]))
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(d, dtype=np.float32) for d in dims]
+
+
+def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                named = {k: archive[k] for k in archive.files}
+            return _match_named(named, specs, path)
+        if suffix == ".npy":
+            return [np.load(path, allow_pickle=False)]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError("holds pickled Python objects, which are never loaded; save a numeric array", path=path) from None
+        raise DataError(f"not a valid numpy file ({exc})", path=path) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read numpy data ({exc.__class__.__name__}: {exc})", path=path) from None
+    raise DataError("unsupported data file: use .npy, .npz (one array per input) or a folder of images", path=path)
+
+
+def _match_named(named: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> list[np.ndarray]:
+    if not named:
+        raise DataError("the .npz archive holds no arrays", path=path)
+    if len(specs) == 1 and len(named) == 1:
+        return list(named.values())
+    missing = [s.name for s in specs if s.name not in named]
+    if missing:
+        raise DataError(
+            f"no array for model input(s) {', '.join(missing)}; the archive holds {', '.join(sorted(named))}",
+            path=path,
+        )
+    return [named[s.name] for s in specs]
+
+
+def _to_float(a: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 arrays are images: scaled to [0, 1]. Other integer/bool arrays are cast unchanged."""
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise DataError(f"array of dtype {a.dtype} is not numeric data", path=path)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _normalize(a: np.ndarray, image: ImageOptions, path: Path) -> np.ndarray:
+    channels = a.shape[1] if a.ndim >= 2 else 1
+    shape = (1, channels) + (1,) * (a.ndim - 2)
+    mean = _per_channel(image.mean, channels, "--mean", path, 0.0)
+    std = _per_channel(image.std, channels, "--std", path, 1.0)
+    return ((a - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+
+
+def _per_channel(values, channels: int, option: str, path: Path, default: float) -> np.ndarray:
+    if values is None:
+        return np.full(channels, default, dtype=np.float32)
+    if len(values) == 1:
+        return np.full(channels, values[0], dtype=np.float32)
+    if len(values) != channels:
+        raise DataError(f"{option} has {len(values)} values but the data has {channels} channels", path=path)
+    return np.asarray(values, dtype=np.float32)
+
+
+def _check_values(arrays: list[np.ndarray], path: Path) -> list[str]:
+    warnings = []
+    for a in arrays:
+        if a.size == 0:
+            raise DataError("the data array is empty", path=path)
+        if not np.isfinite(a).all():
+            raise DataError("the data contains NaN or Inf values", path=path)
+        if float(a.max()) == float(a.min()):
+            raise DataError("the data is constant (zero variance): LSUV needs a real data batch", path=path)
+        if a.ndim >= 1 and a.shape[0] == 1:
+            warnings.append(f"{path}: batch size 1: variances are estimated from a single sample")
+    return warnings
+
+
+def _read_images(folder: Path, specs: list[InputSpec], options: ImageOptions) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(specs) != 1:
+        raise DataError("a folder of images can feed only single-input models", path=folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[: options.limit]
+    if not files:
+        raise DataError("the folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + ")", path=folder)
+    shape = specs[0].shape
+    channels = shape[1] if shape is not None and len(shape) == 4 and shape[1] is not None else 3
+    size = options.size
+    if size is None:
+        if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
+            raise DataError("the model declares no image size: pass --image-size H,W", path=folder)
+        size = (shape[2], shape[3])
+    if channels not in (1, 3):
+        raise DataError(f"images can feed 1- or 3-channel inputs, the model has {channels}", path=folder)
+    batch = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image: {exc}", path=f) from None
+        batch.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+    a = np.stack(batch)
+    return _normalize(a, options, folder)

@@ -1,0 +1,72 @@
+"""Which model files a command line names: files, folders (recursively) and globs.
+
+Kept free of torch/onnx imports: it only looks at names, so that listing a zoo is instant.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LsuvError
+
+# Extensions of model files a folder is searched for (the formats' own lists, kept here so
+# that discovery needs no format import; tests check they agree).
+MODEL_EXTENSIONS = (".onnx", ".prototxt", ".pt")
+OUTPUT_MARK = ".lsuv."
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    path: Path
+    root: Path  # the folder the path was found under (for --output-dir mirroring)
+
+
+def is_own_output(path: Path) -> bool:
+    return OUTPUT_MARK in path.name
+
+
+def expand(args: list[str]) -> list[ModelJob]:
+    """Expand command-line model arguments in order, without duplicates."""
+    jobs: list[ModelJob] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, root: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            jobs.append(ModelJob(path, root))
+
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if _is_model_file(p))
+            if not found:
+                raise LsuvError(f"no model files ({', '.join(MODEL_EXTENSIONS)}) in folder", path=path)
+            for p in found:
+                add(p, path)
+        elif path.exists() or not glob.has_magic(arg):
+            add(path, path.parent)  # a missing file is reported by its own job
+        else:
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
+            files = [m for m in matches if m.is_file() and not is_own_output(m)]
+            if not files:
+                raise LsuvError("pattern matches no model files", path=arg)
+            base = Path(arg.split("*")[0].rsplit("/", 1)[0] if "/" in arg.split("*")[0] else ".")
+            for m in files:
+                add(m, base)
+    return jobs
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and not is_own_output(path) and not path.name.startswith(".")
+
+
+def mirrored(job: ModelJob, output_dir: Path, output_name: str) -> Path:
+    """Output path under ``output_dir`` mirroring the job's place below its root."""
+    try:
+        rel = job.path.parent.resolve().relative_to(job.root.resolve())
+    except ValueError:
+        rel = Path()
+    return output_dir / rel / output_name

@@ -1,0 +1,230 @@
+"""Target layers of a TorchScript graph: which nodes they are, and the modules that run them.
+
+A conv / linear node is a target when its weight is a parameter reached through a
+``prim::GetAttr`` chain. The node is replaced by a module that holds that parameter (shared
+storage with the ScriptModule, so the engine's in-place updates land there) and calls the
+node's own aten op with the node's own arguments, so the result is bit-for-bit what
+TorchScript computes. The module subclasses ``nn.Conv*`` / ``nn.Linear`` where the op is
+``f(x, W) + bias`` with the bias broadcast along a known dim, which lets the engine scale
+without re-running the layer; otherwise (a bias computed at run time, ``addmm`` with
+``beta != 1``) it is a generic target that the engine re-runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+CONV = {"aten::conv1d", "aten::conv2d", "aten::conv3d"}
+CONV_TRANSPOSE = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
+CONV_GENERAL = {"aten::_convolution", "aten::convolution"}
+LINEAR = {"aten::linear"}
+ADDMM = {"aten::addmm"}
+LAYER_KINDS = CONV | CONV_TRANSPOSE | CONV_GENERAL | LINEAR | ADDMM
+
+
+@dataclass
+class Slot:
+    """Where one argument of the op comes from when the target module runs."""
+
+    source: str  # "const" | "dynamic" | "weight" | "weight_t" | "bias"
+    value: Any = None  # the constant, or the index into the module's call arguments
+
+
+@dataclass
+class LayerCall:
+    """One target node: the op, its argument template and the parameters it uses."""
+
+    kind: str
+    family: str  # "conv" | "conv_transpose" | "linear" | "other"
+    op: Any  # OpOverload
+    kw_names: tuple[str, ...]
+    slots: list[Slot]
+    weight_path: str
+    bias_path: str | None  # a parameter, or None (no bias, or a bias computed at run time)
+    groups: int
+    dynamic: list[Any] = field(default_factory=list)  # graph values passed at call time, in order
+    linear_in_weight: bool = True  # output = f(x, W) + module.bias with f linear in W
+
+    def signature(self) -> tuple:
+        """Calls with the same signature can share one module."""
+        consts = tuple((s.source, repr(s.value) if s.source == "const" else s.value) for s in self.slots)
+        return (self.kind, self.weight_path, self.bias_path, consts)
+
+
+def layer_name(weight_path: str) -> str:
+    """``layer1.0.conv1.weight`` -> ``layer1.0.conv1``; other parameter names stay whole."""
+    owner, _, attr = weight_path.rpartition(".")
+    return owner if attr == "weight" and owner else weight_path
+
+
+def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall | None:
+    """A LayerCall when the node is a conv / linear whose weight is a parameter, else None.
+
+    ``args`` are the node inputs (graph value ids or constants); ``read_of(arg)`` is the
+    parameter path an input reads (or None) and ``read_of(arg, through_t=True)`` the path
+    read through one ``aten::t``; ``is_const(arg)`` says whether an input is a constant and
+    ``arg.value`` its value.
+    """
+    if kind not in LAYER_KINDS or overload is None:
+        return None
+    schema = overload._schema
+    names = [a.name for a in schema.arguments]
+    index = {n: i for i, n in enumerate(names)}
+
+    def const(name, default=None):
+        i = index.get(name)
+        if i is None:
+            return default
+        return args[i].value if is_const(args[i]) else _DYNAMIC
+
+    if kind in ADDMM:
+        weight_i, bias_i = index["mat2"], index["self"]
+        weight_path = read_of(args[weight_i], through_t=True)
+        weight_source = "weight_t"
+    else:
+        weight_i, bias_i = index["weight"], index.get("bias")
+        weight_path = read_of(args[weight_i])
+        weight_source = "weight"
+    if weight_path is None:
+        return None
+
+    if kind in CONV:
+        family = "conv"
+    elif kind in CONV_TRANSPOSE:
+        family = "conv_transpose"
+    elif kind in CONV_GENERAL:
+        transposed = const("transposed")
+        if transposed is _DYNAMIC:
+            return None
+        family = "conv_transpose" if transposed else "conv"
+    else:
+        family = "linear"
+    groups = const("groups", 1)
+    if groups is _DYNAMIC or not isinstance(groups, int) or groups < 1:
+        return None
+
+    bias_path, bias_dynamic = None, False
+    if bias_i is not None:
+        arg = args[bias_i]
+        if is_const(arg):
+            if arg.value is not None:  # a constant tensor bias: pass it through
+                bias_dynamic = True
+        else:
+            bias_path = read_of(arg)
+            bias_dynamic = bias_path is None
+
+    linear_in_weight = not bias_dynamic
+    if kind in ADDMM and const("beta", 1) != 1:
+        # out = beta * bias + alpha * x @ W.T: the engine subtracts the bias itself, so any
+        # other beta is re-run exactly instead.
+        linear_in_weight = False
+
+    slots: list[Slot] = []
+    dynamic: list[Any] = []
+    for i, arg in enumerate(args):
+        if i == weight_i:
+            slots.append(Slot(weight_source))
+        elif i == bias_i and bias_path is not None:
+            slots.append(Slot("bias"))
+        elif is_const(arg):
+            slots.append(Slot("const", arg.value))
+        else:
+            slots.append(Slot("dynamic", len(dynamic)))
+            dynamic.append(arg)
+    kw = tuple(a.name for a in schema.arguments if a.kwarg_only)
+    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight)
+
+
+class _Dynamic:
+    def __repr__(self) -> str:
+        return "<dynamic>"
+
+
+_DYNAMIC = _Dynamic()
+
+
+class _RunsLayerCall:
+    """Mixin: ``forward(*dynamic)`` calls the node's op with the weight / bias plugged in."""
+
+    lsuv_source_kind: str
+
+    def _init_call(self, call: LayerCall, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+        nn.Module.__init__(self)
+        self.weight = weight
+        self.register_parameter("bias", bias)
+        self.groups = call.groups
+        self.lsuv_source_kind = call.kind
+        self._slots = call.slots
+        self._op = call.op
+        self._n_positional = len(call.slots) - len(call.kw_names)
+        self._kw_names = call.kw_names
+
+    def forward(self, *dynamic):
+        args = []
+        for slot in self._slots:
+            source = slot.source
+            if source == "dynamic":
+                args.append(dynamic[slot.value])
+            elif source == "const":
+                args.append(slot.value)
+            elif source == "weight":
+                args.append(self.weight)
+            elif source == "weight_t":
+                args.append(torch.ops.aten.t.default(self.weight))
+            else:
+                args.append(self.bias)
+        n = self._n_positional
+        return self._op(*args[:n], **dict(zip(self._kw_names, args[n:])))
+
+    def extra_repr(self) -> str:
+        return f"{self.lsuv_source_kind}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
+
+
+class ScriptConv(_RunsLayerCall, nn.modules.conv._ConvNd):
+    """A TorchScript convolution node (``f(x, W) + b`` along dim 1)."""
+
+    def __init__(self, call, weight, bias):
+        self._init_call(call, weight, bias)
+
+
+class ScriptConvTranspose(_RunsLayerCall, nn.modules.conv._ConvTransposeNd):
+    """A TorchScript transposed convolution node; weight stored (in, out/groups, k...)."""
+
+    def __init__(self, call, weight, bias):
+        self._init_call(call, weight, bias)
+
+
+class ScriptLinear(_RunsLayerCall, nn.Linear):
+    """A TorchScript ``aten::linear`` / ``aten::addmm`` node (bias along the last dim)."""
+
+    def __init__(self, call, weight, bias):
+        self._init_call(call, weight, bias)
+
+
+class ScriptLayer(_RunsLayerCall, nn.Module):
+    """A conv / linear node whose output is not ``f(x, W) + self.bias``: re-run on every scaling."""
+
+    lsuv_target = True
+
+    def __init__(self, call, weight, bias):
+        self._init_call(call, weight, bias)
+
+    def lsuv_grouped_view(self) -> torch.Tensor:
+        # conv (out, in/g, k...), transposed conv (in, out/g, k...), linear (out, in): the
+        # first dim splits into groups in every case.
+        w = self.weight
+        return w.view(self.groups, w.shape[0] // self.groups, -1)
+
+
+def build_layer(call: LayerCall, weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
+    if not call.linear_in_weight:
+        return ScriptLayer(call, weight, bias)
+    if call.family == "conv":
+        return ScriptConv(call, weight, bias)
+    if call.family == "conv_transpose":
+        return ScriptConvTranspose(call, weight, bias)
+    return ScriptLinear(call, weight, bias)

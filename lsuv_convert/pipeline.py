@@ -1,0 +1,191 @@
+"""One model through the tool: load -> batch -> prepare -> LSUV -> save, with the variance log.
+
+This is the only place that strings the stages together; the CLI calls it per model and the
+formats and the engine know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .atomic import write_bytes_atomic
+from .data import ImageOptions, load_batch
+from .errors import DeviceError, LsuvError, OutputError, UnconvergedError
+from .formats import find_format
+
+
+@dataclass
+class ConvertOptions:
+    """Everything about a run that isn't the model path itself."""
+
+    data: Path | None = None
+    weights: Path | None = None
+    pre_init: str = "orthonormal"
+    tol: float = 0.02
+    max_iter: int = 20
+    target_var: float = 1.0
+    center: bool = False
+    seed: int = 0
+    device: str = "auto"
+    input_shapes: list[tuple[int, ...]] | None = None
+    image: ImageOptions = field(default_factory=ImageOptions)
+    allow_unconverged: bool = False
+    in_place: bool = False
+
+
+@dataclass
+class Result:
+    """What one conversion produced: the log (as written) and the warnings worth showing."""
+
+    log: dict
+    warnings: list[str]
+
+    @property
+    def unconverged(self) -> list[dict]:
+        return [layer for layer in self.log["layers"] if not layer["converged"]]
+
+
+def convert(model: Path | str, output: Path | str | None = None, *, options: ConvertOptions | None = None,
+            log_path: Path | str | None = None, on_layer: Callable | None = None,
+            on_targets: Callable[[int], None] | None = None) -> Result:
+    """Initialize ``model`` and write it (same format) to ``output`` (default ``NAME.lsuv.EXT``).
+
+    Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
+    layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
+    """
+    import torch
+
+    from .api import lsuv_init, resolve_device
+
+    options = options or ConvertOptions()
+    model = Path(model)
+    if not model.is_file():
+        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
+    fmt = find_format(model)
+    output = Path(output) if output is not None else fmt.default_output(model)
+    _check_output(model, output, options)
+    try:
+        device = resolve_device(options.device)
+    except ValueError as exc:
+        raise DeviceError(str(exc)) from None
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    graph = fmt.load(model, weights=options.weights)
+    seconds["load"] = time.perf_counter() - t0
+
+    data_path = options.data if options.data is not None else sidecar_batch(model)
+    batch = load_batch(data_path, graph.inputs, seed=options.seed, image=options.image, input_shapes=options.input_shapes)
+    inputs = [torch.from_numpy(a) for a in batch.arrays]
+    fmt.prepare(graph, inputs)
+    if on_targets is not None:
+        on_targets(len(graph.targets))
+
+    by_path = graph.target_by_path()
+
+    def layer_done(report):
+        if on_layer is not None:
+            target = by_path.get(report.name)
+            on_layer(target.name if target else report.name, report)
+
+    report = lsuv_init(
+        graph.module, tuple(inputs),
+        pre_init=options.pre_init, tol=options.tol, max_iter=options.max_iter, target_var=options.target_var,
+        center=options.center, device=device, seed=options.seed,
+        targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
+    )
+    seconds.update(report.seconds)
+
+    log = {
+        "model": str(model),
+        "output": str(output),
+        "format": fmt.name,
+        "device": report.device,
+        "seed": options.seed,
+        "settings": {"pre_init": options.pre_init, "tol": options.tol, "max_iter": options.max_iter,
+                     "target_var": options.target_var, "center": options.center},
+        "data": batch.description,
+        "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
+        "notes": list(graph.notes),
+        "seconds": seconds,
+        "layers": _layer_entries(graph, report),
+    }
+    if options.weights is not None:
+        log["weights"] = str(options.weights)
+    result = Result(log, list(batch.warnings))
+    if result.unconverged and not options.allow_unconverged:
+        names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
+        more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
+        if log_path is not None:
+            write_log(log, log_path)
+        raise UnconvergedError(
+            f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
+            "(--allow-unconverged writes it anyway)", path=model,
+        )
+    t0 = time.perf_counter()
+    fmt.save(graph, output)
+    seconds["save"] = time.perf_counter() - t0
+    if log_path is not None:
+        write_log(log, log_path)
+    return result
+
+
+def _layer_entries(graph, report) -> list[dict]:
+    """Log entries named as in the source file, in execution order; unreached targets last."""
+    by_path = graph.target_by_path()
+    entries = []
+    for layer in report.layers:
+        target = by_path.get(layer.name)
+        entry = layer.to_dict()
+        entry.update(name=target.name if target else layer.name, op=target.op if target else layer.op)
+        if layer.uses > 1:
+            entry["note"] = f"used {layer.uses} times; scaled once, at its first use"
+        else:
+            entry.pop("uses")
+        entries.append(entry)
+    reached = {layer.name for layer in report.layers}
+    for target in graph.targets:
+        if target.module_path not in reached:
+            entries.append({"index": len(entries), "name": target.name, "op": target.op, "converged": False,
+                            "reason": "not reached by the batch (or shares its weight with an earlier layer)",
+                            "iterations": 0})
+    return entries
+
+
+def sidecar_batch(model: Path) -> Path | None:
+    """``NAME.npy`` / ``NAME.npz`` beside ``NAME.EXT``: the model's own sample batch, if shipped."""
+    for ext in (".npz", ".npy"):
+        candidate = model.with_suffix(ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
+    same = output.resolve() == model.resolve() or (
+        options.weights is not None and output.resolve() == Path(options.weights).resolve())
+    if same and not options.in_place:
+        raise OutputError("output would overwrite the input; pass --in-place to allow that", path=output)
+    if output.exists() and output.is_dir():
+        raise OutputError("output path is a folder", path=output)
+
+
+def write_log(log: dict, path: Path | str) -> None:
+    """The log as JSON; non-finite numbers become null (JSON has no NaN)."""
+    text = json.dumps(finite_json(log), indent=1, allow_nan=False, default=str)
+    write_bytes_atomic(Path(path), (text + "\n").encode())
+
+
+def finite_json(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

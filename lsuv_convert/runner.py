@@ -1,0 +1,219 @@
+"""Running the CLI's commands over many models: outputs, up-to-date checks, progress, summary.
+
+Knows nothing of formats beyond the registry, and nothing of LSUV beyond the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .discover import ModelJob, expand, mirrored
+from .errors import LsuvError, OutputError, UnconvergedError
+from .pipeline import ConvertOptions, convert, finite_json, sidecar_batch
+
+
+@dataclass
+class Outcome:
+    model: Path
+    output: Path | None
+    status: str  # "ok", "skipped", "failed", "unconverged"
+    error: str | None = None
+    layers: int = 0
+    unconverged: int = 0
+    seconds: float = 0.0
+    exit_code: int = 0
+    log: dict | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "model": str(self.model), "output": str(self.output) if self.output else None, "status": self.status,
+            "error": self.error, "layers": self.layers, "unconverged": self.unconverged,
+            "seconds": round(self.seconds, 3),
+        })
+
+
+class Run:
+    """One ``lsuv-convert MODEL...`` invocation."""
+
+    def __init__(self, options: ConvertOptions, *, output, output_dir, log_path, plot_path, force, fail_fast,
+                 quiet, json_lines, table, debug):
+        from .console import Console
+
+        self.options = options
+        self.output = output
+        self.output_dir = output_dir
+        self.log_path = log_path
+        self.plot_path = plot_path
+        self.force = force
+        self.fail_fast = fail_fast
+        self.json_lines = json_lines
+        self.debug = debug
+        self.console = Console(quiet=quiet, table=table)
+        self.many = False
+
+    def run(self, args: list[str]) -> int:
+        jobs = expand(args)
+        self.many = len(jobs) > 1
+        if self.output is not None and len(jobs) > 1:
+            raise LsuvError("-o/--output names one file but several models were given; use --output-dir")
+        outcomes: list[Outcome] = []
+        with self.console.models(len(jobs)) as progress:
+            for job in jobs:
+                outcome = self._one(job, progress)
+                outcomes.append(outcome)
+                if self.json_lines:
+                    print(outcome.to_json(), flush=True)
+                progress.advance()
+                if outcome.status in ("failed", "unconverged") and self.fail_fast:
+                    break
+        if len(jobs) > 1:
+            self.console.summary(outcomes)
+        codes = [o.exit_code for o in outcomes if o.exit_code]
+        return 1 if any(c != 3 for c in codes) else (3 if codes else 0)
+
+    def _one(self, job: ModelJob, progress) -> Outcome:
+        from .formats import find_format
+
+        start = time.perf_counter()
+        output = None
+        try:
+            fmt = find_format(job.path) if job.path.is_file() else None
+            if fmt is None:
+                raise LsuvError("model file not found" if not job.path.exists() else "not a file", path=job.path)
+            output = self._output_for(job, fmt)
+            if not self.force and _up_to_date(output, self._inputs_of(job.path)):
+                self.console.skipped(job.path, output)
+                return Outcome(job.path, output, "skipped")
+            log_path = self._side_path(self.log_path, output, ".json")
+            progress.start_model(job.path)
+            result = convert(job.path, output, options=self.options, log_path=log_path,
+                             on_layer=progress.layer_done, on_targets=progress.set_layers)
+            for warning in result.warnings:
+                self.console.warn(warning)
+            if self.plot_path is not None:
+                from .plot import write_plot
+
+                write_plot(result.log, self._side_path(self.plot_path, output, ".png"))
+            seconds = time.perf_counter() - start
+            self.console.converted(job.path, output, result.log, seconds)
+            return Outcome(job.path, output, "ok", layers=len(result.log["layers"]),
+                           unconverged=len(result.unconverged), seconds=seconds, log=result.log)
+        except LsuvError as exc:
+            if self.debug:
+                raise
+            message = str(exc) if exc.path is not None else f"{job.path}: {exc}"
+            self.console.error(message)
+            status = "unconverged" if isinstance(exc, UnconvergedError) else "failed"
+            return Outcome(job.path, output, status, error=message, seconds=time.perf_counter() - start,
+                           exit_code=exc.exit_code)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a bug in one model must not stop the others
+            if self.debug:
+                raise
+            message = f"{job.path}: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            self.console.error(message)
+            return Outcome(job.path, output, "failed", error=message, seconds=time.perf_counter() - start, exit_code=1)
+        finally:
+            progress.end_model()
+
+    def _output_for(self, job: ModelJob, fmt) -> Path:
+        if self.output is not None:
+            return self.output
+        if self.options.in_place:
+            return fmt.in_place_output(job.path, self.options.weights)
+        default = fmt.default_output(job.path)
+        if self.output_dir is not None:
+            return mirrored(job, self.output_dir, default.name)
+        return default
+
+    def _inputs_of(self, model: Path) -> list[Path]:
+        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        return [p for p in paths if p is not None]
+
+    def _side_path(self, option: Path | None, output: Path, ext: str) -> Path | None:
+        """--log/--plot: the file itself for one model, a folder of NAME.ext for several."""
+        if option is None:
+            return None
+        if self.many or option.is_dir() or str(option).endswith(("/", "\\")):
+            return option / (output.name + ext)
+        return option
+
+
+def _up_to_date(output: Path, inputs: list[Path]) -> bool:
+    """Make's rule: the output exists and is newer than every input."""
+    try:
+        out_time = output.stat().st_mtime
+    except OSError:
+        return False
+    for p in inputs:
+        try:
+            if p.stat().st_mtime > out_time:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
+    from .console import print_inspection
+    from .formats import find_format
+
+    if not model.is_file():
+        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
+    fmt = find_format(model)
+    graph = fmt.load(model, weights=weights)
+    info = {
+        "model": str(model), "format": fmt.name,
+        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None} for s in graph.inputs],
+        "targets": [{"index": i, "name": t.name, "op": t.op,
+                     "weight_shape": list(graph.module.get_submodule(t.module_path).weight.shape)}
+                    for i, t in enumerate(graph.targets)],
+        "notes": graph.notes,
+    }
+    if as_json:
+        print(json.dumps(info))
+    else:
+        print_inspection(info)
+    return 0
+
+
+def verify_model(model: Path, weights: Path | None, data: Path | None, tol: float, target_var: float, seed: int,
+                 as_json: bool) -> int:
+    """Re-measure per-layer variance of a written model with its format's own runtime."""
+    import torch
+
+    from .console import print_verification
+    from .data import load_batch
+    from .formats import find_format
+    from .formats.base import check_inputs
+
+    if not model.is_file():
+        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
+    fmt = find_format(model)
+    model, weights = fmt.written_pair(model, weights)
+    graph = fmt.load(model, weights=weights)
+    batch = load_batch(data if data is not None else sidecar_batch(model), graph.inputs, seed=seed)
+    inputs = [torch.from_numpy(a) for a in batch.arrays]
+    check_inputs(graph.inputs, inputs, model)
+    names = [t.name for t in graph.targets]
+    stats = fmt.measure(model, weights, inputs, names)
+    rows = []
+    for name in names:
+        var, mean = stats.get(name, (float("nan"), float("nan")))
+        ok = abs(var - target_var) < tol
+        rows.append({"name": name, "var": var, "mean": mean, "ok": bool(ok)})
+    bad = [r for r in rows if not r["ok"]]
+    if as_json:
+        print(json.dumps(finite_json({"model": str(model), "weights": str(weights) if weights else None,
+                                      "layers": rows, "ok": not bad})))
+    else:
+        print_verification(model, rows, tol, target_var)
+    if bad:
+        raise OutputError(f"{len(bad)} of {len(rows)} layer(s) out of tolerance, first {bad[0]['name']} "
+                          f"(variance {bad[0]['var']:.4g}, target {target_var} +- {tol})", path=model)
+    return 0

@@ -1,0 +1,37 @@
+"""Shared fixtures: where shared/ lives, small helpers to run the console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+CONSOLE_SCRIPT = str(Path(sys.executable).with_name("lsuv-convert")) if Path(sys.executable).with_name(
+    "lsuv-convert").exists() else (shutil.which("lsuv-convert") or "lsuv-convert")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Run the real console script (as installed) and capture its output."""
+    cmd = [CONSOLE_SCRIPT, *[str(a) for a in args]]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

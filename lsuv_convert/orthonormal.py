@@ -48,16 +48,41 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
 
 
 def _cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
-    """Rows of ``a`` (g, r, c), r << c, made orthonormal by Cholesky-QR, repeated once if needed."""
-    q = a
-    for _ in range(2):
-        gram = q @ q.transpose(-1, -2)
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
-        if q is not a and (gram - eye).abs().max() < 1e-6:
-            break
-        chol = torch.linalg.cholesky(gram.double()).to(q.dtype)
-        q = torch.linalg.solve_triangular(chol, q, upper=False)
+    """Rows of ``a`` (g, r, c), r <= c/2, made orthonormal by Cholesky-QR.
+
+    For such wide Gaussian matrices one pass in float32 is accurate to ~1e-6; a probe of a
+    few rows checks that cheaply and a second pass (Cholesky-QR2) runs only if it fails.
+    """
+    q = _cholesky_qr_step(a)
+    probe = q[..., : min(64, q.shape[-2]), :]
+    err = (probe @ q.transpose(-1, -2) - torch.eye(q.shape[-2], dtype=q.dtype)[: probe.shape[-2]]).abs().max()
+    if err > 1e-5:
+        q = _cholesky_qr_step(q)
     return q
+
+
+def _cholesky_qr_step(a: torch.Tensor) -> torch.Tensor:
+    gram = _gram(a)
+    chol = torch.linalg.cholesky(gram.double()).to(a.dtype)
+    return torch.linalg.solve_triangular(chol, a, upper=False)
+
+
+def _gram(a: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """``a @ a.T`` computing only the lower block triangle (torch has no SYRK): ~40% fewer FLOPs."""
+    rows = a.shape[-2]
+    if rows < 512:
+        return a @ a.transpose(-1, -2)
+    edges = [rows * i // blocks for i in range(blocks + 1)]
+    gram = a.new_empty(a.shape[:-2] + (rows, rows))
+    for i in range(blocks):
+        ai = a[..., edges[i]: edges[i + 1], :]
+        for j in range(i + 1):
+            aj = a[..., edges[j]: edges[j + 1], :]
+            block = ai @ aj.transpose(-1, -2)
+            gram[..., edges[i]: edges[i + 1], edges[j]: edges[j + 1]] = block
+            if i != j:
+                gram[..., edges[j]: edges[j + 1], edges[i]: edges[i + 1]] = block.transpose(-1, -2)
+    return gram
 
 
 def _householder_rows(a: torch.Tensor) -> torch.Tensor:

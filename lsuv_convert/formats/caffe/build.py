@@ -66,22 +66,23 @@ class BuiltNet:
 class LayerContext:
     """What a converter sees: its layer, and helpers to add modules, nodes and parameters."""
 
-    def __init__(self, builder: "NetBuilder", layer, where: str):
+    def __init__(self, builder: "NetBuilder", layer, where: str, module_path: str):
         self.builder = builder
         self.layer = layer
         self.where = where
-        self.module_path: str | None = None
+        self.module_path = module_path  # reserved for this layer's module
+        self._used = False
 
     def error(self, message: str) -> ModelFormatError:
         return ModelFormatError(f"{self.where}: {message}", path=self.builder.parsed.path)
 
     # -- graph -----------------------------------------------------------------------------
     def add_module(self, module: nn.Module) -> str:
-        if self.module_path is None:
-            self.module_path = self.builder.module_name(self.layer.name)
-            self.builder.root.add_module(self.module_path, module)
-            return self.module_path
-        path = self.builder.module_name(self.layer.name + "_extra")
+        if not self._used:
+            self._used = True
+            path = self.module_path
+        else:
+            path = unique_module_name(self.layer.name + "_extra", self.builder.taken_names)
         self.builder.root.add_module(path, module)
         return path
 
@@ -172,10 +173,8 @@ class NetBuilder:
         self.notes: list[str] = []
         self.loaded: list[str] = []
         self.unloaded: list[str] = []
-        self._names: set[str] = set()
-
-    def module_name(self, layer_name: str) -> str:
-        return unique_module_name(layer_name, self._names)
+        self.taken_names: set[str] = set()
+        self.layer_paths = reserve_module_names(parsed, self.taken_names)
 
     def build(self) -> BuiltNet:
         from .layers import CONVERTERS
@@ -185,14 +184,14 @@ class NetBuilder:
             node = self.graph.placeholder(_identifier(inp.name, "input"))
             self.blobs[inp.name] = Blob(node, tuple(shape))
         seen_param_layers: dict[str, str] = {}
-        for entry in self.parsed.layers:
+        for entry, path in zip(self.parsed.layers, self.layer_paths):
             layer = entry.layer
             where = self.parsed.where(entry)
             convert = CONVERTERS.get(layer.type)
             if convert is None:
                 raise ModelFormatError(f"{where}: unknown layer type {layer.type!r}", path=self.parsed.path)
             bottoms = [self.blobs[b] for b in layer.bottom]
-            ctx = LayerContext(self, layer, where)
+            ctx = LayerContext(self, layer, where, path)
             count = len(self.param_layers)
             tops = convert(ctx, bottoms)
             if len(self.param_layers) > count:
@@ -242,18 +241,22 @@ def _identifier(text: str, prefix: str) -> str:
     return name
 
 
+def reserve_module_names(parsed: ParsedNet, taken: set[str]) -> list[str]:
+    """One submodule name per layer, in layer order, so that a build and :func:`target_layers`
+    agree on every path."""
+    return [unique_module_name(entry.layer.name, taken) for entry in parsed.layers]
+
+
 def target_layers(parsed: ParsedNet) -> list[TargetLayer]:
-    """The targets a build will produce (same names and module paths), without building."""
-    taken: set[str] = set()
+    """The targets a build will produce (same names and module paths), without building:
+    for nets whose input shape is only known once the batch is."""
+    paths = reserve_module_names(parsed, set())
     shared: set[str] = set()
     targets = []
-    for entry in parsed.layers:
+    for entry, path in zip(parsed.layers, paths):
         layer = entry.layer
         if layer.type not in TARGET_TYPES:
-            if _has_params(layer):
-                unique_module_name(layer.name, taken)
             continue
-        path = unique_module_name(layer.name, taken)
         weight_name = layer.param[0].name if len(layer.param) else ""
         if weight_name and weight_name in shared:
             continue
@@ -261,19 +264,6 @@ def target_layers(parsed: ParsedNet) -> list[TargetLayer]:
             shared.add(weight_name)
         targets.append(TargetLayer(layer.name, layer.type, path, binding=layer.name))
     return targets
-
-
-def _has_params(layer) -> bool:
-    """Layers whose converter adds a module (and so takes a module name)."""
-    if layer.type in ("BatchNorm", "PReLU"):
-        return True
-    if layer.type == "Scale":
-        return len(layer.bottom) == 1 or layer.scale_param.bias_term
-    if layer.type == "Bias":
-        return len(layer.bottom) == 1
-    if layer.type == "Pooling":
-        return True  # may add a CaffePooling module; a name taken and unused is harmless
-    return False
 
 
 def build_net(parsed: ParsedNet, input_shapes: dict[str, tuple], weights=None, weights_path=None) -> BuiltNet:

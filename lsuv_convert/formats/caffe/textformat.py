@@ -136,7 +136,7 @@ class _Parser:
         tok = tok or self.peek()
         return TextFormatError(message, tok.line, tok.column)
 
-    def message(self, closer: str | None) -> list[Field]:
+    def message(self, closer: str | None, opener: Token | None = None) -> list[Field]:
         fields: list[Field] = []
         while True:
             tok = self.peek()
@@ -146,7 +146,10 @@ class _Parser:
             if tok.kind == "end":
                 if closer is None:
                     return fields
-                raise self.error(f"missing '{closer}' before the end of the file")
+                where = f" of {opener.text!r} opened at line {opener.line}" if opener else ""
+                raise self.error(f"missing '{closer}'{where} before the end of the file")
+            if closer is None and tok.kind == "punct" and tok.text in "}>":
+                raise self.error(f"unmatched {tok.text!r}")
             fields.extend(self.field())
 
     def field(self) -> list[Field]:
@@ -160,7 +163,8 @@ class _Parser:
         out: list[Field]
         if tok.kind == "punct" and tok.text in "{<":
             self.take()
-            out = [Field(name_tok.text, name_tok.line, name_tok.column, children=self.message("}" if tok.text == "{" else ">"))]
+            children = self.message("}" if tok.text == "{" else ">", name_tok)
+            out = [Field(name_tok.text, name_tok.line, name_tok.column, children=children)]
         elif not colon:
             raise self.error(f"expected ':' or '{{' after {name_tok.text!r}, found {tok.text!r}")
         elif tok.kind == "punct" and tok.text == "[":
@@ -187,7 +191,7 @@ class _Parser:
         tok = self.peek()
         if tok.kind == "punct" and tok.text in "{<":
             self.take()
-            return Field(name_tok.text, tok.line, tok.column, children=self.message("}" if tok.text == "{" else ">"))
+            return Field(name_tok.text, tok.line, tok.column, children=self.message("}" if tok.text == "{" else ">", name_tok))
         return Field(name_tok.text, tok.line, tok.column, token=self.scalar(name_tok))
 
     def scalar(self, name_tok: Token) -> Token:
@@ -233,8 +237,10 @@ class BindContext:
         return f"layer {self.layer!r}: " if self.layer else ""
 
 
-def bind(message, fields: list[Field], ctx: BindContext | None = None) -> None:
-    """Fill ``message`` from ``fields``; raise :class:`TextFormatError` on the first problem."""
+def bind(message, fields: list[Field], ctx: BindContext | None = None, block: str | None = None) -> None:
+    """Fill ``message`` from ``fields``; raise :class:`TextFormatError` on the first problem.
+
+    ``block`` is the field name the message was given under, for messages."""
     ctx = ctx or BindContext()
     desc = message.DESCRIPTOR
     outer_layer = ctx.layer
@@ -248,7 +254,8 @@ def bind(message, fields: list[Field], ctx: BindContext | None = None) -> None:
                 if desc.name in LENIENT or _skippable_param(desc.name, f):
                     ctx.skipped.add(f.name)
                     continue
-                raise TextFormatError(f"{ctx.prefix()}{_describe(desc.name)} has no field {f.name!r}", f.line, f.column)
+                what = _describe(desc.name) if block is None or desc.name in ("LayerParameter", "V1LayerParameter") else block
+                raise TextFormatError(f"{ctx.prefix()}{what} has no field {f.name!r}", f.line, f.column)
             if fd.type == FieldDescriptor.TYPE_MESSAGE:
                 _bind_message_field(message, fd, f, ctx)
             else:
@@ -263,7 +270,7 @@ def _skippable_param(message_name: str, f: Field) -> bool:
 
 
 def _describe(message_name: str) -> str:
-    words = {"NetParameter": "the net", "LayerParameter": "a layer", "V1LayerParameter": "a V1 layer",
+    words = {"NetParameter": "the net", "LayerParameter": "the layer", "V1LayerParameter": "the V1 layer",
              "SolverParameter": "the solver"}
     return words.get(message_name, message_name)
 
@@ -278,7 +285,7 @@ def _bind_message_field(message, fd, f: Field, ctx: BindContext) -> None:
             raise TextFormatError(f"{ctx.prefix()}{f.name!r} is given more than once", f.line, f.column)
         sub = getattr(message, f.name)
         sub.SetInParent()
-    bind(sub, f.children, ctx)
+    bind(sub, f.children, ctx, f.name)
 
 
 def _bind_scalar_field(message, fd, f: Field, ctx: BindContext) -> None:

@@ -48,11 +48,21 @@ class LayerCall:
     groups: int
     dynamic: list[Any] = field(default_factory=list)  # graph values passed at call time, in order
     linear_in_weight: bool = True  # output = f(x, W) + module.bias with f linear in W
+    bias_arg: Any = None  # the node's bias input, should it have to be passed at call time
 
     def signature(self) -> tuple:
-        """Calls with the same signature can share one module."""
+        """Calls with the same signature are one variant of the layer module."""
         consts = tuple((s.source, repr(s.value) if s.source == "const" else s.value) for s in self.slots)
-        return (self.kind, self.weight_path, self.bias_path, consts)
+        return (self.kind, self.bias_path, consts)
+
+    def pass_bias_at_call_time(self) -> None:
+        """Another call of the same weight has another bias: this one's bias becomes an argument."""
+        for i, slot in enumerate(self.slots):
+            if slot.source == "bias":
+                self.slots[i] = Slot("dynamic", len(self.dynamic))
+                self.dynamic.append(self.bias_arg)
+        self.bias_path = None
+        self.linear_in_weight = False
 
 
 def layer_name(weight_path: str) -> str:
@@ -136,7 +146,8 @@ def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall
             slots.append(Slot("dynamic", len(dynamic)))
             dynamic.append(arg)
     kw = tuple(a.name for a in schema.arguments if a.kwarg_only)
-    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight)
+    bias_arg = args[bias_i] if bias_i is not None else None
+    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight, bias_arg)
 
 
 class _Dynamic:
@@ -148,24 +159,40 @@ _DYNAMIC = _Dynamic()
 
 
 class _RunsLayerCall:
-    """Mixin: ``forward(*dynamic)`` calls the node's op with the weight / bias plugged in."""
+    """Mixin: calls the node's op with the weight / bias plugged in.
+
+    ``forward(*dynamic)`` for a weight used by one kind of call; when the same weight is
+    used by calls with different constant arguments (``variants``), ``forward(variant,
+    *dynamic)``. Either way one module per weight, so the engine sees a shared weight as
+    one layer and scales it once, at its first use.
+    """
 
     lsuv_source_kind: str
 
-    def _init_call(self, call: LayerCall, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+    def _init_call(self, variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> None:
         nn.Module.__init__(self)
         self.weight = weight
         self.register_parameter("bias", bias)
-        self.groups = call.groups
-        self.lsuv_source_kind = call.kind
-        self._slots = call.slots
-        self._op = call.op
-        self._n_positional = len(call.slots) - len(call.kw_names)
-        self._kw_names = call.kw_names
+        first = variants[0]
+        self.groups = first.groups
+        self.lsuv_source_kind = first.kind
+        self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
 
-    def forward(self, *dynamic):
+    def forward(self, *args):
+        if len(self._variants) == 1:
+            slots, op, n, kw_names = self._variants[0]
+            dynamic = args
+        else:
+            slots, op, n, kw_names = self._variants[args[0]]
+            dynamic = args[1:]
+        full = self._arguments(slots, dynamic)
+        if kw_names:
+            return op(*full[:n], **dict(zip(kw_names, full[n:])))
+        return op(*full)
+
+    def _arguments(self, slots, dynamic) -> list:
         args = []
-        for slot in self._slots:
+        for slot in slots:
             source = slot.source
             if source == "dynamic":
                 args.append(dynamic[slot.value])
@@ -177,8 +204,7 @@ class _RunsLayerCall:
                 args.append(torch.ops.aten.t.default(self.weight))
             else:
                 args.append(self.bias)
-        n = self._n_positional
-        return self._op(*args[:n], **dict(zip(self._kw_names, args[n:])))
+        return args
 
     def extra_repr(self) -> str:
         return f"{self.lsuv_source_kind}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
@@ -187,22 +213,22 @@ class _RunsLayerCall:
 class ScriptConv(_RunsLayerCall, nn.modules.conv._ConvNd):
     """A TorchScript convolution node (``f(x, W) + b`` along dim 1)."""
 
-    def __init__(self, call, weight, bias):
-        self._init_call(call, weight, bias)
+    def __init__(self, variants, weight, bias):
+        self._init_call(variants, weight, bias)
 
 
 class ScriptConvTranspose(_RunsLayerCall, nn.modules.conv._ConvTransposeNd):
     """A TorchScript transposed convolution node; weight stored (in, out/groups, k...)."""
 
-    def __init__(self, call, weight, bias):
-        self._init_call(call, weight, bias)
+    def __init__(self, variants, weight, bias):
+        self._init_call(variants, weight, bias)
 
 
 class ScriptLinear(_RunsLayerCall, nn.Linear):
     """A TorchScript ``aten::linear`` / ``aten::addmm`` node (bias along the last dim)."""
 
-    def __init__(self, call, weight, bias):
-        self._init_call(call, weight, bias)
+    def __init__(self, variants, weight, bias):
+        self._init_call(variants, weight, bias)
 
 
 class ScriptLayer(_RunsLayerCall, nn.Module):
@@ -210,8 +236,8 @@ class ScriptLayer(_RunsLayerCall, nn.Module):
 
     lsuv_target = True
 
-    def __init__(self, call, weight, bias):
-        self._init_call(call, weight, bias)
+    def __init__(self, variants, weight, bias):
+        self._init_call(variants, weight, bias)
 
     def lsuv_grouped_view(self) -> torch.Tensor:
         # conv (out, in/g, k...), transposed conv (in, out/g, k...), linear (out, in): the
@@ -220,11 +246,14 @@ class ScriptLayer(_RunsLayerCall, nn.Module):
         return w.view(self.groups, w.shape[0] // self.groups, -1)
 
 
-def build_layer(call: LayerCall, weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
-    if not call.linear_in_weight:
-        return ScriptLayer(call, weight, bias)
-    if call.family == "conv":
-        return ScriptConv(call, weight, bias)
-    if call.family == "conv_transpose":
-        return ScriptConvTranspose(call, weight, bias)
-    return ScriptLinear(call, weight, bias)
+def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
+    """The module for one weight; a conv / linear subclass when every call is ``f(x, W) + bias``."""
+    families = {c.family for c in variants}
+    if len(families) > 1 or not all(c.linear_in_weight for c in variants):
+        return ScriptLayer(variants, weight, bias)
+    family = families.pop()
+    if family == "conv":
+        return ScriptConv(variants, weight, bias)
+    if family == "conv_transpose":
+        return ScriptConvTranspose(variants, weight, bias)
+    return ScriptLinear(variants, weight, bias)

@@ -1,0 +1,587 @@
+"""One converter per Caffe layer type: checks its parameters and shapes the way Caffe's
+``LayerSetUp`` / ``Reshape`` do, and emits fx nodes with Caffe's TEST-phase semantics.
+
+A converter takes ``(ctx, bottoms)`` and returns one :class:`Blob` per top. Shapes carry
+``None`` for the batch axis, which Caffe lets change freely.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import modules as M
+from .build import Blob, LayerContext
+
+CONVERTERS: dict[str, Callable] = {}
+
+
+def converter(*types: str):
+    def register(fn):
+        for t in types:
+            CONVERTERS[t] = fn
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _axis(ctx: LayerContext, axis: int, ndim: int, what: str = "axis") -> int:
+    if not -ndim <= axis < ndim:
+        raise ctx.error(f"{what} {axis} is out of range for a {ndim}-D input")
+    return axis % ndim
+
+
+def _known(ctx: LayerContext, shape: tuple, axes, why: str) -> None:
+    if any(shape[a] is None for a in axes):
+        raise ctx.error(f"{why} would depend on the batch size, which Caffe leaves free; not supported")
+
+
+def _bottoms(ctx: LayerContext, bottoms: list[Blob], count: int | None = None, at_least: int = 1) -> None:
+    n = len(bottoms)
+    if count is not None and n != count:
+        raise ctx.error(f"{ctx.layer.type} takes {count} bottom(s), {n} given")
+    if n < at_least:
+        raise ctx.error(f"{ctx.layer.type} needs at least {at_least} bottom(s)")
+
+
+def _same_shapes(ctx: LayerContext, bottoms: list[Blob]) -> None:
+    first = bottoms[0].shape
+    for name, b in zip(ctx.layer.bottom[1:], bottoms[1:]):
+        if b.shape != first:
+            raise ctx.error(f"bottom {name!r} has shape {_fmt(b.shape)}, {ctx.layer.bottom[0]!r} has {_fmt(first)}")
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def _filler_or(field_owner, name: str, constant: float):
+    return getattr(field_owner, name) if field_owner.HasField(name) else constant
+
+
+def _spatial(ctx: LayerContext, p, n: int, name: str, default: int | None, repeated: bool = True) -> list[int]:
+    """Caffe's kernel/stride/pad: ``name_h``/``name_w`` (2-D only) or one value per axis (or one for all)."""
+    field_name = "kernel_size" if name == "kernel" else name
+    h, w = f"{name}_h", f"{name}_w"
+    given = len(getattr(p, field_name)) > 0 if repeated else p.HasField(field_name)
+    if p.HasField(h) or p.HasField(w):
+        if given:
+            raise ctx.error(f"give either {field_name} or {h}/{w}, not both")
+        if n != 2:
+            raise ctx.error(f"{h}/{w} are for 2-D inputs only")
+        if name == "kernel" and not (p.HasField(h) and p.HasField(w)):
+            raise ctx.error("give both kernel_h and kernel_w")
+        fallback = 1 if name == "stride" else 0
+        return [int(getattr(p, a)) if p.HasField(a) else fallback for a in (h, w)]
+    if not given:
+        if default is None:
+            raise ctx.error(f"{field_name} is required")
+        return [default] * n
+    values = [int(v) for v in getattr(p, field_name)] if repeated else [int(getattr(p, field_name))]
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ctx.error(f"{field_name} has {len(values)} values for {n} spatial axes")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# layers with LSUV targets
+# ---------------------------------------------------------------------------------------------
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+@converter("Convolution", "Deconvolution")
+def convolution(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.convolution_param
+    deconv = ctx.layer.type == "Deconvolution"
+    _bottoms(ctx, bottoms)
+    if len(ctx.layer.top) != len(bottoms):
+        raise ctx.error(f"{ctx.layer.type} needs one top per bottom")
+    _same_shapes(ctx, bottoms)
+    shape = bottoms[0].shape
+    if len(shape) < 3:
+        raise ctx.error(f"needs an input with spatial axes, got shape {_fmt(shape)}")
+    if _axis(ctx, p.axis, len(shape)) != 1:
+        raise ctx.error("only axis 1 (channels) is supported")
+    n = len(shape) - 2
+    if n not in _CONV:
+        raise ctx.error(f"{n}-D convolution is not supported")
+    _known(ctx, shape, range(1, len(shape)), "the shape")
+    channels = shape[1]
+    kernel = _spatial(ctx, p, n, "kernel", None)
+    stride = _spatial(ctx, p, n, "stride", 1)
+    pad = _spatial(ctx, p, n, "pad", 0)
+    dilation = list(p.dilation) or [1]
+    if len(dilation) == 1:
+        dilation = dilation * n
+    if len(dilation) != n:
+        raise ctx.error(f"dilation has {len(dilation)} values for {n} spatial axes")
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
+        raise ctx.error("kernel, stride and dilation must be positive")
+    outputs, group = int(p.num_output), int(p.group)
+    if outputs <= 0:
+        raise ctx.error("num_output must be positive")
+    if group <= 0 or channels % group or outputs % group:
+        raise ctx.error(f"group {group} must divide both the input channels ({channels}) and num_output ({outputs})")
+    sizes = []
+    for size, k, s, pd, d in zip(shape[2:], kernel, stride, pad, dilation):
+        extent = d * (k - 1) + 1
+        out = s * (size - 1) + extent - 2 * pd if deconv else (size + 2 * pd - extent) // s + 1
+        if out <= 0:
+            raise ctx.error(f"kernel {kernel} with pad {pad}, stride {stride}, dilation {dilation} does not fit "
+                            f"the input {_fmt(shape)}")
+        sizes.append(out)
+    cls = (_DECONV if deconv else _CONV)[n]
+    in_ch, out_ch = channels, outputs
+    module = torch.nn.utils.skip_init(cls, in_ch, out_ch, tuple(kernel), stride=tuple(stride), padding=tuple(pad),
+                                      dilation=tuple(dilation), groups=group, bias=p.bias_term)
+    w_shape = tuple(module.weight.shape)  # conv (out, in/g, k...), deconv (in, out/g, k...): Caffe's layouts
+    shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
+    if p.bias_term:
+        shapes.append((outputs,))
+        roles.append("bias")
+        fillers.append(_filler_or(p, "bias_filler", 0.0))
+        attrs.append("bias")
+    values = ctx.initial_blobs(roles, shapes, fillers)
+    path = ctx.add_module(module)
+    shared = ctx.attach(module, path, attrs, values, shapes)
+    ctx.target(path, shared[0])
+    out_shape = (shape[0], outputs, *sizes)
+    return [Blob(ctx.call_module(path, b.node), out_shape) for b in bottoms]
+
+
+@converter("InnerProduct")
+def inner_product(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.inner_product_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    axis = _axis(ctx, p.axis, len(x.shape))
+    _known(ctx, x.shape, range(axis, len(x.shape)), "the inner product size")
+    k = math.prod(x.shape[axis:])
+    outputs = int(p.num_output)
+    if outputs <= 0:
+        raise ctx.error("num_output must be positive")
+    module = torch.nn.utils.skip_init(nn.Linear, k, outputs, bias=p.bias_term)
+    w_shape = (k, outputs) if p.transpose else (outputs, k)
+    shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
+    layouts = ["transpose" if p.transpose else "same"]
+    if p.bias_term:
+        shapes.append((outputs,))
+        roles.append("bias")
+        fillers.append(_filler_or(p, "bias_filler", 0.0))
+        attrs.append("bias")
+        layouts.append("same")
+    values = ctx.initial_blobs(roles, shapes, fillers)
+    if p.transpose:
+        values[0] = values[0].t().contiguous()
+    path = ctx.add_module(module)
+    shared = ctx.attach(module, path, attrs, values, shapes, layouts)
+    ctx.target(path, shared[0])
+    node = x.node
+    if axis != len(x.shape) - 1:
+        node = ctx.call(torch.flatten, node, axis)
+    return [Blob(ctx.call_module(path, node), (*x.shape[:axis], outputs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling and normalisation
+# ---------------------------------------------------------------------------------------------
+
+@converter("Pooling")
+def pooling(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.pooling_param
+    _bottoms(ctx, bottoms, 1)
+    if len(ctx.layer.top) != 1:
+        raise ctx.error("only one top is supported (no max-pooling mask output)")
+    x = bottoms[0]
+    if len(x.shape) != 4:
+        raise ctx.error(f"Caffe pools 4-D blobs, got shape {_fmt(x.shape)}")
+    method = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}[p.pool]
+    if method == "STOCHASTIC":
+        raise ctx.error("STOCHASTIC pooling is not supported")
+    _known(ctx, x.shape, (1, 2, 3), "the pooling geometry")
+    if p.global_pooling:
+        if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
+            raise ctx.error("with global_pooling the kernel size can't be given")
+        if _spatial(ctx, p, 2, "pad", 0, repeated=False) != [0, 0] or \
+                _spatial(ctx, p, 2, "stride", 1, repeated=False) != [1, 1]:
+            raise ctx.error("with global_pooling only pad = 0 and stride = 1 are allowed")
+        fn = M.global_max_pool if method == "MAX" else M.global_ave_pool
+        return [Blob(ctx.call(fn, x.node), (*x.shape[:2], 1, 1))]
+    kernel = _spatial(ctx, p, 2, "kernel", None, repeated=False)
+    stride = _spatial(ctx, p, 2, "stride", 1, repeated=False)
+    pad = _spatial(ctx, p, 2, "pad", 0, repeated=False)
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride):
+        raise ctx.error("kernel and stride must be positive")
+    if any(pd >= k for pd, k in zip(pad, kernel)):
+        raise ctx.error(f"pad {pad} must be smaller than the kernel {kernel}")
+    ceil = p.ceil_mode if p.HasField("ceil_mode") else p.round_mode == 0
+    in_size = x.shape[2:]
+    out_size = [caffe_pooled_size(n, k, s, pd, ceil, any(pad)) for n, k, s, pd in zip(in_size, kernel, stride, pad)]
+    for n, k, s, pd, o in zip(in_size, kernel, stride, pad, out_size):
+        if o <= 0:
+            raise ctx.error(f"kernel {kernel} does not fit the input {_fmt(x.shape)}")
+        if (o - 1) * s - pd >= n:
+            raise ctx.error(f"the last pooling window starts outside the input {_fmt(x.shape)} "
+                            "(Caffe would output -FLT_MAX there); not supported")
+    torch_size = [torch_pooled_size(n, k, s, pd, ceil) for n, k, s, pd in zip(in_size, kernel, stride, pad)]
+    out_shape = (*x.shape[:2], *out_size)
+    if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == out_size:
+        if method == "MAX":
+            node = ctx.call(F.max_pool2d, x.node, tuple(kernel), tuple(stride), tuple(pad), ceil_mode=ceil)
+        else:
+            node = ctx.call(F.avg_pool2d, x.node, tuple(kernel), tuple(stride), tuple(pad), ceil_mode=ceil,
+                            count_include_pad=True)
+        return [Blob(node, out_shape)]
+    module = M.CaffePooling(method, kernel, stride, pad, in_size, out_size)
+    path = ctx.add_module(module)
+    return [Blob(ctx.call_module(path, x.node), out_shape)]
+
+
+def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool, padded: bool) -> int:
+    """Caffe's PoolingLayer::Reshape: ceil (or floor) rounding, then the last window is
+    dropped if it would start in the padding (only when some padding is set)."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if padded and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def torch_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@converter("LRN")
+def lrn(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.lrn_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    size = int(p.local_size)
+    if size % 2 == 0 or size <= 0:
+        raise ctx.error(f"local_size must be odd and positive, got {size}")
+    if len(x.shape) != 4:
+        raise ctx.error(f"LRN needs a 4-D input, got {_fmt(x.shape)}")
+    if p.norm_region == 0:  # ACROSS_CHANNELS: alpha / size * sum of squares, plus k
+        node = ctx.call(F.local_response_norm, x.node, size, alpha=p.alpha, beta=p.beta, k=p.k)
+    else:
+        node = ctx.call(M.lrn_within_channel, x.node, size, p.alpha, p.beta)
+    return [Blob(node, x.shape)]
+
+
+@converter("BatchNorm")
+def batch_norm(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.batch_norm_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    if len(x.shape) < 2:
+        raise ctx.error(f"BatchNorm needs an input with channels, got {_fmt(x.shape)}")
+    _known(ctx, x.shape, (1,), "the channel count")
+    channels = x.shape[1]
+    use_global = p.use_global_stats if p.HasField("use_global_stats") else ctx.builder.parsed.phase == 1
+    module = M.CaffeBatchNorm(channels, p.eps, use_global)
+    shapes = [(channels,), (channels,), (1,)]
+    # Without given blobs: identity statistics. (Caffe's zero-filled blobs would make TEST-phase
+    # BatchNorm scale by 1/sqrt(eps), which LSUV would then bake into the next layer.)
+    values = ctx.initial_blobs(["mean", "variance", "moving-average factor"], shapes, [0.0, 1.0, 1.0])
+    path = ctx.add_module(module)
+    ctx.attach(module, path, ["mean", "variance", "factor"], values, shapes)
+    return [Blob(ctx.call_module(path, x.node), x.shape)]
+
+
+def _param_shape(ctx: LayerContext, shape: tuple, axis: int, num_axes: int) -> tuple:
+    axis = _axis(ctx, axis, len(shape)) if shape else 0
+    if num_axes < -1:
+        raise ctx.error("num_axes must be -1 or more")
+    end = len(shape) if num_axes == -1 else axis + num_axes
+    if end > len(shape):
+        raise ctx.error(f"axis {axis} + num_axes {num_axes} go past the input's {len(shape)} axes")
+    _known(ctx, shape, range(axis, end), "the parameter shape")
+    return axis, tuple(shape[axis:end])
+
+
+def _broadcast_axis(ctx: LayerContext, x: Blob, other: Blob, axis: int) -> int:
+    if not other.shape:
+        return 0
+    axis = _axis(ctx, axis, len(x.shape))
+    span = x.shape[axis: axis + len(other.shape)]
+    if len(span) != len(other.shape) or any(a is not None and b is not None and a != b for a, b in zip(span, other.shape)):
+        raise ctx.error(f"second bottom of shape {_fmt(other.shape)} doesn't match {_fmt(x.shape)} from axis {axis}")
+    return axis
+
+
+@converter("Scale")
+def scale(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.scale_param
+    _bottoms(ctx, bottoms, at_least=1)
+    if len(bottoms) > 2:
+        raise ctx.error("Scale takes one or two bottoms")
+    x = bottoms[0]
+    if len(bottoms) == 1:
+        axis, shape = _param_shape(ctx, x.shape, p.axis, p.num_axes)
+        module = M.CaffeScale(shape, axis, p.bias_term)
+        roles, shapes, fillers, attrs = ["scale"], [shape], [_filler_or(p, "filler", 1.0)], ["weight"]
+        if p.bias_term:
+            roles.append("bias")
+            shapes.append(shape)
+            fillers.append(_filler_or(p, "bias_filler", 0.0))
+            attrs.append("bias")
+        values = ctx.initial_blobs(roles, shapes, fillers)
+        path = ctx.add_module(module)
+        ctx.attach(module, path, attrs, values, shapes)
+        return [Blob(ctx.call_module(path, x.node), x.shape)]
+    factor = bottoms[1]
+    axis = _broadcast_axis(ctx, x, factor, p.axis)
+    node = ctx.call(M.scale_by, x.node, factor.node, axis)
+    if p.bias_term:
+        _known(ctx, factor.shape, range(len(factor.shape)), "the bias shape")
+        module = M.CaffeBias(factor.shape, axis)
+        values = ctx.initial_blobs(["bias"], [factor.shape], [_filler_or(p, "bias_filler", 0.0)])
+        path = ctx.add_module(module)
+        ctx.attach(module, path, ["bias"], values, [factor.shape])
+        node = ctx.call_module(path, node)
+    return [Blob(node, x.shape)]
+
+
+@converter("Bias")
+def bias(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
+    p = ctx.layer.bias_param
+    if len(bottoms) not in (1, 2):
+        raise ctx.error("Bias takes one or two bottoms")
+    x = bottoms[0]
+    if len(bottoms) == 2:
+        axis = _broadcast_axis(ctx, x, bottoms[1], p.axis)
+        return [Blob(ctx.call(M.bias_by, x.node, bottoms[1].node, axis), x.shape)]
+    axis, shape = _param_shape(ctx, x.shape, p.axis, p.num_axes)
+    module = M.CaffeBias(shape, axis)
+    values = ctx.initial_blobs(["bias"], [shape], [_filler_or(p, "filler", 0.0)])
+    path = ctx.add_module(module)
+    ctx.attach(module, path, ["bias"], values, [shape])
+    return [Blob(ctx.call_module(path, x.node), x.shape)]
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+# ---------------------------------------------------------------------------------------------
+
+def _unary(ctx: LayerContext, bottoms: list[Blob], fn, *args, **kwargs) -> list[Blob]:
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    return [Blob(ctx.call(fn, x.node, *args, **kwargs), x.shape)]
+
+
+@converter("ReLU")
+def relu(ctx, bottoms):
+    slope = ctx.layer.relu_param.negative_slope
+    if slope:
+        return _unary(ctx, bottoms, F.leaky_relu, slope)
+    return _unary(ctx, bottoms, F.relu)
+
+
+@converter("PReLU")
+def prelu(ctx, bottoms):
+    p = ctx.layer.prelu_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    if len(x.shape) < 2:
+        raise ctx.error(f"PReLU needs an input with channels, got {_fmt(x.shape)}")
+    _known(ctx, x.shape, (1,), "the channel count")
+    module = M.CaffePReLU(x.shape[1], p.channel_shared)
+    shape = () if p.channel_shared else (x.shape[1],)
+    values = ctx.initial_blobs(["slope"], [shape], [_filler_or(p, "filler", 0.25)])
+    path = ctx.add_module(module)
+    ctx.attach(module, path, ["weight"], values, [shape])
+    return [Blob(ctx.call_module(path, x.node), x.shape)]
+
+
+@converter("ELU")
+def elu(ctx, bottoms):
+    return _unary(ctx, bottoms, F.elu, ctx.layer.elu_param.alpha)
+
+
+@converter("TanH")
+def tanh(ctx, bottoms):
+    return _unary(ctx, bottoms, torch.tanh)
+
+
+@converter("Sigmoid")
+def sigmoid(ctx, bottoms):
+    return _unary(ctx, bottoms, torch.sigmoid)
+
+
+@converter("AbsVal")
+def absval(ctx, bottoms):
+    return _unary(ctx, bottoms, torch.abs)
+
+
+@converter("BNLL")
+def bnll(ctx, bottoms):
+    return _unary(ctx, bottoms, F.softplus)
+
+
+@converter("Power")
+def power(ctx, bottoms):
+    p = ctx.layer.power_param
+    return _unary(ctx, bottoms, M.power, p.power, p.scale, p.shift)
+
+
+@converter("Dropout")
+def dropout(ctx, bottoms):
+    p = ctx.layer.dropout_param
+    _bottoms(ctx, bottoms, 1)
+    if not 0.0 <= p.dropout_ratio < 1.0:
+        raise ctx.error(f"dropout_ratio must be in [0, 1), got {p.dropout_ratio}")
+    if p.HasField("scale_train") and not p.scale_train:
+        # Forks' scale_train: false leaves training outputs unscaled and scales at test time.
+        return _unary(ctx, bottoms, M.scaled, 1.0 - p.dropout_ratio)
+    return [bottoms[0]]  # identity in the TEST phase
+
+
+@converter("Softmax")
+def softmax(ctx, bottoms):
+    _bottoms(ctx, bottoms, 1)
+    axis = _axis(ctx, ctx.layer.softmax_param.axis, len(bottoms[0].shape))
+    return _unary(ctx, bottoms, F.softmax, dim=axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# structure
+# ---------------------------------------------------------------------------------------------
+
+@converter("Split")
+def split(ctx, bottoms):
+    _bottoms(ctx, bottoms, 1)
+    return [bottoms[0]] * len(ctx.layer.top)
+
+
+@converter("Concat")
+def concat(ctx, bottoms):
+    p = ctx.layer.concat_param
+    _bottoms(ctx, bottoms)
+    first = bottoms[0].shape
+    axis = int(p.concat_dim) if p.HasField("concat_dim") else p.axis
+    axis = _axis(ctx, axis, len(first))
+    for name, b in zip(ctx.layer.bottom[1:], bottoms[1:]):
+        if len(b.shape) != len(first) or any(a != c for i, (a, c) in enumerate(zip(first, b.shape)) if i != axis):
+            raise ctx.error(f"bottom {name!r} of shape {_fmt(b.shape)} can't be joined to {_fmt(first)} on axis {axis}")
+    if len(bottoms) == 1:
+        return [bottoms[0]]
+    sizes = [b.shape[axis] for b in bottoms]
+    total = None if any(s is None for s in sizes) else sum(sizes)
+    shape = (*first[:axis], total, *first[axis + 1:])
+    return [Blob(ctx.call(torch.cat, [b.node for b in bottoms], axis), shape)]
+
+
+@converter("Slice")
+def slice_(ctx, bottoms):
+    p = ctx.layer.slice_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    axis = int(p.slice_dim) if p.HasField("slice_dim") else p.axis
+    axis = _axis(ctx, axis, len(x.shape))
+    _known(ctx, x.shape, (axis,), "slicing")
+    size, tops = x.shape[axis], len(ctx.layer.top)
+    points = list(p.slice_point)
+    if points:
+        if len(points) != tops - 1 or points != sorted(points) or points[0] <= 0 or points[-1] >= size:
+            raise ctx.error(f"slice_point {points} doesn't split axis {axis} of size {size} into {tops} parts")
+        bounds = [0, *points, size]
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    else:
+        if size % tops:
+            raise ctx.error(f"axis {axis} of size {size} doesn't split evenly into {tops} tops")
+        sizes = [size // tops] * tops
+    parts = ctx.call(torch.split, x.node, sizes, axis)
+    return [Blob(ctx.call(operator.getitem, parts, i), (*x.shape[:axis], s, *x.shape[axis + 1:]))
+            for i, s in enumerate(sizes)]
+
+
+@converter("Flatten")
+def flatten(ctx, bottoms):
+    p = ctx.layer.flatten_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    n = len(x.shape)
+    start = _axis(ctx, p.axis, n)
+    end = _axis(ctx, p.end_axis, n, "end_axis")
+    if end < start:
+        raise ctx.error(f"end_axis {p.end_axis} comes before axis {p.axis}")
+    span = x.shape[start:end + 1]
+    size = None if any(d is None for d in span) else math.prod(span)
+    shape = (*x.shape[:start], size, *x.shape[end + 1:])
+    return [Blob(ctx.call(torch.flatten, x.node, start, end), shape)]
+
+
+@converter("Reshape")
+def reshape(ctx, bottoms):
+    p = ctx.layer.reshape_param
+    _bottoms(ctx, bottoms, 1)
+    x = bottoms[0]
+    dims = [int(d) for d in p.shape.dim]
+    n = len(x.shape)
+    axis = p.axis if p.axis >= 0 else n + p.axis + 1
+    if not 0 <= axis <= n:
+        raise ctx.error(f"axis {p.axis} is out of range for a {n}-D input")
+    num_axes = p.num_axes
+    if num_axes < -1 or (num_axes >= 0 and axis + num_axes > n):
+        raise ctx.error(f"num_axes {num_axes} doesn't fit a {n}-D input from axis {axis}")
+    end = n if num_axes == -1 else axis + num_axes
+    if dims.count(-1) > 1 or any(d < -1 for d in dims):
+        raise ctx.error(f"shape {dims}: at most one -1 and no other negative value")
+    middle = []
+    for i, d in enumerate(dims):
+        if d == 0:
+            if axis + i >= n:
+                raise ctx.error(f"dim {i} is 0 (copy) but the input has no axis {axis + i}")
+            middle.append(x.shape[axis + i])
+        else:
+            middle.append(d)
+    replaced = x.shape[axis:end]
+    if -1 in dims:
+        known = [d for d in middle if d != -1]
+        if None in replaced or None in known:
+            middle[dims.index(-1)] = None
+        else:
+            total, rest = math.prod(replaced), math.prod(known)
+            if rest == 0 or total % rest:
+                raise ctx.error(f"shape {dims} can't reshape {_fmt(x.shape)}")
+            middle[dims.index(-1)] = total // rest
+    elif None not in replaced and None not in middle and math.prod(replaced) != math.prod(middle):
+        raise ctx.error(f"shape {dims} has a different size than {_fmt(x.shape)}")
+    shape = (*x.shape[:axis], *middle, *x.shape[end:])
+    return [Blob(ctx.call(M.caffe_reshape, x.node, tuple(dims), axis, num_axes), shape)]
+
+
+@converter("Eltwise")
+def eltwise(ctx, bottoms):
+    p = ctx.layer.eltwise_param
+    _bottoms(ctx, bottoms, at_least=2)
+    _same_shapes(ctx, bottoms)
+    nodes = [b.node for b in bottoms]
+    op = {0: "PROD", 1: "SUM", 2: "MAX"}[p.operation]
+    if op == "SUM":
+        coeffs = tuple(float(c) for c in p.coeff)
+        if coeffs and len(coeffs) != len(bottoms):
+            raise ctx.error(f"{len(coeffs)} coeff values for {len(bottoms)} bottoms")
+        node = ctx.call(M.eltwise_sum, *nodes, coeffs=coeffs)
+    else:
+        if len(p.coeff):
+            raise ctx.error("coeff is only for the SUM operation")
+        node = ctx.call(M.eltwise_prod if op == "PROD" else M.eltwise_max, *nodes)
+    return [Blob(node, bottoms[0].shape)]

@@ -1,0 +1,224 @@
+"""ONNX ModelProto -> torch.fx.GraphModule via onnx2torch, fixed around its gaps (not forked).
+
+1. A *working copy* of the model is handed to onnx2torch (the saved model never sees it):
+   inputs that are Identity copies of initializers read the initializer itself (onnx2torch
+   issue #156: torch's TorchScript-based exporter de-duplicates equal initializers behind
+   Identity nodes and onnx2torch then fails with ``KeyError: 'onnx::Conv_...'``), and nodes
+   onnx2torch refuses but we convert (Reshape allowzero=1) move to a private domain.
+2. Missing op versions come from :mod:`.onnx_converters` (registered on import).
+3. The GraphModule is adjusted: BatchNorm / Dropout pinned to inference, every target layer
+   becomes a module holding its initializer exactly as stored (``.weight``/``.bias``), a
+   fused MatMul + Add becomes one linear module, and targets that must keep one initializer
+   share one Parameter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from ..errors import ModelFormatError
+from . import onnx_converters
+from .onnx_modules import GemmTarget, MatMulTarget, pin_inference
+from .onnx_targets import TargetPlan
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as onnx2torch should see it (same nodes and names, Identity copies resolved)."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    graph = work.graph
+    initializers = {init.name for init in graph.initializer}
+    produced = {out for node in graph.node for out in node.output}
+    alias: dict[str, str] = {}
+    for node in graph.node:
+        if node.domain == "ai.onnx":
+            node.domain = ""
+        if node.op_type == "Identity" and node.domain == "" and node.input and node.output:
+            src = node.input[0]
+            if src in initializers and src not in produced:
+                alias[node.output[0]] = src
+            elif src in alias:
+                alias[node.output[0]] = alias[src]
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            if name in alias:
+                node.input[j] = alias[name]
+    graph_outputs = {out.name for out in graph.output}
+    read = {name for node in graph.node for name in node.input} | graph_outputs
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias and n.output[0] not in read)]
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+    fixes = [n for n in graph.node if n.op_type == "Reshape" and n.domain == "" and _int_attr(n, "allowzero") == 1]
+    if fixes:
+        try:  # keep the shapes onnx2torch's converters need downstream of the renamed nodes
+            work = onnx.shape_inference.infer_shapes(work)
+        except Exception:  # noqa: BLE001 - best effort; onnx2torch infers again
+            pass
+        for node in work.graph.node:
+            if node.op_type == "Reshape" and node.domain == "" and _int_attr(node, "allowzero") == 1:
+                node.domain = onnx_converters.FIX_DOMAIN
+        work.opset_import.append(onnx.helper.make_opsetid(onnx_converters.FIX_DOMAIN, 1))
+    for opset in work.opset_import:
+        if opset.domain == "ai.onnx":
+            opset.domain = ""
+    return work
+
+
+def _int_attr(node, name: str, default: int = 0) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return default
+
+
+def check_convertible(work: onnx.ModelProto, source) -> None:
+    """Every node has an onnx2torch converter for its op version, or one clear error."""
+    from onnx2torch.node_converters import get_converter
+
+    opsets = {o.domain: o.version for o in work.opset_import}
+    for node in work.graph.node:
+        label = node.name or (node.output[0] if node.output else node.op_type)
+        if node.domain not in STANDARD_DOMAINS + (onnx_converters.FIX_DOMAIN,):
+            raise ModelFormatError(
+                f"node {label!r} uses op {node.op_type!r} of custom domain {node.domain!r}; only standard ONNX ops can be converted",
+                path=source,
+            )
+        version = opsets.get(node.domain)
+        if version is None:
+            raise ModelFormatError(f"node {label!r}: the model imports no opset for domain {node.domain!r}", path=source)
+        try:
+            get_converter(operation_type=node.op_type, version=version, domain=node.domain)
+        except NotImplementedError:
+            raise ModelFormatError(
+                f"node {label!r}: op {node.op_type} (opset {version}) has no torch converter; it can't be initialized",
+                path=source,
+            ) from None
+
+
+def convert(model: onnx.ModelProto, plan: TargetPlan, source) -> tuple[nn.Module, dict[str, str], list[str]]:
+    """GraphModule computing ``model``; {target label: module path}; notes for the log."""
+    import onnx2torch
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    work = working_copy(model)
+    check_convertible(work, source)
+    try:
+        gm = onnx2torch.convert(work)
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
+        raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {_first_line(exc)}", path=source) from exc
+    unique = {node.output_values[0]: name for name, node in OnnxGraph(work.graph).nodes.items() if node.output_values}
+    del work
+    notes = []
+    pinned = pin_inference(gm)
+    if pinned:
+        notes.append(f"{pinned} BatchNorm/Dropout module(s) pinned to inference semantics, as the ONNX ops define")
+    paths = _install_targets(gm, model, plan, unique)
+    _drop_unused(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, paths, notes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _tensor(model_inits: dict, name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(numpy_helper.to_array(model_inits[name]), copy=True))
+
+
+def _install_targets(gm, model: onnx.ModelProto, plan: TargetPlan, unique: dict[str, str]) -> dict[str, str]:
+    nodes = list(model.graph.node)
+    inits = {i.name: i for i in model.graph.initializer}
+    fx_nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    paths: dict[str, str] = {}
+    for t in plan.targets:
+        path = unique[nodes[t.node_index].output[0]]
+        fx_node = fx_nodes[path]
+        if t.op in ("Conv", "ConvTranspose"):
+            _split_padding(gm, path, fx_node)
+        elif t.op == "Gemm":
+            c_input = None
+            if t.extra_c is not None and len(fx_node.args) > 2 and not _is_initializer(fx_node.args[2]):
+                c_input = fx_node.args[2]
+            constant_c = _tensor(inits, t.extra_c) if t.extra_c in inits else None
+            bias = _tensor(inits, t.bias.initializer) if t.bias is not None else None
+            if bias is not None and t.attrs["beta"] != 1.0:
+                bias = bias * t.attrs["beta"]
+            module = GemmTarget(
+                _tensor(inits, t.weight.initializer), bias, t.attrs["alpha"], bool(t.attrs["transA"]),
+                bool(t.attrs["transB"]), beta=t.attrs["beta"], has_extra_c=t.extra_c is not None,
+            )
+            if constant_c is not None:
+                module.register_buffer("c_const", constant_c)
+            setattr(gm, path, module)
+            fx_node.args = (fx_node.args[0],) + ((c_input,) if c_input is not None else ())
+            fx_node.kwargs = {}
+        else:  # MatMul
+            bias = _tensor(inits, t.bias.initializer) if t.bias is not None else None
+            setattr(gm, path, MatMulTarget(_tensor(inits, t.weight.initializer), bias))
+            fx_node.args = (fx_node.args[0],)
+            if t.fused_add is not None:
+                add_path = unique[nodes[t.fused_add].output[0]]
+                add_node = fx_nodes[add_path]
+                add_node.replace_all_uses_with(fx_node)
+                gm.graph.erase_node(add_node)
+                delattr(gm, add_path)
+        paths[t.label] = path
+    _share_parameters(gm, plan, paths)
+    return paths
+
+
+def _is_initializer(arg) -> bool:
+    return getattr(arg, "op", None) == "get_attr"
+
+
+def _split_padding(gm, path: str, fx_node) -> None:
+    """onnx2torch wraps a conv with asymmetric/auto padding as Sequential(pad, conv): make the
+    conv itself the module at ``path`` so the engine sees it, with the pad as its own node."""
+    module = gm.get_submodule(path)
+    if not isinstance(module, nn.Sequential):
+        return
+    pad, conv = module[0], module[1]
+    pad_path = f"{path}/pad"
+    gm.add_module(pad_path, pad)
+    setattr(gm, path, conv)
+    with gm.graph.inserting_before(fx_node):
+        pad_node = gm.graph.call_module(pad_path, args=fx_node.args, kwargs=fx_node.kwargs)
+    fx_node.args = (pad_node,)
+    fx_node.kwargs = {}
+
+
+def _share_parameters(gm, plan: TargetPlan, paths: dict[str, str]) -> None:
+    """Targets writing the same initializer must be one tensor in torch too."""
+    owners: dict[str, nn.Parameter] = {}
+    for t in plan.targets:
+        module = gm.get_submodule(paths[t.label])
+        for slot in t.slots():
+            param = getattr(module, slot.kind)
+            first = owners.setdefault(slot.dest, param)
+            if first is not param:
+                setattr(module, slot.kind, first)
+
+
+def _drop_unused(gm) -> None:
+    """Remove initializer buffers and modules that the adjusted graph no longer uses."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            owner_path, _, attr = node.target.rpartition(".")
+            graph.erase_node(node)
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            if hasattr(owner, attr):
+                delattr(owner, attr)
+    used = {n.target for n in graph.nodes if n.op == "call_module"}
+    for name in [name for name, _ in gm.named_children() if name not in used and name != "initializers"]:
+        delattr(gm, name)

@@ -1,0 +1,89 @@
+"""Look inside a ``.pt`` zip before torch touches it.
+
+A TorchScript archive (``torch.jit.save``) is a zip holding ``<name>/code/...``,
+``<name>/constants.pkl`` and ``<name>/data.pkl``; a checkpoint written by ``torch.save``
+holds ``data.pkl`` but no code. Checkpoints are refused here, never unpickled: loading
+one would mean running arbitrary pickle code (``weights_only=False``) and it has no graph
+to initialize anyway. Only the zip directory is read, no pickle.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import ModelFormatError
+
+_EXPORT_HINT = (
+    "export the model with torch.jit.script(model) or torch.jit.trace(model, example) and torch.jit.save(...)"
+)
+
+
+@dataclass
+class ArchiveInfo:
+    prefix: str  # the archive's top folder
+    version: int | None  # the file format version the writer recorded
+    extra_files: list[str] = field(default_factory=list)  # names saved with _extra_files
+
+
+def is_torchscript(path: Path) -> bool:
+    """Cheap sniff: a zip with a ``code/`` folder and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _layout(zf.namelist())[1]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def inspect_archive(path: Path) -> ArchiveInfo:
+    """The archive's layout, or ModelFormatError saying what the file is instead."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except IsADirectoryError:
+        raise ModelFormatError("is a folder, not a TorchScript file", path=path) from None
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read: {exc.strerror or exc}", path=path) from exc
+    if head[:1] == b"\x80":
+        raise ModelFormatError(
+            "is a pickled torch.save checkpoint (legacy format), not TorchScript; lsuv-convert does not "
+            f"unpickle checkpoints: {_EXPORT_HINT}",
+            path=path,
+        )
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            prefix, scripted = _layout(names)
+            if not scripted:
+                if prefix is not None and f"{prefix}/data.pkl" in names:
+                    raise ModelFormatError(
+                        "is a torch.save checkpoint (state_dict or pickled model), not a TorchScript archive; "
+                        f"lsuv-convert does not unpickle checkpoints: {_EXPORT_HINT}",
+                        path=path,
+                    )
+                raise ModelFormatError(f"is a zip file but not a TorchScript archive (no code/ folder): {_EXPORT_HINT}", path=path)
+            version = _read_version(zf, prefix, names)
+    except zipfile.BadZipFile:
+        raise ModelFormatError(f"is not a TorchScript archive (not a zip file, or truncated): {_EXPORT_HINT}", path=path) from None
+    extra = sorted(n[len(prefix) + len("/extra/"):] for n in names if n.startswith(f"{prefix}/extra/") and not n.endswith("/"))
+    return ArchiveInfo(prefix, version, extra)
+
+
+def _layout(names: list[str]) -> tuple[str | None, bool]:
+    prefixes = {n.split("/", 1)[0] for n in names if "/" in n}
+    if len(prefixes) != 1:
+        return None, False
+    (prefix,) = prefixes
+    has_code = any(n.startswith(f"{prefix}/code/") for n in names)
+    return prefix, has_code and f"{prefix}/constants.pkl" in names
+
+
+def _read_version(zf: zipfile.ZipFile, prefix: str, names: list[str]) -> int | None:
+    for name in (f"{prefix}/.data/version", f"{prefix}/version"):
+        if name in names:
+            try:
+                return int(zf.read(name).decode("ascii").strip())
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None

@@ -1,0 +1,208 @@
+"""Load a TorchScript file into a ModelGraph, and check the batch against the real module.
+
+``torch.jit.load`` runs no Python pickle code: TorchScript archives are read by torch's own
+restricted unpickler and their code is compiled TorchScript. Anything that isn't a
+TorchScript archive is refused before torch sees it (see :mod:`.archive`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import ConversionError, DataError, ModelFormatError
+from ...graph import InputSpec, ModelGraph, TargetLayer
+from .archive import ArchiveInfo, inspect_archive
+from .interpreter import ProgramModule
+from .program import Program, ProgramError, read_program
+from .to_fx import to_graph_module
+
+
+@dataclass
+class ScriptState:
+    """What save() needs: the loaded module and how it looked when loaded."""
+
+    module: Any  # torch.jit.RecursiveScriptModule, in eval mode while we work on it
+    program: Program
+    archive: ArchiveInfo
+    extra_files: dict[str, bytes]
+    training: dict[str, bool] = field(default_factory=dict)  # submodule path -> training flag as loaded
+
+
+def load_script(path: Path) -> ModelGraph:
+    info = inspect_archive(path)
+    extra = {name: "" for name in info.extra_files}
+    script_module = _jit_load(path, info, extra)
+    training = {name: bool(m._c.getattr("training")) for name, m in script_module.named_modules()}
+    script_module.eval()
+    try:
+        program = read_program(script_module)
+    except ProgramError as exc:
+        raise ModelFormatError(f"cannot run this TorchScript graph: {exc}", path=path) from None
+    if not program.layers:
+        raise ModelFormatError(
+            "has no conv / linear layer whose weight is a parameter (a torch.jit.freeze'd module keeps its "
+            "weights as constants: save the module before freezing)",
+            path=path,
+        )
+    holder = ProgramModule(program)
+    notes = []
+    blockers = program.fx_blockers
+    if blockers:
+        module, engine_path = holder, "hooks"
+        notes.append(
+            "engine path: exact TorchScript interpreter with forward hooks (still one forward pass), because "
+            + "; ".join(blockers)
+        )
+    else:
+        try:
+            module, engine_path = to_graph_module(holder), "fx"
+            notes.append("engine path: fx (the inlined TorchScript graph translated node by node)")
+        except Exception as exc:  # noqa: BLE001 - any fx limitation: the interpreter runs everything
+            module, engine_path = holder, "hooks"
+            notes.append(f"engine path: exact TorchScript interpreter with forward hooks (fx translation failed: {exc})")
+    if program.untouched_params:
+        shown = ", ".join(program.untouched_params[:8]) + (" ..." if len(program.untouched_params) > 8 else "")
+        notes.append(f"parameters left as they are (not the weight of a conv / linear op): {shown}")
+    notes.append("TorchScript declares no input shape: the batch given with --data sets it")
+    targets = [
+        TargetLayer(name=program.layer_names[mp], op=calls[0].kind, module_path=mp, binding=(calls[0].weight_path, calls[0].bias_path))
+        for mp, calls in program.layers.items()
+    ]
+    state = ScriptState(script_module, program, info, {k: v for k, v in extra.items()}, training)
+    return ModelGraph(
+        module=module,
+        targets=targets,
+        inputs=[InputSpec(d.name, None) for d in program.inputs],
+        format="torchscript",
+        source=path,
+        state=state,
+        notes=notes,
+        engine_path=engine_path,
+    )
+
+
+def _jit_load(path: Path, info: ArchiveInfo, extra: dict):
+    try:
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / c10::Error alike
+        text = str(exc)
+        found = re.search(r"version (\d+), but the maximum supported version for reading is (\d+)", text)
+        if found:
+            raise ModelFormatError(
+                f"was written by a newer PyTorch (file format version {found.group(1)}; torch {torch.__version__} "
+                f"reads up to {found.group(2)}): load it with a newer torch, or re-export it with this one",
+                path=path,
+            ) from None
+        first = _last_line(text)
+        if "Unknown builtin op" in text or "Unknown type" in text or "unknown" in first.lower():
+            raise ModelFormatError(
+                f"uses TorchScript ops or types this torch {torch.__version__} does not know (written by a newer "
+                f"PyTorch, or it needs a custom-op library): {first}",
+                path=path,
+            ) from None
+        raise ModelFormatError(f"torch.jit.load cannot read it: {first}", path=path) from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("RuntimeError:", "Unknown", "Attempted")) or "unknown" in line.lower():
+            return line
+    return lines[0] if lines else "unknown error"
+
+
+def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
+    """Run the real ScriptModule and our module on the batch; they must agree.
+
+    Catches a batch that doesn't fit (TorchScript's own error, as a DataError) and any
+    translation mistake (ConversionError), before the engine changes a weight.
+    """
+    state: ScriptState = graph.state
+    script_module = state.module
+    dtype = next((p.dtype for p in script_module.parameters() if p.is_floating_point()), torch.float32)
+    args = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
+    restore = _snapshot_mutable(state)
+    try:
+        with torch.no_grad():
+            expected = script_module(*args)
+    except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise DataError(f"the model cannot run on the batch of shape {shapes}: {_error_line(exc)}", path=graph.source) from None
+    finally:
+        restore()
+    try:
+        with torch.no_grad():
+            actual = graph.module(*args)
+    except Exception as exc:  # noqa: BLE001
+        raise ConversionError(f"the translated graph fails where TorchScript runs: {_error_line(exc)}", path=graph.source) from exc
+    problem = _compare(expected, actual)
+    if problem:
+        raise ConversionError(f"the translated graph disagrees with TorchScript on the batch: {problem}", path=graph.source)
+
+
+def _error_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception):", line):
+            return line.split(":", 1)[1].strip() or line
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _snapshot_mutable(state: ScriptState):
+    """Save what a forward pass may change in the real module (buffers it writes, attributes it sets)."""
+    program = state.program
+    module = state.module
+    saved_tensors = {}
+    if program.written:
+        named = dict(module.named_parameters())
+        named.update(dict(module.named_buffers()))
+        saved_tensors = {p: (named[p], named[p].detach().clone()) for p in program.written if p in named}
+    saved_attrs = {key: (owner, owner.getattr(key[1])) for key, owner in program.attr_owners.items()} if program.set_attrs else {}
+
+    def restore():
+        with torch.no_grad():
+            for tensor, copy in saved_tensors.values():
+                tensor.copy_(copy)
+        for (path, name), (owner, value) in saved_attrs.items():
+            owner.setattr(name, value)
+
+    return restore
+
+
+def _compare(expected, actual, where: str = "output") -> str | None:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return f"{where}: expected a tensor, got {type(actual).__name__}"
+        if expected.shape != actual.shape:
+            return f"{where}: shape {tuple(actual.shape)} instead of {tuple(expected.shape)}"
+        if not expected.is_floating_point():
+            return None if torch.equal(expected, actual) else f"{where}: values differ"
+        e, a = expected.double(), actual.double()
+        scale = float(e.abs().max()) if e.numel() else 0.0
+        diff = float((e - a).abs().nan_to_num(nan=float("inf")).max()) if e.numel() else 0.0
+        both_nan = bool((e.isnan() == a.isnan()).all())
+        if diff > 1e-4 * max(scale, 1.0) and not (both_nan and diff == float("inf")):
+            return f"{where}: max abs difference {diff:.3g} (output magnitude {scale:.3g})"
+        return None
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
+            return f"{where}: structure differs"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            problem = _compare(e, a, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or set(actual) != set(expected):
+            return f"{where}: keys differ"
+        for k in expected:
+            problem = _compare(expected[k], actual[k], f"{where}[{k!r}]")
+            if problem:
+                return problem
+        return None
+    return None if expected == actual else f"{where}: {actual!r} instead of {expected!r}"

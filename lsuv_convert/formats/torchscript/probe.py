@@ -1,0 +1,113 @@
+"""Per-layer output statistics of a saved TorchScript file, measured by TorchScript itself.
+
+For ``lsuv-convert verify``: independent of the engine and of the fx translation. The file
+is loaded with ``torch.jit.load``; in a copy of its inlined graph each conv / linear node
+whose weight is a parameter gets a pass-through probe op on its output, and the JIT runs
+that graph, control flow included. A probe records the first call per layer (first use),
+which is what LSUV scaled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .layers import LAYER_KINDS, layer_name
+
+_PROBE_NAMESPACE = "lsuv_convert_probe"
+_library = None
+_recording: dict[str, tuple[float, float]] | None = None
+
+
+def _record(x: torch.Tensor, name: str) -> torch.Tensor:
+    if _recording is not None and name not in _recording:
+        var, mean = torch.var_mean(x.detach().to(torch.float64), unbiased=False)
+        _recording[name] = (float(var), float(mean))
+    return x
+
+
+def _probe_kind() -> str:
+    global _library
+    if _library is None:
+        lib = torch.library.Library(_PROBE_NAMESPACE, "DEF")
+        lib.define("record(Tensor(a) x, str name) -> Tensor(a)")
+        lib.impl("record", _record, "CompositeExplicitAutograd")
+        _library = lib
+    return f"{_PROBE_NAMESPACE}::record"
+
+
+def _parameter_path(value, self_id: int) -> str | None:
+    """Attribute path of a parameter read through a ``prim::GetAttr`` chain from ``self``."""
+    names = []
+    while True:
+        node = value.node()
+        if node.kind() != "prim::GetAttr":
+            return None
+        names.append(node.s("name"))
+        value = node.input()
+        if value.unique() == self_id:
+            return ".".join(reversed(names))
+
+
+def _weight_input(node):
+    schema_names = [a.name for a in torch._C.parse_schema(node.schema()).arguments]
+    if node.kind() == "aten::addmm":
+        mat2 = node.inputsAt(schema_names.index("mat2"))
+        t = mat2.node()
+        return t.input() if t.kind() == "aten::t" else None
+    return node.inputsAt(schema_names.index("weight"))
+
+
+def instrument(script_module) -> tuple[object, list[str]]:
+    """A callable running the module's forward with probes, and the probed layer names."""
+    graph = script_module.inlined_graph
+    self_id = next(graph.inputs()).unique()
+    params = {name for name, _ in script_module.named_parameters()}
+    kind = _probe_kind()
+    names: list[str] = []
+
+    def walk(block):
+        for node in list(block.nodes()):
+            for sub in node.blocks():
+                walk(sub)
+            if node.kind() not in LAYER_KINDS:
+                continue
+            weight = _weight_input(node)
+            path = _parameter_path(weight, self_id) if weight is not None else None
+            if path is None or path not in params:
+                continue
+            name = layer_name(path)
+            if name not in names:
+                names.append(name)
+            out = node.output()
+            label = graph.create("prim::Constant")
+            label.s_("value", name)
+            label.output().setType(torch._C.StringType.get())
+            label.insertAfter(node)
+            probe = graph.create(kind, [out, label.output()])
+            probe.output().setType(out.type())
+            probe.insertAfter(label)
+            out.replaceAllUsesWith(probe.output())
+            probe.replaceInput(0, out)
+
+    walk(graph.block())
+    function = torch._C._create_function_from_graph("lsuv_probed_forward", graph)
+    return (lambda *inputs: function(script_module._c, *inputs)), names
+
+
+def measure_file(path: Path, inputs: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """{layer name: (variance, mean)} of each conv / linear output at its first use."""
+    global _recording
+    script_module = torch.jit.load(str(path), map_location="cpu")
+    script_module.eval()
+    run, _ = instrument(script_module)
+    dtype = next((p.dtype for p in script_module.parameters() if p.is_floating_point()), torch.float32)
+    args = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
+    _recording = {}
+    try:
+        with torch.no_grad():
+            run(*args)
+        return dict(_recording)
+    finally:
+        _recording = None

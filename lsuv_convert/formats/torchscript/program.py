@@ -1,0 +1,468 @@
+"""Read a ScriptModule's inlined ``forward`` graph into a Program both engine paths can run.
+
+The graph is copied, inlined (submodule calls flattened), and specialised for inference:
+every non-tensor attribute (``training``, flags, sizes) is read once and replaced by a
+constant, then TorchScript's own constant propagation folds the branches that depended on
+them (``if self.training: ...``) and dead code is removed. What is left is translated node
+by node into :class:`Op` records: attribute reads resolved to attribute paths, constants,
+target layers, control flow with its blocks, and ordinary ops with the callable that runs
+exactly that op (see :mod:`.ops`). Nothing here runs the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .layers import LAYER_KINDS, LayerCall, layer_name, match_layer
+from .ops import Resolved, UnsupportedNode, _dispatcher_overload, resolve
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Any
+
+
+@dataclass
+class ModuleRef:
+    """A submodule value: the attribute path from the root and the C++ module object."""
+
+    path: str
+    obj: Any
+
+
+@dataclass
+class Op:
+    kind: str  # the TorchScript node kind
+    role: str  # "call" | "layer" | "read" | "if" | "loop" | "get_attr" | "set_attr"
+    args: list  # graph value ids (int) or Const
+    outputs: list[int]
+    call: Resolved | None = None  # role "call"
+    blocks: list["Block"] = field(default_factory=list)
+    key: Any = None  # read: tensor key; layer: module path; get/set_attr: (owner path, name)
+    frees: tuple[int, ...] = ()  # values dead after this op (for the interpreter)
+    where: str = ""  # source position, for messages
+
+
+@dataclass
+class Block:
+    inputs: list[int]
+    ops: list[Op]
+    outputs: list  # value ids or Const
+
+
+@dataclass
+class InputDef:
+    name: str
+    value_id: int
+
+
+@dataclass
+class Program:
+    inputs: list[InputDef]
+    body: Block
+    tensors: dict[str, torch.Tensor]  # read key -> tensor: attributes (not layer params) and constants
+    params: dict[str, torch.Tensor]  # parameter path -> the ScriptModule's tensor (layer weights / biases)
+    layers: dict[str, list[LayerCall]]  # module path -> its weight's distinct calls, in first-appearance order
+    layer_names: dict[str, str]  # module path -> layer name (attribute path)
+    in_control_flow: list[str] = field(default_factory=list)  # layer names inside prim::If / prim::Loop
+    set_attrs: bool = False  # forward assigns attributes: only the interpreter can run it
+    attr_owners: dict[tuple[str, str], Any] = field(default_factory=dict)  # for get_attr: owner objects
+    untouched_params: list[str] = field(default_factory=list)  # matrix-like params no layer uses
+    written: set[str] = field(default_factory=set)  # attribute paths the graph writes to
+
+    @property
+    def fx_blockers(self) -> list[str]:
+        """Why this program can't be an fx graph whose target layers are call_module nodes."""
+        reasons = []
+        if self.in_control_flow:
+            reasons.append(f"layer(s) {', '.join(self.in_control_flow)} run inside data-dependent control flow (prim::If / prim::Loop)")
+        if self.set_attrs:
+            reasons.append("forward assigns module attributes (prim::SetAttr)")
+        return reasons
+
+
+class ProgramError(Exception):
+    """The graph uses something neither engine path can run."""
+
+
+def read_program(script_module) -> Program:
+    graph = script_module.inlined_graph  # a copy: safe to rewrite
+    has_set_attr = bool(_find_nodes(graph.block(), "prim::SetAttr"))
+    if not has_set_attr:
+        _specialise_attributes(graph, script_module._c)
+        torch._C._jit_pass_constant_propagation(graph)
+        torch._C._jit_pass_dce(graph)
+    return _Reader(script_module, graph, has_set_attr).read()
+
+
+def _find_nodes(block, kind: str) -> list:
+    found = []
+    for node in block.nodes():
+        if node.kind() == kind:
+            found.append(node)
+        for sub in node.blocks():
+            found.extend(_find_nodes(sub, kind))
+    return found
+
+
+_CONSTANT_TYPES = (bool, int, float, str, type(None), torch.device)
+
+
+def _constant_like(value) -> bool:
+    if isinstance(value, _CONSTANT_TYPES):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, (bool, int, float)) for v in value) or all(isinstance(v, str) for v in value)
+    return False
+
+
+def _specialise_attributes(graph, root) -> None:
+    """Replace reads of non-tensor attributes (``training``, flags) by constants, in place."""
+    owners = {next(graph.inputs()).unique(): root}
+
+    def walk(block):
+        for node in list(block.nodes()):
+            if node.kind() == "prim::GetAttr":
+                owner = owners.get(node.input().unique())
+                if owner is not None:
+                    value = owner.getattr(node.s("name"))
+                    if isinstance(value, torch._C.ScriptModule):
+                        owners[node.output().unique()] = value
+                    elif not isinstance(value, torch.Tensor) and _constant_like(value):
+                        try:
+                            with graph.insert_point_guard(node):
+                                constant = graph.insertConstant(value)
+                        except (RuntimeError, TypeError):
+                            continue
+                        node.output().replaceAllUsesWith(constant)
+            for sub in node.blocks():
+                walk(sub)
+
+    walk(graph.block())
+
+
+class _Reader:
+    def __init__(self, script_module, graph, has_set_attr: bool):
+        self.sm = script_module
+        self.graph = graph
+        self.has_set_attr = has_set_attr
+        self.static: dict[int, Const | ModuleRef] = {}
+        self.producer: dict[int, Op] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.params: dict[str, torch.Tensor] = {}
+        self.layers: dict[str, list[LayerCall]] = {}
+        self.layer_names: dict[str, str] = {}
+        self.module_of_weight: dict[str, str] = {}
+        self.layer_ops: list[tuple[Op, LayerCall]] = []
+        self.in_control_flow: list[str] = []
+        self.attr_owners: dict[tuple[str, str], Any] = {}
+        self.param_paths = {name for name, _ in script_module.named_parameters()}
+        self.set_attr_keys: set[tuple[str, str]] = set()
+        self.written: set[int] = set()  # GetAttr outputs the graph writes to (through any alias)
+        self.written_paths: set[str] = set()
+
+    def read(self) -> Program:
+        graph = self.graph
+        values = list(graph.inputs())
+        root = ModuleRef("", self.sm._c)
+        self.static[values[0].unique()] = root
+        if self.has_set_attr:
+            self.set_attr_keys = self._set_attr_keys(graph.block())
+        self._find_written(graph)
+        inputs = self._inputs(values[1:])
+        body = self._block(graph.block(), depth=0, block_inputs=[])
+        self._settle_layers()
+        _drop_unused_reads(body, _all_uses(body))
+        _annotate_frees(body)
+        used = {calls[0].weight_path for calls in self.layers.values()}
+        untouched = [
+            name for name, p in self.sm.named_parameters() if name not in used and p.dim() >= 2
+        ]
+        return Program(
+            inputs=inputs,
+            body=body,
+            tensors=self.tensors,
+            params=self.params,
+            layers=self.layers,
+            layer_names=self.layer_names,
+            in_control_flow=self.in_control_flow,
+            set_attrs=self.has_set_attr,
+            attr_owners=self.attr_owners,
+            untouched_params=untouched,
+            written=self.written_paths,
+        )
+
+    # -- inputs -----------------------------------------------------------------------
+    def _inputs(self, values) -> list[InputDef]:
+        schema_args = list(self.sm.forward.schema.arguments)[1:]
+        defs = []
+        for value, arg in zip(values, schema_args):
+            if arg.has_default_value():
+                self.static[value.unique()] = Const(arg.default_value)
+                continue
+            kind = arg.type.kind()
+            if kind == "OptionalType":
+                kind = arg.type.getElementType().kind()
+            if kind != "TensorType":
+                raise ProgramError(
+                    f"forward takes a required argument {arg.name!r} of type {arg.type}; "
+                    "only tensor inputs can be fed from a data batch"
+                )
+            defs.append(InputDef(arg.name, value.unique()))
+        return defs
+
+    def _set_attr_keys(self, block) -> set[tuple[str, str]]:
+        keys = set()
+        owners: dict[int, str] = {next(self.graph.inputs()).unique(): ""}
+
+        def walk(b):
+            for node in b.nodes():
+                if node.kind() == "prim::GetAttr" and node.input().unique() in owners:
+                    owners[node.output().unique()] = _join(owners[node.input().unique()], node.s("name"))
+                elif node.kind() == "prim::SetAttr" and node.inputsAt(0).unique() in owners:
+                    keys.add((owners[node.inputsAt(0).unique()], node.s("name")))
+                for sub in node.blocks():
+                    walk(sub)
+
+        walk(block)
+        return keys
+
+    def _find_written(self, graph) -> None:
+        alias_db = graph.alias_db()
+        for node in _find_nodes(graph.block(), "prim::GetAttr"):
+            out = node.output()
+            if out.type().kind() == "TensorType" and alias_db.has_writers(out):
+                self.written.add(out.unique())
+
+    # -- blocks -----------------------------------------------------------------------
+    def _block(self, block, depth: int, block_inputs: list[int]) -> Block:
+        ops: list[Op] = []
+        for node in block.nodes():
+            op = self._node(node, depth)
+            if op is not None:
+                ops.append(op)
+                for out in op.outputs:
+                    self.producer[out] = op
+        outputs = [self._arg(v) for v in block.outputs()]
+        return Block(block_inputs, ops, outputs)
+
+    def _arg(self, value):
+        s = self.static.get(value.unique())
+        if s is None:
+            return value.unique()
+        if isinstance(s, ModuleRef):
+            return Const(s.obj)
+        return s
+
+    def _node(self, node, depth: int) -> Op | None:
+        kind = node.kind()
+        where = _where(node)
+        outputs = [o.unique() for o in node.outputs()]
+        if kind == "prim::Constant":
+            return self._constant(node, outputs, where)
+        if kind == "prim::GetAttr":
+            return self._get_attr(node, outputs, where)
+        args = [self._arg(v) for v in node.inputs()]
+        if kind == "prim::SetAttr":
+            owner = self.static.get(node.inputsAt(0).unique())
+            if not isinstance(owner, ModuleRef):
+                raise ProgramError(f"prim::SetAttr on a value that is not a known submodule{where}")
+            self.attr_owners[(owner.path, node.s("name"))] = owner.obj
+            return Op(kind, "set_attr", args[1:], outputs, key=(owner.path, node.s("name")), where=where)
+        if kind == "prim::If":
+            blocks = [self._block(b, depth + 1, []) for b in node.blocks()]
+            return Op(kind, "if", args, outputs, blocks=blocks, where=where)
+        if kind == "prim::Loop":
+            body = node.blocks()
+            (sub,) = list(body)
+            block_inputs = [v.unique() for v in sub.inputs()]
+            return Op(kind, "loop", args, outputs, blocks=[self._block(sub, depth + 1, block_inputs)], where=where)
+        if any(True for _ in node.blocks()):
+            raise ProgramError(f"unsupported TorchScript construct {kind} (a node with blocks){where}")
+        if kind in LAYER_KINDS:
+            op = self._layer(node, args, outputs, depth, where)
+            if op is not None:
+                return op
+        try:
+            resolved = resolve(node)
+        except UnsupportedNode as exc:
+            raise ProgramError(f"{exc}{where}") from exc
+        return Op(kind, "call", args, outputs, call=resolved, where=where)
+
+    def _constant(self, node, outputs, where) -> Op | None:
+        out = node.output()
+        if out.type().kind() == "TensorType":
+            key = f"constant:{out.unique()}"
+            self.tensors[key] = node.t("value")
+            return Op("prim::Constant", "read", [], outputs, key=key, where=where)
+        try:
+            value = out.toIValue()
+        except RuntimeError:
+            return Op("prim::Constant", "call", [], outputs, call=resolve(node), where=where)
+        self.static[out.unique()] = Const(value)
+        return None
+
+    def _get_attr(self, node, outputs, where) -> Op | None:
+        owner = self.static.get(node.input().unique())
+        name = node.s("name")
+        if not isinstance(owner, ModuleRef):
+            raise ProgramError(f"attribute {name!r} read from a value that is not a known submodule{where}")
+        path = _join(owner.path, name)
+        value = owner.obj.getattr(name)
+        out = node.output()
+        if isinstance(value, torch._C.ScriptModule):
+            self.static[out.unique()] = ModuleRef(path, value)
+            return None
+        if (owner.path, name) in self.set_attr_keys:
+            self.attr_owners[(owner.path, name)] = owner.obj
+            return Op("prim::GetAttr", "get_attr", [], outputs, key=(owner.path, name), where=where)
+        if isinstance(value, torch.Tensor):
+            if out.unique() in self.written:
+                self.written_paths.add(path)
+            if path in self.param_paths:
+                self.params.setdefault(path, value)
+            else:
+                # A tensor the graph writes to is copied, so running the model here never
+                # changes what is saved; others are shared.
+                self.tensors[path] = value.detach().clone() if out.unique() in self.written else value.detach()
+            return Op("prim::GetAttr", "read", [], outputs, key=path, where=where)
+        self.static[out.unique()] = Const(value)
+        return None
+
+    def _layer(self, node, args, outputs, depth, where) -> Op | None:
+        call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
+        if call is None:
+            return None
+        module_path = self.module_of_weight.get(call.weight_path)
+        if module_path is None:
+            module_path = self._module_path(layer_name(call.weight_path))
+            self.module_of_weight[call.weight_path] = module_path
+            self.layers[module_path] = []
+            self.layer_names[module_path] = layer_name(call.weight_path)
+        name = self.layer_names[module_path]
+        if depth > 0 and name not in self.in_control_flow:
+            self.in_control_flow.append(name)
+        op = Op(node.kind(), "layer", [], outputs, key=module_path, where=where)
+        self.layer_ops.append((op, call))
+        return op
+
+    def _settle_layers(self) -> None:
+        """One module per weight: its bias is the first call's; distinct calls become variants."""
+        first_bias = {}
+        for op, call in self.layer_ops:
+            first_bias.setdefault(op.key, call.bias_path)
+            if call.bias_path != first_bias[op.key]:
+                call.pass_bias_at_call_time()
+        variant_of: dict[str, dict[tuple, int]] = {path: {} for path in self.layers}
+        for op, call in self.layer_ops:
+            variants = variant_of[op.key]
+            if call.signature() not in variants:
+                variants[call.signature()] = len(variants)
+                self.layers[op.key].append(call)
+        for op, call in self.layer_ops:
+            variants = variant_of[op.key]
+            prefix = [Const(variants[call.signature()])] if len(variants) > 1 else []
+            op.args = prefix + list(call.dynamic)
+
+    def _read_of(self, arg, through_t: bool = False) -> str | None:
+        if isinstance(arg, Const):
+            return None
+        op = self.producer.get(arg)
+        if op is None:
+            return None
+        if through_t:
+            if op.role == "call" and op.kind == "aten::t" and len(op.args) == 1:
+                return self._read_of(op.args[0])
+            return None
+        if op.role == "read" and op.key in self.param_paths:
+            return op.key
+        return None
+
+    def _module_path(self, name: str) -> str:
+        path = name if not name.startswith("_ts_") else "layer_" + name
+        taken = set(self.layers)
+        if path not in taken:  # two weights named alike (``w`` and ``w.weight``)
+            return path
+        n = 2
+        while f"{path}_{n}" in taken:
+            n += 1
+        return f"{path}_{n}"
+
+
+def _join(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
+
+
+def _where(node) -> str:
+    try:
+        text = node.sourceRange().strip().splitlines()
+    except (RuntimeError, AttributeError):
+        return ""
+    return f" (at {text[0].strip()})" if text else ""
+
+
+def uses(op: Op) -> set[int]:
+    """Value ids ``op`` reads, including inside its blocks (block outputs too)."""
+    found = {a for a in op.args if isinstance(a, int)}
+    for block in op.blocks:
+        for inner in block.ops:
+            found |= uses(inner)
+        found |= {a for a in block.outputs if isinstance(a, int)}
+    return found
+
+
+def defined_inside(op: Op) -> set[int]:
+    found: set[int] = set()
+    for block in op.blocks:
+        found |= set(block.inputs)
+        for inner in block.ops:
+            found |= set(inner.outputs) | defined_inside(inner)
+    return found
+
+
+def free_values(op: Op) -> list[int]:
+    """Values from outside an If / Loop that its blocks read, in a stable order."""
+    return sorted(uses(op) - defined_inside(op))
+
+
+def _all_uses(block: Block) -> set[int]:
+    found = {a for a in block.outputs if isinstance(a, int)}
+    for op in block.ops:
+        found |= uses(op)
+    return found
+
+
+def _drop_unused_reads(block: Block, used: set[int]) -> None:
+    """Attribute reads nobody uses (a layer's weight, now held by its module) are dropped."""
+    block.ops = [op for op in block.ops if not (op.role == "read" and not (set(op.outputs) & used))]
+    for op in block.ops:
+        for inner in op.blocks:
+            _drop_unused_reads(inner, used)
+
+
+def _annotate_frees(block: Block) -> None:
+    """Mark on each op the values of its block that are dead after it (interpreter memory)."""
+    local = set(block.inputs)
+    for op in block.ops:
+        local |= set(op.outputs)
+    keep = {a for a in block.outputs if isinstance(a, int)}
+    last: dict[int, int] = {}
+    for v in block.inputs:
+        last[v] = -1
+    for i, op in enumerate(block.ops):
+        for v in op.outputs:
+            last[v] = i
+        for v in uses(op):
+            if v in local:
+                last[v] = i
+        for inner in op.blocks:
+            _annotate_frees(inner)
+    frees: dict[int, list[int]] = {}
+    for v, i in last.items():
+        if v not in keep and i >= 0:
+            frees.setdefault(i, []).append(v)
+    for i, op in enumerate(block.ops):
+        op.frees = tuple(frees.get(i, ()))

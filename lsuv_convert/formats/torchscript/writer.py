@@ -1,0 +1,49 @@
+"""Write the loaded ScriptModule back with its new weights: same code, structure, buffers, extra files.
+
+The engine has scaled the parameters in place (the target layers share storage with the
+ScriptModule); they are copied again here in case the engine worked on another device.
+Training flags are restored to what the file had, and ``torch.jit.save`` writes through
+an atomic temporary file, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...atomic import atomic_path
+from ...errors import ConversionError, OutputError
+from ...graph import ModelGraph
+from .loader import ScriptState
+
+
+def save_script(graph: ModelGraph, out_path: Path) -> None:
+    state: ScriptState = graph.state
+    module = state.module
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for target in graph.targets:
+            layer = graph.module.get_submodule(target.module_path)
+            weight_path, bias_path = target.binding
+            _copy_into(params[weight_path], layer.weight, target.name, out_path)
+            if bias_path is not None:
+                _copy_into(params[bias_path], layer.bias, target.name, out_path)
+    modules = dict(module.named_modules())
+    for name, flag in state.training.items():
+        modules[name]._c.setattr("training", flag)
+    try:
+        with atomic_path(out_path) as tmp:
+            try:
+                torch.jit.save(module, str(tmp), _extra_files=state.extra_files)
+            except RuntimeError as exc:
+                raise OutputError(f"torch.jit.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
+    finally:
+        module.eval()
+
+
+def _copy_into(dest: torch.Tensor, value: torch.Tensor, layer: str, out_path: Path) -> None:
+    if not torch.isfinite(value).all():
+        raise ConversionError(f"layer {layer} has non-finite weights; nothing was written", path=out_path)
+    if dest.data_ptr() != value.data_ptr() or dest.device != value.device:
+        dest.copy_(value.detach().to(dest.device, dest.dtype))

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import torch
@@ -55,20 +57,38 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     if len(kept) != len(graph.node):
         del graph.node[:]
         graph.node.extend(kept)
-    fixes = [n for n in graph.node if n.op_type == "Reshape" and n.domain == "" and _int_attr(n, "allowzero") == 1]
-    if fixes:
+    opset = next((o.version for o in work.opset_import if o.domain in STANDARD_DOMAINS), 0)
+    if any(_needs_fix(n, opset) for n in graph.node):
         try:  # keep the shapes onnx2torch's converters need downstream of the renamed nodes
             work = onnx.shape_inference.infer_shapes(work)
         except Exception:  # noqa: BLE001 - best effort; onnx2torch infers again
             pass
         for node in work.graph.node:
-            if node.op_type == "Reshape" and node.domain == "" and _int_attr(node, "allowzero") == 1:
+            if _needs_fix(node, opset):
                 node.domain = onnx_converters.FIX_DOMAIN
         work.opset_import.append(onnx.helper.make_opsetid(onnx_converters.FIX_DOMAIN, 1))
-    for opset in work.opset_import:
-        if opset.domain == "ai.onnx":
-            opset.domain = ""
+    for entry in work.opset_import:
+        if entry.domain == "ai.onnx":
+            entry.domain = ""
     return work
+
+
+_ATTRIBUTE_AXES_REDUCE = {  # op -> last opset whose version takes ``axes`` as an attribute
+    "ReduceMax": 17, "ReduceMin": 17, "ReduceProd": 17, "ReduceMean": 17, "ReduceL1": 17, "ReduceL2": 17,
+    "ReduceLogSum": 17, "ReduceLogSumExp": 17, "ReduceSumSquare": 17, "ReduceSum": 12,
+}
+
+
+def _needs_fix(node, opset: int) -> bool:
+    """Nodes onnx2torch refuses or converts wrongly, converted by our own modules instead:
+    Reshape with allowzero=1 (refused), and reductions with an ``axes`` attribute (onnx2torch
+    sorts negative axes before reducing one at a time, so ReduceMax(axes=[-2, -1], keepdims=0)
+    reduces the wrong dimension)."""
+    if node.domain != "":
+        return False
+    if node.op_type == "Reshape":
+        return _int_attr(node, "allowzero") == 1
+    return opset <= _ATTRIBUTE_AXES_REDUCE.get(node.op_type, -1)
 
 
 def _int_attr(node, name: str, default: int = 0) -> int:
@@ -102,13 +122,27 @@ def check_convertible(work: onnx.ModelProto, source) -> None:
             ) from None
 
 
-def convert(model: onnx.ModelProto, plan: TargetPlan, source) -> tuple[nn.Module, dict[str, str], list[str]]:
-    """GraphModule computing ``model``; {target label: module path}; notes for the log."""
+@dataclass
+class Converted:
+    module: nn.Module  # torch.fx.GraphModule computing the model
+    paths: dict[str, str]  # target label -> module path
+    tensors: dict[str, tuple[str, int]]  # ONNX tensor -> (module path, output index) computing it
+    node_names: dict[str, str]  # module path -> ONNX node name (for messages)
+    notes: list[str]
+
+
+def checked_working_copy(model: onnx.ModelProto, source) -> onnx.ModelProto:
+    """The working copy, after checking that every node can be converted (one clear error if not)."""
+    work = working_copy(model)
+    check_convertible(work, source)
+    return work
+
+
+def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, source) -> Converted:
+    """The torch graph of ``model`` (from its checked working copy) with its target layers installed."""
     import onnx2torch
     from onnx2torch.onnx_graph import OnnxGraph
 
-    work = working_copy(model)
-    check_convertible(work, source)
     try:
         gm = onnx2torch.convert(work)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
@@ -123,7 +157,29 @@ def convert(model: onnx.ModelProto, plan: TargetPlan, source) -> tuple[nn.Module
     _drop_unused(gm)
     gm.graph.lint()
     gm.recompile()
-    return gm, paths, notes
+    tensors, node_names = _tensor_map(gm, model, plan, unique, paths)
+    return Converted(gm, paths, tensors, node_names, notes)
+
+
+def _tensor_map(gm, model, plan: TargetPlan, unique: dict[str, str], paths: dict[str, str]):
+    """Which module computes each ONNX tensor (fused MatMul + Add: the MatMul module gives the Add's output)."""
+    modules = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    nodes = list(model.graph.node)
+    fused_add = {t.fused_add: paths[t.label] for t in plan.targets if t.fused_add is not None}
+    fused_matmul = {t.node_index for t in plan.targets if t.fused_add is not None}
+    tensors: dict[str, tuple[str, int]] = {}
+    node_names: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        if i in fused_matmul or not node.output or node.output[0] not in unique:
+            continue
+        path = fused_add.get(i, unique[node.output[0]])
+        if path not in modules:
+            continue
+        node_names.setdefault(path, node.name or node.output[0])
+        for k, out in enumerate(node.output):
+            if out:
+                tensors[out] = (path, k)
+    return tensors, node_names
 
 
 def _first_line(exc: BaseException) -> str:

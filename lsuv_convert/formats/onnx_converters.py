@@ -27,6 +27,16 @@ from torch import nn
 FIX_DOMAIN = "lsuv_convert_fix"  # no dots: onnx2torch prefixes module names with the domain
 
 
+def _register(operation_type: str, version: int, converter, domain: str = "") -> None:
+    """Add ``converter`` unless onnx2torch (or an earlier import) already has one for this version."""
+    try:
+        get_converter(operation_type=operation_type, version=version, domain=domain)
+        return
+    except NotImplementedError:
+        pass
+    add_converter(operation_type=operation_type, version=version, domain=domain)(converter)
+
+
 def _const_list(name: str, graph: OnnxGraph) -> Optional[list]:
     """Value of a constant input (initializer or Constant node) as a list, or None if computed."""
     if not name:
@@ -119,9 +129,21 @@ def _convert_reduce18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRes
 
 for _op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
             "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"):
-    add_converter(operation_type=_op, version=18)(_convert_reduce18)
+    _register(_op, 18, _convert_reduce18)
 for _op in ("ReduceMax", "ReduceMin"):  # 20 only added bool support
-    add_converter(operation_type=_op, version=20)(_convert_reduce18)
+    _register(_op, 20, _convert_reduce18)
+
+
+def _convert_reduce_attribute_axes(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    """Reduce*-1..13 (axes attribute), in place of onnx2torch's, which mishandles negative axes."""
+    attrs = node.attributes
+    module = OnnxReduce18(node.operation_type, bool(attrs.get("keepdims", 1)), False, axes=list(attrs.get("axes", [])))
+    return OperationConverterResult(module, _static_mapping(node, 1))
+
+
+for _op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+            "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ReduceSum"):
+    _register(_op, 1, _convert_reduce_attribute_axes, domain=FIX_DOMAIN)
 
 
 # ---------------------------------------------------------------- Pad-18/19/21 (axes input, wrap mode)
@@ -193,7 +215,7 @@ def _convert_pad18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult
 
 
 for _version in (18, 19, 21):
-    add_converter(operation_type="Pad", version=_version)(_convert_pad18)
+    _register("Pad", _version, _convert_pad18)
 
 
 # ---------------------------------------------------------------- Split-18 (num_outputs)
@@ -229,7 +251,7 @@ def _convert_split18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResu
     return OperationConverterResult(OnnxSplit18(axis, num_outputs), onnx_mapping_from_node(node))
 
 
-add_converter(operation_type="Split", version=18)(_convert_split18)
+_register("Split", 18, _convert_split18)
 
 
 # ---------------------------------------------------------------- Reshape (allowzero=1), -19, -21
@@ -254,9 +276,9 @@ def _convert_reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResu
     return OperationConverterResult(OnnxReshapeAllowZero(allowzero), onnx_mapping_from_node(node))
 
 
-add_converter(operation_type="Reshape", version=1, domain=FIX_DOMAIN)(_convert_reshape)
+_register("Reshape", 1, _convert_reshape, domain=FIX_DOMAIN)
 for _version in (19, 21):
-    add_converter(operation_type="Reshape", version=_version)(_convert_reshape)
+    _register("Reshape", _version, _convert_reshape)
 
 
 # ---------------------------------------------------------------- Resize-18/19
@@ -395,7 +417,7 @@ def _convert_resize18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRes
 
 
 for _version in (18, 19):
-    add_converter(operation_type="Resize", version=_version)(_convert_resize18)
+    _register("Resize", _version, _convert_resize18)
 
 
 # ---------------------------------------------------------------- versions that only widened types
@@ -410,4 +432,4 @@ _SAME_SEMANTICS = {  # new version -> onnx2torch's converter for the previous ve
     ("Equal", 19): 13,
 }
 for (_op, _version), _previous in _SAME_SEMANTICS.items():
-    add_converter(operation_type=_op, version=_version)(get_converter(_op, _previous))
+    _register(_op, _version, get_converter(operation_type=_op, version=_previous))

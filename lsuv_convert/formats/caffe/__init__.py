@@ -23,8 +23,9 @@ from ...graph import InputSpec, ModelGraph
 from .. import register_format
 from ..base import ModelFormat, check_inputs
 
-_SNIFF = re.compile(rb"^\s*(layers?|input|input_dim|input_shape|net_param|net|train_net|test_net|"
-                    rb"train_net_param|test_net_param|base_lr)\s*[:{]", re.MULTILINE)
+# A net or solver: a layer / net block anywhere, or a top-level net or solver field at a line start.
+_SNIFF = re.compile(rb"(?:^|[\s}])(?:layers?|net_param|train_net_param|test_net_param)\s*:?\s*[{<]|"
+                    rb"^\s*(?:input|input_dim|input_shape|net|train_net|test_net|base_lr)\s*:", re.MULTILINE)
 
 
 @dataclass

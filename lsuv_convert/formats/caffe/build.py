@@ -95,11 +95,16 @@ class LayerContext:
     # -- parameters ------------------------------------------------------------------------
     def initial_blobs(self, roles: list[str], shapes: list[tuple[int, ...]], fillers: list) -> list[torch.Tensor]:
         """Values of the layer's blobs in Caffe layout: from ``--weights`` if it has the layer,
-        else from the fillers (a FillerParameter, or a float for a constant)."""
+        else from ``blobs`` written in the prototxt itself (which Caffe also honours), else from
+        the fillers (a FillerParameter, or a float for a constant)."""
         stored: StoredLayer | None = self.builder.weights.get(self.layer.name) if self.builder.weights else None
+        source = Path(self.builder.weights_path).name if stored is not None else "the prototxt"
+        if stored is None and len(self.layer.blobs):
+            stored = StoredLayer(self.layer.name, self.layer.type, list(self.layer.blobs))
         if stored is not None:
-            arrays = match_blobs(stored, shapes, roles, self.where, self.builder.weights_path)
-            self.builder.loaded.append(self.layer.name)
+            arrays = match_blobs(stored, shapes, roles, self.where, self.builder.parsed.path, source)
+            if source != "the prototxt":
+                self.builder.loaded.append(self.layer.name)
             return [torch.from_numpy(a.copy()) for a in arrays]
         self.builder.unloaded.append(self.layer.name)
         values = []
@@ -127,14 +132,10 @@ class LayerContext:
             spec_name = self.layer.param[i].name if i < len(self.layer.param) else ""
             owner = self.builder.shared.get(spec_name) if spec_name else None
             if owner is not None:
-                param, owner_shape, owner_layer, permissive = owner
-                same = tuple(owner_shape) == tuple(shape)
-                if not same and not (self.layer.param[i].share_mode == 1 and param.numel() == value.numel()):
+                param, owner_shape, owner_layer = owner
+                if tuple(owner_shape) != tuple(shape):  # PERMISSIVE sharing of a reshaped blob: not supported
                     raise self.error(f"shares parameter {spec_name!r} with layer {owner_layer!r}, whose shape "
                                      f"{tuple(owner_shape)} differs from the {tuple(shape)} this layer needs")
-                if not same:
-                    raise self.error(f"shares parameter {spec_name!r} with layer {owner_layer!r} in PERMISSIVE mode "
-                                     "with a different shape, which is not supported")
                 setattr(module, attr, param)
                 shared_flags.append(True)
                 self.builder.notes.append(f"layer {self.layer.name!r} shares {attr} {spec_name!r} with "
@@ -144,7 +145,7 @@ class LayerContext:
                 with torch.no_grad():
                     current.copy_(value.reshape(current.shape))
                 if spec_name:
-                    self.builder.shared[spec_name] = (current, tuple(shape), self.layer.name, False)
+                    self.builder.shared[spec_name] = (current, tuple(shape), self.layer.name)
                 shared_flags.append(False)
             refs.append(BlobRef(path, attr, tuple(shape), layout))
         self.builder.param_layers.append(ParamLayer(self.layer.name, self.layer.type, list(self.layer.bottom),

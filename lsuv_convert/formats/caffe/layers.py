@@ -349,12 +349,13 @@ def scale(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
     factor = bottoms[1]
     axis = _broadcast_axis(ctx, x, factor, p.axis)
     node = ctx.call(M.scale_by, x.node, factor.node, axis)
-    if p.bias_term:
-        _known(ctx, factor.shape, range(len(factor.shape)), "the bias shape")
-        module = M.CaffeBias(factor.shape, axis)
-        values = ctx.initial_blobs(["bias"], [factor.shape], [_filler_or(p, "bias_filler", 0.0)])
+    if p.bias_term:  # Caffe's bias then covers the axes of bottom 0 that bottom 1 covers
+        shape = tuple(x.shape[axis: axis + len(factor.shape)])
+        _known(ctx, shape, range(len(shape)), "the bias shape")
+        module = M.CaffeBias(shape, axis)
+        values = ctx.initial_blobs(["bias"], [shape], [_filler_or(p, "bias_filler", 0.0)])
         path = ctx.add_module(module)
-        ctx.attach(module, path, ["bias"], values, [factor.shape])
+        ctx.attach(module, path, ["bias"], values, [shape])
         node = ctx.call_module(path, node)
     return [Blob(node, x.shape)]
 
@@ -553,16 +554,16 @@ def reshape(ctx, bottoms):
         else:
             middle.append(d)
     replaced = x.shape[axis:end]
+    # The batch size N is a symbol: it cancels when a 0 copies the batch axis into the result.
+    known = [d for d in middle if d != -1]
+    n_in, n_out = replaced.count(None), known.count(None)
+    total = math.prod(d for d in replaced if d is not None)
+    rest = math.prod(d for d in known if d is not None)
     if -1 in dims:
-        known = [d for d in middle if d != -1]
-        if None in replaced or None in known:
-            middle[dims.index(-1)] = None
-        else:
-            total, rest = math.prod(replaced), math.prod(known)
-            if rest == 0 or total % rest:
-                raise ctx.error(f"shape {dims} can't reshape {_fmt(x.shape)}")
-            middle[dims.index(-1)] = total // rest
-    elif None not in replaced and None not in middle and math.prod(replaced) != math.prod(middle):
+        if rest == 0 or total % rest or n_out > n_in:
+            raise ctx.error(f"shape {dims} can't reshape {_fmt(x.shape)}")
+        middle[dims.index(-1)] = total // rest if n_in == n_out else None
+    elif n_in != n_out or total != rest:
         raise ctx.error(f"shape {dims} has a different size than {_fmt(x.shape)}")
     shape = (*x.shape[:axis], *middle, *x.shape[end:])
     return [Blob(ctx.call(M.caffe_reshape, x.node, tuple(dims), axis, num_axes), shape)]

@@ -285,8 +285,10 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 def _build() -> SimpleNamespace:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_file_descriptor())
-    classes = {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-               for name in MESSAGES}
+    get_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.22
+    if get_class is None:  # pragma: no cover - older protobuf
+        get_class = message_factory.MessageFactory(pool).GetPrototype
+    classes = {name: get_class(pool.FindMessageTypeByName(f"{PACKAGE}.{name}")) for name in MESSAGES}
     return SimpleNamespace(pool=pool, **classes)
 
 

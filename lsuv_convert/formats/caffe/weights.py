@@ -76,26 +76,28 @@ def blob_values(blob, expected: tuple[int, ...]) -> np.ndarray:
 
 
 def fmt_shape(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return str(tuple(int(d) for d in shape))
 
 
 def match_blobs(stored: StoredLayer, expected: list[tuple[int, ...]], roles: list[str], where: str,
-                path: Path) -> list[np.ndarray]:
-    """The stored blobs of one layer checked against what the net needs, as arrays."""
+                path: Path, source: str) -> list[np.ndarray]:
+    """The stored blobs of one layer checked against what the net needs, as arrays.
+
+    Errors name the net file (``path``) and the layer, and ``source`` (where the blobs are)."""
     if len(stored.blobs) != len(expected):
         needs = ", ".join(f"{r} {fmt_shape(s)}" for r, s in zip(roles, expected))
         raise ModelFormatError(
-            f"{where}: the weights file has {len(stored.blobs)} blob(s) for it, the net needs {len(expected)} ({needs})",
+            f"{where}: {source} has {len(stored.blobs)} blob(s) for it, the net needs {len(expected)} ({needs})",
             path=path)
     arrays = []
     for blob, shape, role in zip(stored.blobs, expected, roles):
         if not shape_matches(blob, shape):
             dims, legacy = stored_shape(blob)
             raise ModelFormatError(
-                f"{where}: {role} blob in the weights file has shape {fmt_shape(dims)}"
+                f"{where}: its {role} blob in {source} has shape {fmt_shape(dims)}"
                 f"{' (legacy 4-D)' if legacy else ''}, the net expects {fmt_shape(shape)}", path=path)
         try:
             arrays.append(blob_values(blob, shape))
         except ValueError as exc:
-            raise ModelFormatError(f"{where}: {role} blob {exc}", path=path) from None
+            raise ModelFormatError(f"{where}: its {role} blob in {source} {exc}", path=path) from None
     return arrays

@@ -19,6 +19,7 @@ from ...graph import InputSpec, ModelGraph, TargetLayer
 from .archive import ArchiveInfo, inspect_archive
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
+from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
 
 
@@ -37,8 +38,8 @@ def load_script(path: Path) -> ModelGraph:
     info = inspect_archive(path)
     extra = {name: "" for name in info.extra_files}
     script_module = _jit_load(path, info, extra)
-    training = {name: bool(m._c.getattr("training")) for name, m in script_module.named_modules()}
-    script_module.eval()
+    training = training_flags(script_module)
+    set_training(script_module, {name: False for name in training})
     try:
         program = read_program(script_module)
     except ProgramError as exc:
@@ -68,6 +69,12 @@ def load_script(path: Path) -> ModelGraph:
     if program.untouched_params:
         shown = ", ".join(program.untouched_params[:8]) + (" ..." if len(program.untouched_params) > 8 else "")
         notes.append(f"parameters left as they are (not the weight of a conv / linear op): {shown}")
+    if program.training_ops:
+        notes.append(
+            "the graph runs " + ", ".join(program.training_ops) + " in training mode (traced from a model in "
+            "train mode: the flag is part of the traced code), so LSUV measured with it; its running statistics "
+            "are saved unchanged; trace the model after model.eval() for inference-mode statistics"
+        )
     notes.append("TorchScript declares no input shape: the batch given with --data sets it")
     targets = [
         TargetLayer(name=program.layer_names[mp], op=calls[0].kind, module_path=mp, binding=(calls[0].weight_path, calls[0].bias_path))
@@ -86,9 +93,21 @@ def load_script(path: Path) -> ModelGraph:
     )
 
 
+def training_flags(script_module) -> dict[str, bool]:
+    """Submodule path -> ``training`` (frozen modules have no such attribute)."""
+    return {name: bool(m._c.getattr("training")) for name, m in script_module.named_modules() if m._c.hasattr("training")}
+
+
+def set_training(script_module, flags: dict[str, bool]) -> None:
+    modules = dict(script_module.named_modules())
+    for name, flag in flags.items():
+        modules[name]._c.setattr("training", flag)
+
+
 def _jit_load(path: Path, info: ArchiveInfo, extra: dict):
     try:
-        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with jit_deprecation_silenced():
+            return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / c10::Error alike
         text = str(exc)
         found = re.search(r"version (\d+), but the maximum supported version for reading is (\d+)", text)
@@ -127,8 +146,12 @@ def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
     dtype = next((p.dtype for p in script_module.parameters() if p.is_floating_point()), torch.float32)
     args = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
     restore = _snapshot_mutable(state)
+    seed = 12345  # the same dropout masks in both runs, should the graph have live dropout
     try:
-        with torch.no_grad():
+        # The JIT's profiling executor spends seconds optimizing a big graph on its first
+        # calls; one plain run is all that is needed here.
+        with torch.no_grad(), torch.jit.optimized_execution(False), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             expected = script_module(*args)
     except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
@@ -136,7 +159,8 @@ def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
     finally:
         restore()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             actual = graph.module(*args)
     except Exception as exc:  # noqa: BLE001
         raise ConversionError(f"the translated graph fails where TorchScript runs: {_error_line(exc)}", path=graph.source) from exc

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .layers import LAYER_KINDS, layer_name
+from .quiet import jit_deprecation_silenced
 
 _PROBE_NAMESPACE = "lsuv_convert_probe"
 _library = None
@@ -99,14 +100,17 @@ def instrument(script_module) -> tuple[object, list[str]]:
 def measure_file(path: Path, inputs: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
     """{layer name: (variance, mean)} of each conv / linear output at its first use."""
     global _recording
-    script_module = torch.jit.load(str(path), map_location="cpu")
-    script_module.eval()
+    with jit_deprecation_silenced():
+        script_module = torch.jit.load(str(path), map_location="cpu")
+    for module in script_module.modules():
+        if module._c.hasattr("training"):
+            module._c.setattr("training", False)
     run, _ = instrument(script_module)
     dtype = next((p.dtype for p in script_module.parameters() if p.is_floating_point()), torch.float32)
     args = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
     _recording = {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.jit.optimized_execution(False):
             run(*args)
         return dict(_recording)
     finally:

@@ -72,6 +72,7 @@ class Program:
     attr_owners: dict[tuple[str, str], Any] = field(default_factory=dict)  # for get_attr: owner objects
     untouched_params: list[str] = field(default_factory=list)  # matrix-like params no layer uses
     written: set[str] = field(default_factory=set)  # attribute paths the graph writes to
+    training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
 
     @property
     def fx_blockers(self) -> list[str]:
@@ -90,12 +91,29 @@ class ProgramError(Exception):
 
 def read_program(script_module) -> Program:
     graph = script_module.inlined_graph  # a copy: safe to rewrite
-    has_set_attr = bool(_find_nodes(graph.block(), "prim::SetAttr"))
-    if not has_set_attr:
-        _specialise_attributes(graph, script_module._c)
-        torch._C._jit_pass_constant_propagation(graph)
-        torch._C._jit_pass_dce(graph)
+    _specialise_attributes(graph, script_module._c, assigned=_assigned_attributes(graph))
+    torch._C._jit_pass_constant_propagation(graph)
+    torch._C._jit_pass_dce(graph)
+    has_set_attr = bool(_find_nodes(graph.block(), "prim::SetAttr"))  # what is left after folding
     return _Reader(script_module, graph, has_set_attr).read()
+
+
+def _assigned_attributes(graph) -> set[tuple[str, str]]:
+    """(owner path, name) of every attribute forward assigns with ``prim::SetAttr``."""
+    keys = set()
+    owners: dict[int, str] = {next(graph.inputs()).unique(): ""}
+
+    def walk(block):
+        for node in block.nodes():
+            if node.kind() == "prim::GetAttr" and node.input().unique() in owners:
+                owners[node.output().unique()] = _join(owners[node.input().unique()], node.s("name"))
+            elif node.kind() == "prim::SetAttr" and node.inputsAt(0).unique() in owners:
+                keys.add((owners[node.inputsAt(0).unique()], node.s("name")))
+            for sub in node.blocks():
+                walk(sub)
+
+    walk(graph.block())
+    return keys
 
 
 def _find_nodes(block, kind: str) -> list:
@@ -108,29 +126,36 @@ def _find_nodes(block, kind: str) -> list:
     return found
 
 
-_CONSTANT_TYPES = (bool, int, float, str, type(None), torch.device)
+_CONSTANT_TYPES = (bool, int, float, str, type(None), torch.device)  # immutable: safe to fold
 
 
 def _constant_like(value) -> bool:
     if isinstance(value, _CONSTANT_TYPES):
         return True
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, tuple):  # not lists: forward may append to a list attribute
         return all(isinstance(v, (bool, int, float)) for v in value) or all(isinstance(v, str) for v in value)
     return False
 
 
-def _specialise_attributes(graph, root) -> None:
-    """Replace reads of non-tensor attributes (``training``, flags) by constants, in place."""
-    owners = {next(graph.inputs()).unique(): root}
+def _specialise_attributes(graph, root, assigned: set[tuple[str, str]]) -> None:
+    """Replace reads of non-tensor attributes (``training``, flags) by constants, in place.
+
+    Attributes forward assigns keep being read at run time.
+    """
+    owners = {next(graph.inputs()).unique(): ("", root)}
 
     def walk(block):
         for node in list(block.nodes()):
             if node.kind() == "prim::GetAttr":
                 owner = owners.get(node.input().unique())
                 if owner is not None:
-                    value = owner.getattr(node.s("name"))
+                    path, obj = owner
+                    name = node.s("name")
+                    value = obj.getattr(name)
                     if isinstance(value, torch._C.ScriptModule):
-                        owners[node.output().unique()] = value
+                        owners[node.output().unique()] = (_join(path, name), value)
+                    elif (path, name) in assigned:
+                        continue
                     elif not isinstance(value, torch.Tensor) and _constant_like(value):
                         try:
                             with graph.insert_point_guard(node):
@@ -163,6 +188,7 @@ class _Reader:
         self.set_attr_keys: set[tuple[str, str]] = set()
         self.written: set[int] = set()  # GetAttr outputs the graph writes to (through any alias)
         self.written_paths: set[str] = set()
+        self.training_ops: list[str] = []
 
     def read(self) -> Program:
         graph = self.graph
@@ -170,7 +196,7 @@ class _Reader:
         root = ModuleRef("", self.sm._c)
         self.static[values[0].unique()] = root
         if self.has_set_attr:
-            self.set_attr_keys = self._set_attr_keys(graph.block())
+            self.set_attr_keys = _assigned_attributes(graph)
         self._find_written(graph)
         inputs = self._inputs(values[1:])
         body = self._block(graph.block(), depth=0, block_inputs=[])
@@ -193,6 +219,7 @@ class _Reader:
             attr_owners=self.attr_owners,
             untouched_params=untouched,
             written=self.written_paths,
+            training_ops=self.training_ops,
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -213,22 +240,6 @@ class _Reader:
                 )
             defs.append(InputDef(arg.name, value.unique()))
         return defs
-
-    def _set_attr_keys(self, block) -> set[tuple[str, str]]:
-        keys = set()
-        owners: dict[int, str] = {next(self.graph.inputs()).unique(): ""}
-
-        def walk(b):
-            for node in b.nodes():
-                if node.kind() == "prim::GetAttr" and node.input().unique() in owners:
-                    owners[node.output().unique()] = _join(owners[node.input().unique()], node.s("name"))
-                elif node.kind() == "prim::SetAttr" and node.inputsAt(0).unique() in owners:
-                    keys.add((owners[node.inputsAt(0).unique()], node.s("name")))
-                for sub in node.blocks():
-                    walk(sub)
-
-        walk(block)
-        return keys
 
     def _find_written(self, graph) -> None:
         alias_db = graph.alias_db()
@@ -266,6 +277,8 @@ class _Reader:
         if kind == "prim::GetAttr":
             return self._get_attr(node, outputs, where)
         args = [self._arg(v) for v in node.inputs()]
+        if kind in _TRAINING_ARG:
+            self._check_training_mode(kind, node, args)
         if kind == "prim::SetAttr":
             owner = self.static.get(node.inputsAt(0).unique())
             if not isinstance(owner, ModuleRef):
@@ -332,6 +345,27 @@ class _Reader:
         self.static[out.unique()] = Const(value)
         return None
 
+    def _check_training_mode(self, kind: str, node, args) -> None:
+        """Ops traced in training mode (the flag is baked into the graph) keep it: note them, and
+        copy the running statistics batch-norm would update, so the saved ones stay as they are."""
+        overload = _dispatcher_overload(node)
+        if overload is None:
+            return
+        names = [a.name for a in overload._schema.arguments]
+        flag_name, updated = _TRAINING_ARG[kind]
+        flag = args[names.index(flag_name)] if flag_name in names else None
+        if isinstance(flag, Const) and not flag.value:
+            return
+        if kind not in self.training_ops:
+            self.training_ops.append(kind)
+        for name in updated:
+            if name not in names:
+                continue
+            op = self.producer.get(args[names.index(name)]) if not isinstance(args[names.index(name)], Const) else None
+            if op is not None and op.role == "read" and op.key in self.tensors and op.key not in self.written_paths:
+                self.written_paths.add(op.key)
+                self.tensors[op.key] = self.tensors[op.key].clone()
+
     def _layer(self, node, args, outputs, depth, where) -> Op | None:
         call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
         if call is None:
@@ -390,6 +424,19 @@ class _Reader:
         while f"{path}_{n}" in taken:
             n += 1
         return f"{path}_{n}"
+
+
+# op kind -> (its training flag argument, the buffers it updates in place when training)
+_TRAINING_ARG = {
+    "aten::batch_norm": ("training", ("running_mean", "running_var")),
+    "aten::instance_norm": ("use_input_stats", ("running_mean", "running_var")),
+    "aten::dropout": ("train", ()),
+    "aten::dropout_": ("train", ()),
+    "aten::feature_dropout": ("train", ()),
+    "aten::feature_dropout_": ("train", ()),
+    "aten::alpha_dropout": ("train", ()),
+    "aten::feature_alpha_dropout": ("train", ()),
+}
 
 
 def _join(owner: str, name: str) -> str:

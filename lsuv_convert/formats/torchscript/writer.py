@@ -15,7 +15,8 @@ import torch
 from ...atomic import atomic_path
 from ...errors import ConversionError, OutputError
 from ...graph import ModelGraph
-from .loader import ScriptState
+from .loader import ScriptState, set_training
+from .quiet import jit_deprecation_silenced
 
 
 def save_script(graph: ModelGraph, out_path: Path) -> None:
@@ -29,17 +30,16 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
             _copy_into(params[weight_path], layer.weight, target.name, out_path)
             if bias_path is not None:
                 _copy_into(params[bias_path], layer.bias, target.name, out_path)
-    modules = dict(module.named_modules())
-    for name, flag in state.training.items():
-        modules[name]._c.setattr("training", flag)
+    set_training(module, state.training)  # as the file had them
     try:
         with atomic_path(out_path) as tmp:
             try:
-                torch.jit.save(module, str(tmp), _extra_files=state.extra_files)
+                with jit_deprecation_silenced():
+                    torch.jit.save(module, str(tmp), _extra_files=state.extra_files)
             except RuntimeError as exc:
                 raise OutputError(f"torch.jit.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
     finally:
-        module.eval()
+        set_training(module, {name: False for name in state.training})
 
 
 def _copy_into(dest: torch.Tensor, value: torch.Tensor, layer: str, out_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
+
+- load: parse and check the file (external data included), find the target layers
+  (:mod:`.onnx_targets`), convert to a torch.fx graph (:mod:`.onnx_convert`).
+- prepare: the fidelity gate (:mod:`.onnx_fidelity`): torch graph vs onnxruntime on the batch.
+- save: the source ModelProto with only the target initializers replaced (:mod:`.onnx_save`),
+  checked once more against onnxruntime when the batch is known, then written atomically.
+- measure: per-layer output statistics of a written file, computed by onnxruntime.
+
+Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelFormatError
+from ..graph import InputSpec, ModelGraph, TargetLayer
+from . import register_format
+from .base import ModelFormat, check_inputs
+
+
+@dataclass
+class OnnxState:
+    """What save/measure need beyond the torch graph."""
+
+    model: Any  # the source onnx.ModelProto, weights in memory
+    external: set[str]  # initializers the source stored in an external data file
+    plan: Any  # onnx_targets.TargetPlan
+    converted: Any  # onnx_convert.Converted
+    input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
+    batch: list | None = None  # the batch prepare() checked, for save's final check
+    divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """ModelProto files start with ir_version (field 1, varint): tag 0x08, then a small number."""
+    return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 0x7F
+
+
+@register_format
+class OnnxFormat(ModelFormat):
+    name = "onnx"
+    extensions = (".onnx",)
+
+    def sniff(self, path: Path) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                return looks_like_onnx(fh.read(2))
+        except OSError:
+            return False
+
+    def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:
+        from . import onnx_convert, onnx_io, onnx_targets
+
+        path = Path(path)
+        if weights is not None:
+            raise ModelFormatError("an ONNX model carries its own weights; a separate weights file is not used", path=path)
+        model, external = onnx_io.read_model(path)
+        work = onnx_convert.checked_working_copy(model, path)
+        plan = onnx_targets.find_targets(model)
+        if not plan.targets:
+            raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
+        converted = onnx_convert.convert(model, work, plan, path)
+        del work
+        targets = [
+            TargetLayer(name=t.label, op=t.op, module_path=converted.paths[t.label], binding=t) for t in plan.targets
+        ]
+        inputs, dtypes = _input_specs(model)
+        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
+        notes = list(plan.notes) + list(converted.notes)
+        if external:
+            notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
+        return ModelGraph(
+            module=converted.module, targets=targets, inputs=inputs, format=self.name, source=path,
+            state=state, notes=notes, engine_path="fx",
+        )
+
+    def prepare(self, graph: ModelGraph, inputs: list[Any]) -> None:
+        """Check the batch's shapes, then the fidelity gate: refuse a conversion onnxruntime disagrees with."""
+        from . import onnx_fidelity
+
+        check_inputs(graph.inputs, inputs, graph.source)
+        state: OnnxState = graph.state
+        worst = onnx_fidelity.check(
+            graph.module, state.model, inputs, state.converted.tensors,
+            [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
+        )
+        state.batch = list(inputs)
+        state.divergence = worst
+        graph.notes.append(
+            f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
+            f"over {len(state.plan.targets)} target outputs and the model outputs"
+        )
+
+    def save(self, graph: ModelGraph, out_path: Path) -> None:
+        from . import onnx_fidelity, onnx_io, onnx_save
+
+        state: OnnxState = graph.state
+        out, external = onnx_save.build_output(state.model, state.plan, state.converted.paths, graph.module, state.external)
+        if state.batch is not None:  # the written weights must mean in onnxruntime what LSUV measured in torch
+            onnx_fidelity.check(
+                graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+                state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
+            )
+        onnx_io.write_model(out, Path(out_path), external)
+
+    def measure(self, model_path: Path, weights_path: Path | None, inputs: list[Any], names: list[str] | None = None):
+        """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
+        from . import onnx_io, onnx_runtime, onnx_targets
+
+        model, _ = onnx_io.read_model(Path(model_path))
+        by_label = {t.label: t for t in onnx_targets.find_targets(model).targets}
+        wanted = list(by_label) if not names else list(names)
+        unknown = [n for n in wanted if n not in by_label]
+        if unknown:
+            raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
+        values = onnx_runtime.run(model, inputs, [by_label[n].output for n in wanted])
+        return {n: onnx_runtime.stats(values[by_label[n].output]) for n in wanted}
+
+
+def _input_specs(model) -> tuple[list[InputSpec], list]:
+    import onnx
+    import torch
+
+    initializers = {t.name for t in model.graph.initializer}
+    specs, dtypes = [], []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        shape = None
+        if tensor_type.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
+        dtype_name = str(np_dtype) if np_dtype is not None else "float32"
+        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name))
+        dtypes.append(_torch_dtype(torch, np_dtype))
+    return specs, dtypes
+
+
+def _torch_dtype(torch, np_dtype):
+    import numpy as np
+
+    if np_dtype is None:
+        return None
+    try:
+        return torch.from_numpy(np.zeros(0, dtype=np_dtype)).dtype
+    except TypeError:
+        return None

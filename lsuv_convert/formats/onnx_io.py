@@ -1,0 +1,193 @@
+"""Reading and writing ONNX files: strict checks on the way in, atomic writes on the way out.
+
+A bad file (missing, empty, truncated, corrupt, external data missing or short) becomes one
+ModelFormatError line. Loading parses protobuf and reads external data files named by the
+model, relative to its folder; nothing in the file is executed.
+
+Weights kept in an external data file stay external on output: the tensors the source kept
+outside are written to ``<output name>.data`` beside the output, the others stay inline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor
+
+from ..atomic import atomic_path
+from ..errors import ModelFormatError, OutputError
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def read_model(path: Path) -> tuple[onnx.ModelProto, set[str]]:
+    """The model with all weights in memory, and the names of initializers stored externally."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFormatError("file not found", path=path) from None
+    except IsADirectoryError:
+        raise ModelFormatError("is a folder, not an ONNX file", path=path) from None
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    if not data:
+        raise ModelFormatError("empty file, not an ONNX model", path=path)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise ModelFormatError("not a valid ONNX model: the protobuf can't be parsed (truncated or corrupt file?)", path=path) from None
+    del data
+    _check_header(model, path)
+    external = {t.name for t in _all_initializers(model) if t.data_location == TensorProto.EXTERNAL}
+    for tensor in _all_initializers(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            _load_external(tensor, path)
+    _check_initializers(model, path)
+    _check_references(model, path)
+    return model, external
+
+
+def _all_initializers(model: onnx.ModelProto):
+    return list(model.graph.initializer)
+
+
+def _check_header(model: onnx.ModelProto, path: Path) -> None:
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelFormatError("not an ONNX model (no IR version or no graph: truncated or corrupt file?)", path=path)
+    if not model.opset_import:
+        raise ModelFormatError("not a valid ONNX model: it declares no opset (truncated file?)", path=path)
+    graph = model.graph
+    if not graph.node:
+        raise ModelFormatError("the ONNX graph has no nodes", path=path)
+    if not graph.output:
+        raise ModelFormatError("the ONNX graph declares no outputs (truncated file?)", path=path)
+
+
+def _load_external(tensor: TensorProto, path: Path) -> None:
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    parts = PurePosixPath(location.replace("\\", "/")).parts
+    if not location or PurePosixPath(location).is_absolute() or ".." in parts or os.path.isabs(location):
+        raise ModelFormatError(f"initializer {tensor.name!r}: external data location {location!r} is not a file beside the model", path=path)
+    data_file = path.parent / location
+    if not data_file.is_file():
+        raise ModelFormatError(f"external data file {location!r} (for initializer {tensor.name!r}) not found", path=path)
+    try:
+        load_external_data_for_tensor(tensor, str(path.parent))
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for bad offsets/lengths
+        raise ModelFormatError(f"initializer {tensor.name!r}: can't read its external data from {location!r}: {exc}", path=path) from None
+
+
+def _expected_elements(tensor: TensorProto) -> int:
+    return int(math.prod(tensor.dims)) if tensor.dims else 1
+
+
+def _check_initializers(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in model.graph.initializer:
+        n = _expected_elements(tensor)
+        if tensor.HasField("raw_data"):
+            try:
+                itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            except (KeyError, TypeError, ValueError):
+                continue  # exotic element types (4-bit, float8): nothing to check here
+            if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
+                continue
+            if len(tensor.raw_data) != n * itemsize:
+                raise ModelFormatError(
+                    f"initializer {tensor.name!r} holds {len(tensor.raw_data)} bytes, its shape {list(tensor.dims)} needs {n * itemsize} (truncated file?)",
+                    path=path,
+                )
+        else:
+            count = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+            if count not in (n, 2 * n) and not (n == 0 and count == 0):
+                raise ModelFormatError(
+                    f"initializer {tensor.name!r} holds {count} values, its shape {list(tensor.dims)} needs {n} (truncated file?)",
+                    path=path,
+                )
+
+
+def _check_references(model: onnx.ModelProto, path: Path) -> None:
+    graph = model.graph
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced_later = {out for node in graph.node for out in node.output}
+    for node in graph.node:
+        for name in node.input:
+            if name not in defined:
+                label = node.name or node.op_type
+                if name in produced_later:
+                    raise ModelFormatError(f"node {label!r} reads {name!r} before it is computed: the graph is not topologically sorted", path=path)
+                raise ModelFormatError(f"node {label!r} reads {name!r}, which nothing defines (truncated or corrupt file?)", path=path)
+        defined.update(node.output)
+    for out in graph.output:
+        if out.name not in defined:
+            raise ModelFormatError(f"graph output {out.name!r} is not computed by any node (truncated or corrupt file?)", path=path)
+
+
+def data_file_for(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".data")
+
+
+def write_model(model: onnx.ModelProto, out_path: Path, external: set[str]) -> None:
+    """Write ``model`` atomically; initializers named in ``external`` go to ``<out>.data``.
+
+    ``model`` is modified (external tensors lose their in-memory bytes): pass a copy you own.
+    """
+    out_path = Path(out_path)
+    data_path = data_file_for(out_path)
+    wrote_data = False
+    if external:
+        with atomic_path(data_path) as tmp_data, open(tmp_data, "wb") as fh:
+            offset = 0
+            for tensor in model.graph.initializer:
+                if tensor.name not in external:
+                    continue
+                raw = _raw_bytes(tensor)
+                fh.write(raw)
+                _point_to_file(tensor, data_path.name, offset, len(raw))
+                offset += len(raw)
+        wrote_data = True
+    try:
+        payload = model.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GiB limit
+        _discard(data_path, wrote_data)
+        raise OutputError(f"model too large to serialize without external data: {exc}", path=out_path) from None
+    try:
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+            fh.write(payload)
+    except BaseException:
+        _discard(data_path, wrote_data)
+        raise
+
+
+def _discard(path: Path, wrote: bool) -> None:
+    if wrote:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def _raw_bytes(tensor: TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    array = numpy_helper.to_array(tensor)
+    return numpy_helper.from_array(array).raw_data
+
+
+def _point_to_file(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    for field in _TYPED_FIELDS:
+        tensor.ClearField(field)
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value

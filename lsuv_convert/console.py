@@ -147,13 +147,15 @@ def print_inspection(info: dict) -> None:
     console = RichConsole(highlight=False)
     console.print(f"{info['model']} ({info['format']})", markup=False)
     for spec in info["inputs"]:
-        shape = "undeclared" if spec["shape"] is None else "x".join("N" if d is None else str(d) for d in spec["shape"])
+        shape = "undeclared" if spec["shape"] is None else "x".join(
+            ("N" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(spec["shape"]))
         console.print(f"input {spec['name']}: {shape}", markup=False)
     table = Table(show_edge=False)
     for col in ("#", "layer", "op", "weight"):
         table.add_column(col)
     for t in info["targets"]:
-        table.add_row(str(t["index"]), t["name"], t["op"], "x".join(str(d) for d in t["weight_shape"]))
+        shape = "?" if t["weight_shape"] is None else "x".join(str(d) for d in t["weight_shape"])
+        table.add_row(str(t["index"]), t["name"], t["op"], shape)
     console.print(table)
     for note in info["notes"]:
         console.print(f"note: {note}", markup=False)

@@ -85,7 +85,7 @@ class Run:
             if fmt is None:
                 raise LsuvError("model file not found" if not job.path.exists() else "not a file", path=job.path)
             output = self._output_for(job, fmt)
-            if not self.force and _up_to_date(output, self._inputs_of(job.path)):
+            if not (self.force or self.options.in_place) and _up_to_date(output, self._inputs_of(job.path)):
                 self.console.skipped(job.path, output)
                 return Outcome(job.path, output, "skipped")
             log_path = self._side_path(self.log_path, output, ".json")
@@ -170,8 +170,7 @@ def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
     info = {
         "model": str(model), "format": fmt.name,
         "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None} for s in graph.inputs],
-        "targets": [{"index": i, "name": t.name, "op": t.op,
-                     "weight_shape": list(graph.module.get_submodule(t.module_path).weight.shape)}
+        "targets": [{"index": i, "name": t.name, "op": t.op, "weight_shape": _weight_shape(graph, t)}
                     for i, t in enumerate(graph.targets)],
         "notes": graph.notes,
     }
@@ -180,6 +179,13 @@ def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
     else:
         print_inspection(info)
     return 0
+
+
+def _weight_shape(graph, target) -> list[int] | None:
+    """None where the graph can only be built once the batch shape is known (e.g. a Caffe solver)."""
+    if graph.module is None:
+        return None
+    return list(graph.module.get_submodule(target.module_path).weight.shape)
 
 
 def verify_model(model: Path, weights: Path | None, data: Path | None, tol: float, target_var: float, seed: int,

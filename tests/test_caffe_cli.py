@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -189,3 +190,22 @@ def test_weights_of_another_net_fail_and_write_nothing(tmp_path):
             in failed.stderr)
     assert len([line for line in failed.stderr.splitlines() if line.strip()]) == 1
     assert not out.exists()
+
+
+def test_measure_without_opencv_is_a_clear_error(tmp_path, monkeypatch):
+    from caffe_helpers import caffe_format
+    from lsuv_convert.errors import LsuvError
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were absent
+    with pytest.raises(LsuvError, match=r"pip install 'lsuv-convert\[opencv\]'"):
+        caffe_format().measure(MODELS / "lenet.prototxt", tmp_path / "w.caffemodel",
+                               [seeded_batch((2, 1, 28, 28))], ["conv1"])
+
+
+def test_in_place_rewrites_the_weights_never_the_prototxt(tmp_path):
+    from caffe_helpers import caffe_format
+
+    fmt = caffe_format()
+    assert fmt.in_place_output(tmp_path / "a.prototxt", tmp_path / "w.caffemodel") == tmp_path / "w.caffemodel"
+    assert fmt.in_place_output(tmp_path / "a.prototxt", None) == tmp_path / "a.caffemodel"
+    assert fmt.default_output(tmp_path / "a.prototxt") == tmp_path / "a.lsuv.caffemodel"

@@ -177,7 +177,7 @@ def test_batchnorm_global_stats_divide_by_the_factor(tmp_path):
     assert_close(out, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5)
 
 
-def test_scale_with_two_bottoms_and_bias(tmp_path):
+def test_two_bottom_scale_and_its_batch_shaped_bias(tmp_path):
     body = ('layer { name: "f" type: "Flatten" bottom: "y" top: "f" }\n'
             'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }\n'
             'layer { name: "b" type: "Scale" bottom: "s" bottom: "f" top: "b" scale_param { axis: 0 bias_term: true } }')

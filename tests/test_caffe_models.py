@@ -37,7 +37,9 @@ def _deploy_for(name: str, case: dict, tmp_path, shape) -> object:
 
         parsed = read_model(MODELS / name)
         path = tmp_path / "deploy.prototxt"
-        path.write_text(deploy_text(parsed, {i.name: tuple(shape) for i in parsed.inputs}, for_opencv=True))
+        text = deploy_text(parsed, {i.name: tuple(shape) for i in parsed.inputs}, for_opencv=True)
+        assert 'type: "Input"' in text and 'type: "Data"' not in text and "Loss" not in text and "Accuracy" not in text
+        path.write_text(text)
         return path
     return MODELS / name
 

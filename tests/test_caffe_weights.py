@@ -232,11 +232,13 @@ def test_save_is_atomic_over_an_existing_file(tmp_path, monkeypatch):
     out.write_bytes(b"previous")
     import lsuv_convert.formats.caffe.write as write
 
-    def broken(values, shape):
-        raise KeyboardInterrupt
+    encoded = write.caffemodel_chunks
 
-    monkeypatch.setattr(write, "encode_blob", broken)
-    with pytest.raises(KeyboardInterrupt):
+    def interrupted_midway(*args):
+        return encoded(*args)[:3] + ["not bytes: writing fails here"]
+
+    monkeypatch.setattr(write, "caffemodel_chunks", interrupted_midway)
+    with pytest.raises(TypeError):
         fmt.save(graph, out)
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["out.caffemodel", "small.prototxt"]
 

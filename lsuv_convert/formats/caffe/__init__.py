@@ -89,20 +89,19 @@ class CaffeFormat(ModelFormat):
             _build(graph, shapes)
 
     def save(self, graph: ModelGraph, out_path: Path) -> None:
-        from ...atomic import write_bytes_atomic
-        from .write import caffemodel_bytes
+        from .write import write_caffemodel
 
         state: CaffeState = graph.state
         if state.built is None:
             raise ConversionError("the net was never built (prepare() it with a batch first)", path=graph.source)
-        data = caffemodel_bytes(state.parsed.net.name, state.built, graph.module, _passthrough(state))
-        write_bytes_atomic(Path(out_path), data)
+        write_caffemodel(Path(out_path), state.parsed.net.name, state.built, graph.module, _passthrough(state))
 
     def measure(self, model_path: Path, weights_path: Path, inputs: list[Any], names: list[str]):
         from .deploy import deploy_text
         from .parse import read_model
-        from .runtime import opencv_forward, opencv_net
+        from .runtime import load_cv2, opencv_forward, opencv_net
 
+        load_cv2()  # before any work: a clear message when OpenCV is missing
         if weights_path is None:
             raise ModelFormatError("measuring needs the written .caffemodel (--weights)", path=model_path)
         parsed = read_model(Path(model_path))

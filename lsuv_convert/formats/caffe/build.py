@@ -141,9 +141,12 @@ class LayerContext:
                 self.builder.notes.append(f"layer {self.layer.name!r} shares {attr} {spec_name!r} with "
                                           f"layer {owner_layer!r}: scaled once, with {owner_layer!r}")
             else:
+                current = getattr(module, attr)  # may live on the meta device: replaced, not filled
+                value = value.reshape(current.shape).to(torch.float32).contiguous()
+                if isinstance(current, nn.Parameter):
+                    value = nn.Parameter(value, requires_grad=current.requires_grad)
+                setattr(module, attr, value)
                 current = getattr(module, attr)
-                with torch.no_grad():
-                    current.copy_(value.reshape(current.shape))
                 if spec_name:
                     self.builder.shared[spec_name] = (current, tuple(shape), self.layer.name)
                 shared_flags.append(False)

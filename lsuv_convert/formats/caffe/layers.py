@@ -145,8 +145,9 @@ def convolution(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
         sizes.append(out)
     cls = (_DECONV if deconv else _CONV)[n]
     in_ch, out_ch = channels, outputs
-    module = torch.nn.utils.skip_init(cls, in_ch, out_ch, tuple(kernel), stride=tuple(stride), padding=tuple(pad),
-                                      dilation=tuple(dilation), groups=group, bias=p.bias_term)
+    # Built on the meta device (no memory, no init): ctx.attach puts the real blobs in.
+    module = cls(in_ch, out_ch, tuple(kernel), stride=tuple(stride), padding=tuple(pad), dilation=tuple(dilation),
+                 groups=group, bias=p.bias_term, device="meta")
     w_shape = tuple(module.weight.shape)  # conv (out, in/g, k...), deconv (in, out/g, k...): Caffe's layouts
     shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
     if p.bias_term:
@@ -173,7 +174,7 @@ def inner_product(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
     outputs = int(p.num_output)
     if outputs <= 0:
         raise ctx.error("num_output must be positive")
-    module = torch.nn.utils.skip_init(nn.Linear, k, outputs, bias=p.bias_term)
+    module = nn.Linear(k, outputs, bias=p.bias_term, device="meta")
     w_shape = (k, outputs) if p.transpose else (outputs, k)
     shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
     layouts = ["transpose" if p.transpose else "same"]

@@ -47,7 +47,8 @@ class Result:
 
     @property
     def unconverged(self) -> list[dict]:
-        return [layer for layer in self.log["layers"] if not layer["converged"]]
+        """Layers LSUV ran on but could not scale (unreached layers are warned about instead)."""
+        return [layer for layer in self.log["layers"] if not layer["converged"] and layer.get("reached", True)]
 
 
 def convert(model: Path | str, output: Path | str | None = None, *, options: ConvertOptions | None = None,
@@ -117,7 +118,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     }
     if options.weights is not None:
         log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings))
+    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
     if result.unconverged and not options.allow_unconverged:
         names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
         more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
@@ -152,9 +153,17 @@ def _layer_entries(graph, report) -> list[dict]:
     for target in graph.targets:
         if target.module_path not in reached:
             entries.append({"index": len(entries), "name": target.name, "op": target.op, "converged": False,
-                            "reason": "not reached by the batch (or shares its weight with an earlier layer)",
-                            "iterations": 0})
+                            "reached": False, "iterations": 0,
+                            "reason": "not reached by the batch: keeps its pre-init, unscaled"})
     return entries
+
+
+def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:
+    names = [e["name"] for e in entries if e.get("reached") is False]
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"{model}: {len(names)} target layer(s) never ran on this batch and keep their pre-init: {shown}"]
 
 
 def sidecar_batch(model: Path) -> Path | None:

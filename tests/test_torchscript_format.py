@@ -26,7 +26,7 @@ TOL = 0.02
 
 
 def save_script(model: nn.Module, path: Path, mode="script", example=None, **save_kw) -> Path:
-    module = torch.jit.script(model) if mode == "script" else torch.jit.trace(model, example)
+    module = torch.jit.script(model) if mode == "script" else torch.jit.trace(model, example, check_trace=False)
     torch.jit.save(module, str(path), **save_kw)
     return path
 
@@ -331,3 +331,26 @@ def test_forward_with_a_non_tensor_argument_is_refused(tmp_path):
 
     with pytest.raises(ModelFormatError, match="times"):
         TS.load(save_script(TakesInt(), tmp_path / "int.pt"))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, image, vector, scale: float = 2.0):
+        return self.conv(image).mean((2, 3)) + self.fc(vector) * scale
+
+
+def test_several_inputs_and_a_defaulted_argument(tmp_path):
+    graph = TS.load(save_script(TwoInputs(), tmp_path / "two.pt"))
+    assert [(i.name, i.shape) for i in graph.inputs] == [("image", None), ("vector", None)]
+    batch = [torch.randn(8, 3, 8, 8), torch.randn(8, 5)]
+    TS.prepare(graph, batch)
+    report = lsuv_init(graph.module, tuple(batch), targets=[t.module_path for t in graph.targets],
+                       walker=graph.engine_path, device="cpu", seed=0)
+    assert [layer.name for layer in report.layers] == ["conv", "fc"]
+    TS.save(graph, tmp_path / "out.pt")
+    measured = TS.measure(tmp_path / "out.pt", None, batch, ["conv", "fc"])
+    assert all(abs(v - 1) < TOL for v, _ in measured.values()), measured

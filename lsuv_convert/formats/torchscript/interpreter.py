@@ -18,9 +18,6 @@ from torch import nn
 from .layers import build_layer
 from .program import Block, Const, Op, Program, free_values
 
-_INT_MAX = 2**63 - 1
-
-
 class ProgramModule(nn.Module):
     """Runs a Program; holds its target layers (by module path) and the tensors it reads."""
 

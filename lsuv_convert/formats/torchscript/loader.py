@@ -37,13 +37,15 @@ class ScriptState:
 def load_script(path: Path) -> ModelGraph:
     info = inspect_archive(path)
     extra = {name: "" for name in info.extra_files}
-    script_module = _jit_load(path, info, extra)
+    script_module = _jit_load(path, extra)
     training = training_flags(script_module)
     set_training(script_module, {name: False for name in training})
     try:
         program = read_program(script_module)
     except ProgramError as exc:
         raise ModelFormatError(f"cannot run this TorchScript graph: {exc}", path=path) from None
+    except (RuntimeError, AttributeError) as exc:  # e.g. no forward method
+        raise ModelFormatError(f"cannot read the TorchScript forward graph: {_last_line(str(exc))}", path=path) from None
     if not program.layers:
         raise ModelFormatError(
             "has no conv / linear layer whose weight is a parameter (a torch.jit.freeze'd module keeps its "
@@ -68,7 +70,7 @@ def load_script(path: Path) -> ModelGraph:
             notes.append(f"engine path: exact TorchScript interpreter with forward hooks (fx translation failed: {exc})")
     if program.untouched_params:
         shown = ", ".join(program.untouched_params[:8]) + (" ..." if len(program.untouched_params) > 8 else "")
-        notes.append(f"parameters left as they are (not the weight of a conv / linear op): {shown}")
+        notes.append(f"parameters left as they are (no conv / linear op of the inlined forward graph uses them as its weight): {shown}")
     if program.training_ops:
         notes.append(
             "the graph runs " + ", ".join(program.training_ops) + " in training mode (traced from a model in "
@@ -104,7 +106,7 @@ def set_training(script_module, flags: dict[str, bool]) -> None:
         modules[name]._c.setattr("training", flag)
 
 
-def _jit_load(path: Path, info: ArchiveInfo, extra: dict):
+def _jit_load(path: Path, extra: dict):
     try:
         with jit_deprecation_silenced():
             return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
@@ -118,13 +120,25 @@ def _jit_load(path: Path, info: ArchiveInfo, extra: dict):
                 path=path,
             ) from None
         first = _last_line(text)
-        if "Unknown builtin op" in text or "Unknown type" in text or "unknown" in first.lower():
+        compile_error = _code_location(text)
+        if compile_error or "Unknown builtin op" in text or "Unknown type" in text:
             raise ModelFormatError(
-                f"uses TorchScript ops or types this torch {torch.__version__} does not know (written by a newer "
-                f"PyTorch, or it needs a custom-op library): {first}",
+                f"its TorchScript code does not compile with torch {torch.__version__} (written by a newer PyTorch, "
+                f"or it needs a custom-op library): {first}{compile_error}",
                 path=path,
             ) from None
         raise ModelFormatError(f"torch.jit.load cannot read it: {first}", path=path) from None
+
+
+def _code_location(text: str) -> str:
+    """`` at code/x.py line N: <source>`` from a TorchScript compile error, or ""."""
+    lines = text.splitlines()
+    found = next((re.search(r'File "(code/[^"]+)", line (\d+)', line) for line in lines if 'File "code/' in line), None)
+    if found is None:
+        return ""
+    marker = next((i for i, line in enumerate(lines) if "<--- HERE" in line), None)
+    source = f": {lines[marker - 1].strip()}" if marker else ""
+    return f" (at {found.group(1)} line {found.group(2)}{source})"
 
 
 def _last_line(text: str) -> str:
@@ -182,10 +196,10 @@ def _snapshot_mutable(state: ScriptState):
     program = state.program
     module = state.module
     saved_tensors = {}
-    if program.written:
-        named = dict(module.named_parameters())
-        named.update(dict(module.named_buffers()))
-        saved_tensors = {p: (named[p], named[p].detach().clone()) for p in program.written if p in named}
+    for path in program.written:
+        tensor = _attribute(module._c, path)
+        if isinstance(tensor, torch.Tensor):
+            saved_tensors[path] = (tensor, tensor.detach().clone())
     saved_attrs = {key: (owner, owner.getattr(key[1])) for key, owner in program.attr_owners.items()} if program.set_attrs else {}
 
     def restore():
@@ -196,6 +210,13 @@ def _snapshot_mutable(state: ScriptState):
             owner.setattr(name, value)
 
     return restore
+
+
+def _attribute(owner, path: str):
+    """A (tensor) attribute by its dotted path, plain tensor attributes included."""
+    for name in path.split("."):
+        owner = owner.getattr(name)
+    return owner
 
 
 def _compare(expected, actual, where: str = "output") -> str | None:

@@ -15,6 +15,7 @@ Three kinds of callables, chosen per node:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -53,6 +54,14 @@ def _raise_exception(msg, cls=None):
     raise RuntimeError(f"the model raised {prefix}{msg}")
 
 
+def _warn(message, stacklevel=2):
+    warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def _print(*values):
+    print(*values)
+
+
 def _append(lst, item):
     lst.append(item)
     return lst
@@ -60,6 +69,11 @@ def _append(lst, item):
 
 def _extend(lst, other):
     lst.extend(other)
+
+
+def _extend_in_place(lst, other):
+    lst.extend(other)
+    return lst
 
 
 def _insert(lst, index, item):
@@ -130,6 +144,9 @@ STRUCTURAL: dict[str, Callable] = {
     "prim::unchecked_cast": _identity,
     "prim::Uninitialized": _uninitialized,
     "prim::RaiseException": _raise_exception,
+    # run by TorchScript's interpreter itself, not reachable through torch.ops
+    "aten::warn": _warn,
+    "prim::Print": _print,
 }
 
 UNPACKING = {"prim::ListUnpack", "prim::TupleUnpack"}
@@ -151,10 +168,15 @@ CONTAINER_OPS: dict[str, Callable] = {
     "aten::sort": _sort,
     "aten::update": _update,
     "aten::setdefault": _setdefault,
+    "aten::add_": _extend_in_place,  # list += list
 }
 
 ANY_VALUE_OPS: dict[str, Callable] = {"aten::__is__": _is, "aten::__isnot__": _is_not}
 
+
+# Ops TorchScript's interpreter implements itself (torch.ops refuses them): run as a
+# one-node TorchScript function.
+_INTERPRETER_ONLY = {"aten::wait"}
 
 
 class Resolved:
@@ -186,14 +208,23 @@ def resolve(node) -> Resolved:
         return Resolved(CONTAINER_OPS[kind], n_outputs=n_out)
     if kind in ANY_VALUE_OPS:
         return Resolved(ANY_VALUE_OPS[kind], n_outputs=n_out)
-    overload = _dispatcher_overload(node)
+    schema = _parsed_schema(node)
+    if schema is not None and _mutates_container(schema):
+        # Going through torch.ops or the JIT would change a copy of the Python list.
+        raise UnsupportedNode(f"{kind} changes a list or dict in place, which lsuv-convert does not model")
+    overload = _dispatcher_overload(node) if kind not in _INTERPRETER_ONLY else None
     if overload is not None:
-        schema = overload._schema
-        if _mutates_container(schema):
-            raise UnsupportedNode(f"{kind} changes a list or dict in place, which lsuv-convert does not model")
-        kw = tuple(a.name for a in schema.arguments if a.kwarg_only)
+        kw = tuple(a.name for a in overload._schema.arguments if a.kwarg_only)
         return Resolved(overload, kw, unpack=n_out > 1, n_outputs=n_out)
     return Resolved(node_function(node), unpack=n_out > 1, n_outputs=n_out)
+
+
+def _parsed_schema(node):
+    try:
+        text = node.schema()
+        return torch._C.parse_schema(text) if text and text != "(no schema)" else None
+    except RuntimeError:
+        return None
 
 
 def _is_container(t) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import DataError
 from .layers import LAYER_KINDS, layer_name
 from .quiet import jit_deprecation_silenced
 
@@ -94,7 +95,13 @@ def instrument(script_module) -> tuple[object, list[str]]:
 
     walk(graph.block())
     function = torch._C._create_function_from_graph("lsuv_probed_forward", graph)
-    return (lambda *inputs: function(script_module._c, *inputs)), names
+    # A graph function knows no default values: pass forward's own for the arguments not fed.
+    defaults = [a.default_value if a.has_default_value() else None for a in script_module.forward.schema.arguments[1:]]
+
+    def run(*inputs):
+        return function(script_module._c, *inputs, *defaults[len(inputs):])
+
+    return run, names
 
 
 def measure_file(path: Path, inputs: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
@@ -113,5 +120,8 @@ def measure_file(path: Path, inputs: list[torch.Tensor]) -> dict[str, tuple[floa
         with torch.no_grad(), torch.jit.optimized_execution(False):
             run(*args)
         return dict(_recording)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise DataError(f"the model cannot run on the batch: {lines[-1] if lines else exc}", path=path) from None
     finally:
         _recording = None

@@ -333,14 +333,12 @@ class _Reader:
             self.attr_owners[(owner.path, name)] = owner.obj
             return Op("prim::GetAttr", "get_attr", [], outputs, key=(owner.path, name), where=where)
         if isinstance(value, torch.Tensor):
-            if out.unique() in self.written:
-                self.written_paths.add(path)
             if path in self.param_paths:
                 self.params.setdefault(path, value)
             else:
-                # A tensor the graph writes to is copied, so running the model here never
-                # changes what is saved; others are shared.
-                self.tensors[path] = value.detach().clone() if out.unique() in self.written else value.detach()
+                self.tensors.setdefault(path, value.detach())
+            if out.unique() in self.written:
+                self._copy_on_write(path)
             return Op("prim::GetAttr", "read", [], outputs, key=path, where=where)
         self.static[out.unique()] = Const(value)
         return None
@@ -361,10 +359,19 @@ class _Reader:
         for name in updated:
             if name not in names:
                 continue
-            op = self.producer.get(args[names.index(name)]) if not isinstance(args[names.index(name)], Const) else None
-            if op is not None and op.role == "read" and op.key in self.tensors and op.key not in self.written_paths:
-                self.written_paths.add(op.key)
-                self.tensors[op.key] = self.tensors[op.key].clone()
+            arg = args[names.index(name)]
+            op = self.producer.get(arg) if not isinstance(arg, Const) else None
+            if op is not None and op.role == "read":
+                self._copy_on_write(op.key)
+
+    def _copy_on_write(self, path: str) -> None:
+        """A tensor attribute the graph writes to is copied (non-layer parameters: by the
+        module that runs the program), so running the model never changes what is saved."""
+        if path in self.written_paths:
+            return
+        self.written_paths.add(path)
+        if path in self.tensors:
+            self.tensors[path] = self.tensors[path].clone()
 
     def _layer(self, node, args, outputs, depth, where) -> Op | None:
         call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))

@@ -23,13 +23,20 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
     state: ScriptState = graph.state
     module = state.module
     params = dict(module.named_parameters())
+    updates = []  # (ScriptModule parameter, new value)
+    for target in graph.targets:
+        layer = graph.module.get_submodule(target.module_path)
+        weight_path, bias_path = target.binding
+        pairs = [(params[weight_path], layer.weight)]
+        if bias_path is not None:
+            pairs.append((params[bias_path], layer.bias))
+        if not all(bool(torch.isfinite(value).all()) for _, value in pairs):
+            raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
+        updates += pairs
     with torch.no_grad():
-        for target in graph.targets:
-            layer = graph.module.get_submodule(target.module_path)
-            weight_path, bias_path = target.binding
-            _copy_into(params[weight_path], layer.weight, target.name, out_path)
-            if bias_path is not None:
-                _copy_into(params[bias_path], layer.bias, target.name, out_path)
+        for dest, value in updates:
+            if dest.data_ptr() != value.data_ptr() or dest.device != value.device:
+                dest.copy_(value.detach().to(dest.device, dest.dtype))
     set_training(module, state.training)  # as the file had them
     try:
         with atomic_path(out_path) as tmp:
@@ -40,10 +47,3 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
                 raise OutputError(f"torch.jit.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
     finally:
         set_training(module, {name: False for name in state.training})
-
-
-def _copy_into(dest: torch.Tensor, value: torch.Tensor, layer: str, out_path: Path) -> None:
-    if not torch.isfinite(value).all():
-        raise ConversionError(f"layer {layer} has non-finite weights; nothing was written", path=out_path)
-    if dest.data_ptr() != value.data_ptr() or dest.device != value.device:
-        dest.copy_(value.detach().to(dest.device, dest.dtype))

@@ -84,6 +84,11 @@ def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]
 
 def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
     suffix = path.suffix.lower()
+    magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}.get(suffix)
+    if magic is not None:
+        with open(path, "rb") as fh:
+            if fh.read(len(magic)) != magic:
+                raise DataError(f"not a {suffix} file (numpy's header is missing)", path=path)
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:

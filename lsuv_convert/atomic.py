@@ -17,30 +17,34 @@ from .errors import OutputError
 
 @contextlib.contextmanager
 def atomic_path(dest: Path | str):
-    """Yield a temporary path in ``dest``'s folder; on success it replaces ``dest``."""
+    """Yield a temporary path in ``dest``'s folder; on success it replaces ``dest``.
+
+    The temporary file carries ``dest``'s own name inside a private hidden folder, so
+    writers that embed the file name (``torch.jit.save`` names its archive after it) write
+    exactly what they would write to ``dest``, which keeps outputs byte-identical.
+    """
     dest = Path(dest)
     folder = dest.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+        private = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder))
     except OSError as exc:
         raise OutputError(f"cannot write in {folder}: {exc.strerror or exc}", path=dest) from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = private / dest.name
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o644 & ~_umask())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except OSError as exc:
-        _remove(tmp_path)
         if exc.errno == errno.ENOSPC:
             raise OutputError("disk full while writing; nothing was written", path=dest) from exc
         raise OutputError(f"cannot write: {exc.strerror or exc}", path=dest) from exc
-    except BaseException:
+    finally:
         _remove(tmp_path)
-        raise
+        with contextlib.suppress(OSError):
+            private.rmdir()
 
 
 def write_bytes_atomic(dest: Path | str, data: bytes) -> None:

@@ -161,6 +161,7 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
     # Scaling a layer whose output is proportional to its weight needs no re-evaluation.
     homogeneous = linear and bias_b is None
     scale, iterations, reason = 1.0, 0, None
+    weight_absmax = None
     # Written as `not <` so that a NaN variance enters the loop and is reported.
     while not abs(var - settings.target_var) < settings.tol and iterations < settings.max_iter:
         if not math.isfinite(var):
@@ -170,12 +171,17 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
             reason = "output variance is zero"
             break
         factor = math.sqrt(settings.target_var / var)
-        new_weight = weight * factor
-        if not torch.isfinite(new_weight).all():
+        if weight_absmax is None:
+            weight_absmax = _abs_max(weight)
+        # Rounding is monotone, so max|fl(w * f)| == fl(max|w| * f): one scalar product says
+        # whether the scaled weight would hold an inf/NaN, without a pass over a big weight.
+        new_absmax = weight_absmax * factor
+        if not math.isfinite(float(new_absmax)):
             reason = "scaling would make the weights non-finite"
             break
         previous = (weight.clone(), out, var, mean) if not homogeneous else None
-        weight.copy_(new_weight)
+        weight.mul_(factor)
+        weight_absmax = new_absmax
         if scales_bias:
             bias.mul_(factor)
         scale *= factor
@@ -213,6 +219,14 @@ def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: Lsuv
         reason=None if converged else reason,
     )
     return fields, out
+
+
+def _abs_max(weight: torch.Tensor) -> torch.Tensor:
+    """max |w| as a 0-dim tensor of the weight's dtype (NaN if any element is NaN)."""
+    if weight.numel() == 0:
+        return weight.new_zeros(())
+    low, high = torch.aminmax(weight.detach())  # no |w| temporary the size of the weight
+    return torch.maximum(low.abs(), high.abs())
 
 
 class _Tracker:

@@ -114,7 +114,7 @@ class Zoo:
 
     def get(self, name: str, exporter: str) -> tuple[Path, Path]:
         folder = self.root / f"{name}_{exporter}"
-        model, batch = folder / f"{name}.onnx", folder / f"{name}.npy"
+        model, batch = folder / f"{name}_{exporter}.onnx", folder / f"{name}_{exporter}.npy"  # batch: the CLI's sidecar
         done = folder / "done"
         if not done.exists():
             folder.mkdir(exist_ok=True)
@@ -159,10 +159,11 @@ def feeds(model: onnx.ModelProto, batch: np.ndarray) -> dict[str, np.ndarray]:
     return {spec.name: batch.astype(dtype)}
 
 
-def eligible_layers(model: onnx.ModelProto) -> dict[str, str]:
+def eligible_layers(model: onnx.ModelProto, repeats: bool = False) -> dict[str, str]:
     """{node name: tensor LSUV must set to unit variance} for every Conv / ConvTranspose / Gemm /
     MatMul whose weight is an initializer (or an Identity of one); a MatMul followed only by an
-    Add of an initializer vector is measured after that Add."""
+    Add of an initializer vector is measured after that Add. A layer reading the same weight
+    tensor as an earlier one is that layer used again (scaled at its first use) and not listed."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     identity = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
@@ -177,6 +178,7 @@ def eligible_layers(model: onnx.ModelProto) -> dict[str, str]:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     layers = {}
+    weights_seen = set()
     for node in graph.node:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
             continue
@@ -191,6 +193,9 @@ def eligible_layers(model: onnx.ModelProto) -> dict[str, str]:
                 bias = initializer(other[0]) if other else None
                 if bias is not None and list(bias.dims) == [weight.dims[1]]:
                     out = users[0].output[0]
+        if node.input[1] in weights_seen and not repeats:  # the tensor an earlier layer reads: scaled there
+            continue
+        weights_seen.add(node.input[1])
         layers[node.name or node.output[0]] = out
     return layers
 
@@ -231,7 +236,7 @@ def check_written_model(src_path: Path, out_path: Path, batch: np.ndarray, tol: 
     assert set(src_inits) <= set(out_inits)
     new = set(out_inits) - set(src_inits)
     layers = eligible_layers(src)
-    slot_nodes = _slot_nodes(src, layers)
+    slot_nodes = _slot_nodes(src, eligible_layers(src, repeats=True))
     for k, (a, b) in enumerate(zip(src.graph.node, out.graph.node)):
         for j, (x, y) in enumerate(zip(a.input, b.input)):
             if x != y:

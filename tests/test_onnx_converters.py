@@ -80,11 +80,16 @@ def test_reduce_13_negative_axes_fixed(op):
     _check(_model(node, [("x", X)], opset=12 if op == "ReduceSum" else 13), [("x", X)], atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
-@pytest.mark.parametrize("pads,axes", [([1, 2, 0, 1, 3, 2, 1, 0], None), ([2, 1, 1, 2], [-1, 2]), ([0, 0, 1, -1, 0, 0, -1, 2], None)])
-def test_pad_18(mode, pads, axes):
-    if mode != "constant" and any(p < 0 for p in pads):
-        pytest.skip("onnxruntime crops only in constant mode")
+PAD_CASES = {  # X is (2, 3, 5, 4); reflect can pad at most size - 1; only constant mode crops (< 0)
+    "all-axes": ([1, 2, 0, 1, 1, 2, 1, 0], None, ("constant", "reflect", "edge", "wrap")),
+    "some-axes": ([2, 1, 1, 2], [-1, 2], ("constant", "reflect", "edge", "wrap")),
+    "crop": ([0, 0, 1, -1, 0, 0, -1, 2], None, ("constant",)),
+}
+
+
+@pytest.mark.parametrize("case,mode", [(c, m) for c in sorted(PAD_CASES) for m in PAD_CASES[c][2]])
+def test_pad_18(case, mode):
+    pads, axes, _ = PAD_CASES[case]
     inputs = ["x", "pads", "value" if mode == "constant" else ""] + (["axes"] if axes else [])
     consts = {"pads": np.array(pads, np.int64)}
     if mode == "constant":
@@ -154,13 +159,10 @@ def test_resize_18_axes_and_keep_aspect_ratio():
     _check(_model(node, [("x", IMAGE)], {"sizes": np.array([9, 9], np.int64)}), [("x", IMAGE)], atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,opset", [([0, 6, -1], 18), ([2, 0, 4], 18), ([6, -1], 19), ([3, 0], 21)])
-def test_reshape_allowzero(shape, opset):
-    x = RNG.standard_normal((2, 3, 4)).astype(np.float32) if 0 not in shape else np.zeros((0, 3, 4), np.float32)
-    if shape == [2, 0, 4]:
-        x = np.zeros((2, 0, 4), np.float32)
-    if shape == [3, 0]:
-        x = np.zeros((3, 0), np.float32)
+@pytest.mark.parametrize("in_shape,shape,opset", [((0, 3, 4), [0, 6, 2], 18), ((2, 0, 4), [4, 0], 18),
+                                                  ((2, 3, 4), [6, -1], 19), ((3, 0), [0, 3], 21)])
+def test_reshape_allowzero(in_shape, shape, opset):
+    x = RNG.standard_normal(in_shape).astype(np.float32)
     node = helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1)
     _check(_model(node, [("x", x)], {"shape": np.array(shape, np.int64)}, opset=opset), [("x", x)])
 
@@ -203,3 +205,13 @@ def test_onnx2torch_registry_is_extended_not_forked():
         assert get_converter(operation_type=op, version=version).__module__ == onnx_converters.__name__
     # onnx2torch keeps its own converters for the versions it has
     assert get_converter(operation_type="Conv", version=13).__module__.startswith("onnx2torch.")
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("size", [9, 10])
+def test_conv_auto_pad_made_explicit(mode, size):
+    """onnx2torch refuses auto_pad; the working copy spells the pads out (ONNX's formula)."""
+    x = RNG.standard_normal((2, 3, size, size + 1)).astype(np.float32)
+    w = RNG.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=mode, strides=[2, 3])  # onnxruntime: no dilation
+    _check(_model(node, [("x", x)], {"w": w}, opset=13), [("x", x)], atol=1e-4)

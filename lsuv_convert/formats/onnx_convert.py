@@ -3,8 +3,10 @@
 1. A *working copy* of the model is handed to onnx2torch (the saved model never sees it):
    inputs that are Identity copies of initializers read the initializer itself (onnx2torch
    issue #156: torch's TorchScript-based exporter de-duplicates equal initializers behind
-   Identity nodes and onnx2torch then fails with ``KeyError: 'onnx::Conv_...'``), and nodes
-   onnx2torch refuses but we convert (Reshape allowzero=1) move to a private domain.
+   Identity nodes and onnx2torch then fails with ``KeyError: 'onnx::Conv_...'``), a conv's
+   ``auto_pad`` (which onnx2torch refuses) is spelled out as explicit pads, and nodes onnx2torch
+   refuses or converts wrongly (Reshape allowzero=1; reductions with an ``axes`` attribute,
+   whose negative axes it mishandles) move to a private domain served by our converters.
 2. Missing op versions come from :mod:`.onnx_converters` (registered on import).
 3. The GraphModule is adjusted: BatchNorm / Dropout pinned to inference, every target layer
    becomes a module holding its initializer exactly as stored (``.weight``/``.bias``), a
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +61,13 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         del graph.node[:]
         graph.node.extend(kept)
     opset = next((o.version for o in work.opset_import if o.domain in STANDARD_DOMAINS), 0)
-    if any(_needs_fix(n, opset) for n in graph.node):
-        try:  # keep the shapes onnx2torch's converters need downstream of the renamed nodes
+    same_pads = [n for n in graph.node if n.op_type == "Conv" and n.domain == "" and _str_attr(n, "auto_pad") in ("SAME_UPPER", "SAME_LOWER", "VALID")]
+    if same_pads or any(_needs_fix(n, opset) for n in graph.node):
+        try:  # shapes for explicit pads, and for onnx2torch's converters downstream of renamed nodes
             work = onnx.shape_inference.infer_shapes(work)
         except Exception:  # noqa: BLE001 - best effort; onnx2torch infers again
             pass
+        _explicit_conv_pads(work)
         for node in work.graph.node:
             if _needs_fix(node, opset):
                 node.domain = onnx_converters.FIX_DOMAIN
@@ -89,6 +94,51 @@ def _needs_fix(node, opset: int) -> bool:
     if node.op_type == "Reshape":
         return _int_attr(node, "allowzero") == 1
     return opset <= _ATTRIBUTE_AXES_REDUCE.get(node.op_type, -1)
+
+
+def _str_attr(node, name: str, default: str = "") -> str:
+    for a in node.attribute:
+        if a.name == name:
+            return a.s.decode()
+    return default
+
+
+def _explicit_conv_pads(work: onnx.ModelProto) -> None:
+    """auto_pad SAME_UPPER / SAME_LOWER / VALID (which onnx2torch refuses) as explicit pads, where
+    the input's spatial size is known; the ONNX spec's formula."""
+    graph = work.graph
+    shapes = {}
+    for value in list(graph.input) + list(graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        mode = _str_attr(node, "auto_pad")
+        if node.op_type != "Conv" or mode not in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+            continue
+        spatial = shapes.get(node.input[0], [])[2:]
+        kernel = weights.get(node.input[1], [])[2:]
+        if not spatial or None in spatial or len(kernel) != len(spatial):
+            continue  # left to onnx2torch, which reports it
+        rank = len(spatial)
+        strides = _ints_attr(node, "strides") or [1] * rank
+        dilations = _ints_attr(node, "dilations") or [1] * rank
+        begins, ends = [], []
+        for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            total = 0 if mode == "VALID" else max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size)
+            small = total // 2
+            begins.append(small if mode != "SAME_LOWER" else total - small)
+            ends.append(total - begins[-1])
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", begins + ends)])
+
+
+def _ints_attr(node, name: str) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints)
+    return []
 
 
 def _int_attr(node, name: str, default: int = 0) -> int:
@@ -144,12 +194,14 @@ def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, sou
     from onnx2torch.onnx_graph import OnnxGraph
 
     try:
-        gm = onnx2torch.convert(work)
+        with warnings.catch_warnings(record=True) as caught:  # onnx2torch's warnings go to the log, not stderr
+            warnings.simplefilter("always")
+            gm = onnx2torch.convert(work)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
         raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {_first_line(exc)}", path=source) from exc
     unique = {node.output_values[0]: name for name, node in OnnxGraph(work.graph).nodes.items() if node.output_values}
     del work
-    notes = []
+    notes = [f"onnx2torch: {text}" for text in dict.fromkeys(str(w.message) for w in caught)]
     pinned = pin_inference(gm)
     if pinned:
         notes.append(f"{pinned} BatchNorm/Dropout module(s) pinned to inference semantics, as the ONNX ops define")

@@ -22,8 +22,9 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node
 from torch import nn
 
-# Nodes onnx2torch has a converter for but converts wrongly or refuses (Reshape allowzero=1) are
-# moved to this private domain in the working copy handed to onnx2torch; the saved model is untouched.
+# Nodes onnx2torch has a converter for but refuses (Reshape allowzero=1) or converts wrongly
+# (Reduce* with an axes attribute: negative axes) are moved to this private domain in the working
+# copy handed to onnx2torch (see onnx_convert); the saved model is untouched.
 FIX_DOMAIN = "lsuv_convert_fix"  # no dots: onnx2torch prefixes module names with the domain
 
 
@@ -75,14 +76,23 @@ class OnnxReduce18(nn.Module):
     def forward(self, x: torch.Tensor, axes: Optional[torch.Tensor] = None) -> torch.Tensor:
         axes_list = self.axes if axes is None else axes.tolist()
         if not axes_list:
-            if self.noop_with_empty_axes:
-                return x
+            if self.noop_with_empty_axes:  # reduce over no axis: only the elementwise part remains
+                return self._elementwise(x)
             dims = list(range(x.dim()))
         else:
             dims = _normalize_axes(axes_list, x.dim())
         if not dims:  # rank-0 input
             return self._reduce(x.unsqueeze(0), [0], False)
         return self._reduce(x, dims, self.keepdims)
+
+    def _elementwise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op in ("ReduceL1", "ReduceL2"):
+            return torch.abs(x)
+        if self.op == "ReduceSumSquare":
+            return x * x
+        if self.op == "ReduceLogSum":
+            return torch.log(x)
+        return x
 
     def _reduce(self, x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
         op = self.op
@@ -289,11 +299,11 @@ def _source_coords(mode: str, out_size: int, in_size: int, scale: float, device)
     y = torch.arange(out_size, device=device, dtype=torch.float64)
     out_float = scale * in_size
     if mode == "align_corners":
-        return torch.zeros_like(y) if out_float == 1 else y * (in_size - 1) / (out_float - 1)
+        return torch.zeros_like(y) if out_size == 1 else y * (in_size - 1) / (out_size - 1)
     if mode == "asymmetric":
         return y / scale
     if mode == "pytorch_half_pixel":
-        return torch.full_like(y, -0.5) if out_float == 1 else (y + 0.5) / scale - 0.5
+        return torch.full_like(y, -0.5) if out_size == 1 else (y + 0.5) / scale - 0.5
     if mode == "half_pixel":
         return (y + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":

@@ -27,7 +27,7 @@ class OnnxState:
     """What save/measure need beyond the torch graph."""
 
     model: Any  # the source onnx.ModelProto, weights in memory
-    external: set[str]  # initializers the source stored in an external data file
+    external: dict  # initializer the source stored in an external data file -> that file
     plan: Any  # onnx_targets.TargetPlan
     converted: Any  # onnx_convert.Converted
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
@@ -65,8 +65,11 @@ class OnnxFormat(ModelFormat):
             raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
         converted = onnx_convert.convert(model, work, plan, path)
         del work
+        # A layer whose weight an earlier layer also reads is scaled with it (one tensor, first use),
+        # so only first uses are listed; save() still writes every layer of the plan.
         targets = [
-            TargetLayer(name=t.label, op=t.op, module_path=converted.paths[t.label], binding=t) for t in plan.targets
+            TargetLayer(name=t.label, op=t.op, module_path=converted.paths[t.label], binding=t)
+            for t in plan.targets if t.shares_weight_with is None
         ]
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
@@ -99,13 +102,13 @@ class OnnxFormat(ModelFormat):
         from . import onnx_fidelity, onnx_io, onnx_save
 
         state: OnnxState = graph.state
-        out, external = onnx_save.build_output(state.model, state.plan, state.converted.paths, graph.module, state.external)
+        out, external = onnx_save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
         if state.batch is not None:  # the written weights must mean in onnxruntime what LSUV measured in torch
             onnx_fidelity.check(
                 graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
                 state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
             )
-        onnx_io.write_model(out, Path(out_path), external)
+        onnx_io.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
     def measure(self, model_path: Path, weights_path: Path | None, inputs: list[Any], names: list[str] | None = None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""

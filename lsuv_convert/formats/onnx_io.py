@@ -26,8 +26,8 @@ from ..errors import ModelFormatError, OutputError
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
 
-def read_model(path: Path) -> tuple[onnx.ModelProto, set[str]]:
-    """The model with all weights in memory, and the names of initializers stored externally."""
+def read_model(path: Path) -> tuple[onnx.ModelProto, dict[str, Path]]:
+    """The model with all weights in memory, and {initializer stored externally: its data file}."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -46,10 +46,10 @@ def read_model(path: Path) -> tuple[onnx.ModelProto, set[str]]:
         raise ModelFormatError("not a valid ONNX model: the protobuf can't be parsed (truncated or corrupt file?)", path=path) from None
     del data
     _check_header(model, path)
-    external = {t.name for t in _all_initializers(model) if t.data_location == TensorProto.EXTERNAL}
+    external = {}
     for tensor in _all_initializers(model):
         if tensor.data_location == TensorProto.EXTERNAL:
-            _load_external(tensor, path)
+            external[tensor.name] = _load_external(tensor, path)
     _check_initializers(model, path)
     _check_references(model, path)
     return model, external
@@ -71,7 +71,7 @@ def _check_header(model: onnx.ModelProto, path: Path) -> None:
         raise ModelFormatError("the ONNX graph declares no outputs (truncated file?)", path=path)
 
 
-def _load_external(tensor: TensorProto, path: Path) -> None:
+def _load_external(tensor: TensorProto, path: Path) -> Path:
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     parts = PurePosixPath(location.replace("\\", "/")).parts
@@ -84,6 +84,7 @@ def _load_external(tensor: TensorProto, path: Path) -> None:
         load_external_data_for_tensor(tensor, str(path.parent))
     except Exception as exc:  # noqa: BLE001 - onnx raises several types for bad offsets/lengths
         raise ModelFormatError(f"initializer {tensor.name!r}: can't read its external data from {location!r}: {exc}", path=path) from None
+    return data_file
 
 
 def _expected_elements(tensor: TensorProto) -> int:
@@ -131,17 +132,25 @@ def _check_references(model: onnx.ModelProto, path: Path) -> None:
             raise ModelFormatError(f"graph output {out.name!r} is not computed by any node (truncated or corrupt file?)", path=path)
 
 
-def data_file_for(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".data")
+def data_file_for(out_path: Path, keep: set[Path] = frozenset()) -> Path:
+    """``<out>.data``, or ``<out>.N.data`` if that is a data file the source model still reads
+    (writing in place must not change the weights under the model being replaced)."""
+    keep = {p.resolve() for p in keep}
+    candidate, n = out_path.with_name(out_path.name + ".data"), 1
+    while candidate.resolve() in keep:
+        n += 1
+        candidate = out_path.with_name(f"{out_path.name}.{n}.data")
+    return candidate
 
 
-def write_model(model: onnx.ModelProto, out_path: Path, external: set[str]) -> None:
-    """Write ``model`` atomically; initializers named in ``external`` go to ``<out>.data``.
+def write_model(model: onnx.ModelProto, out_path: Path, external: set[str], keep: set[Path] = frozenset()) -> None:
+    """Write ``model`` atomically; initializers named in ``external`` go to one data file beside
+    it (see :func:`data_file_for`; files in ``keep`` are never overwritten).
 
     ``model`` is modified (external tensors lose their in-memory bytes): pass a copy you own.
     """
     out_path = Path(out_path)
-    data_path = data_file_for(out_path)
+    data_path = data_file_for(out_path, keep)
     wrote_data = False
     if external:
         with atomic_path(data_path) as tmp_data, open(tmp_data, "wb") as fh:

@@ -51,7 +51,7 @@ class OnnxTarget:
     bias: Slot | None = None
     attrs: dict = field(default_factory=dict)
     fused_add: int | None = None  # node index of the Add holding a MatMul's bias
-    extra_c: str | None = None  # Gemm C that is not a per-output bias: stays a module input
+    extra_c: str | None = None  # Gemm C that is not a per-output bias (initializer or tensor name): kept as is
     shares_weight_with: str | None = None  # label of the first target reading the same weight
 
     def slots(self) -> list[Slot]:
@@ -197,8 +197,9 @@ def _gemm_target(g: _Graph, i: int) -> OnnxTarget | None:
         bias = _slot(g, "bias", i, 2)
         if _bias_fits(g, bias, weight, n_out, ((n_out,), (1, n_out))):
             target.bias = bias
-        else:
-            target.extra_c = node.input[2]
+        else:  # the initializer it holds (through Identity nodes), or the computed tensor's name
+            resolved = g.resolve(node.input[2])
+            target.extra_c = resolved[0] if resolved else node.input[2]
     return target
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .engine import LsuvReport, LsuvSettings, is_target, lsuv_fx, lsuv_hooks
+from .engine import LsuvReport, LsuvSettings, is_target, lsuv_walk
 from .orthonormal import pre_initialize
 
 
@@ -94,8 +94,9 @@ def lsuv_init(
     """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch`` (tensor or tuple).
 
     ``device=None`` runs on CUDA when available; the module is returned to its original
-    device. ``walker`` is "fx" (interpret the fx graph), "hooks" (forward hooks, for
-    modules fx can't trace) or "auto" (fx when the module is or can be traced).
+    device. ``walker`` is "fx" (walk a torch.fx GraphModule: the module, or its trace),
+    "hooks" (walk the module's own forward) or "auto" (fx for a GraphModule, else hooks);
+    all give the same weights, in one forward pass.
     ``seed=None`` draws from torch's global generator.
     """
     settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
@@ -123,31 +124,29 @@ def lsuv_init(
     )
     try:
         with _eval_mode(module):
-            report.walker, graph = _choose_walker(module, walker)
-            if report.walker == "fx":
-                targets_in_graph = {n: graph.get_submodule(n) for n in target_map}
-                report.layers = lsuv_fx(graph, args, targets_in_graph, settings, on_layer)
-            else:
-                report.layers = lsuv_hooks(module, args, target_map, settings, on_layer)
+            report.walker, runner = _choose_walker(module, walker)
+            targets_in_runner = {n: runner.get_submodule(n) for n in target_map}
+            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer)
     finally:
         module.to(home)
     report.seconds["lsuv"] = time.perf_counter() - t0
     return report
 
 
-def _choose_walker(module: nn.Module, walker: str):
-    """("fx", graph module sharing ``module``'s parameters) or ("hooks", None)."""
+def _choose_walker(module: nn.Module, walker: str) -> tuple[str, nn.Module]:
+    """The module whose forward pass the engine walks, and the walker's name.
+
+    "fx" walks a ``torch.fx.GraphModule`` (the module itself, or its symbolic trace sharing
+    its parameters); "hooks" walks the module's own forward. Both visit the layers in
+    execution order and give the same weights; "auto" takes a GraphModule as it is and does
+    not trace anything else, because tracing adds cost and no information.
+    """
     if walker not in ("auto", "fx", "hooks"):
         raise ValueError(f"walker must be auto, fx or hooks, got {walker!r}")
-    if walker == "hooks":
-        return "hooks", None
-    if _is_graph_module(module):
+    if _is_graph_module(module) and walker != "hooks":
         return "fx", module
+    if walker in ("auto", "hooks"):
+        return "hooks", module
     import torch.fx
 
-    try:
-        return "fx", torch.fx.symbolic_trace(module)
-    except Exception:
-        if walker == "fx":
-            raise
-        return "hooks", None
+    return "fx", torch.fx.symbolic_trace(module)

@@ -87,8 +87,7 @@ def is_target(module: nn.Module) -> bool:
 def output_stats(out: torch.Tensor) -> tuple[float, float]:
     """Population variance and mean over all elements.
 
-    Sums and sums of squares are taken over rows of 4096 elements in the tensor's
-    precision and accumulated across rows in float64: at a quarter of ``torch.var_mean``'s
+    Sums and norms are taken over rows of 4096 elements in the tensor's precision and accumulated across rows in float64: at a quarter of ``torch.var_mean``'s
     cost, which matters because it runs once per layer over the layer's output. Where the
     mean dominates the spread (mean^2 > 16 var), cancellation would cost precision, so the
     exact float64 reduction is used instead.
@@ -102,7 +101,9 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
     rows = n // _STATS_ROW
     body, tail = flat[: rows * _STATS_ROW].view(rows, _STATS_ROW), flat[rows * _STATS_ROW :]
     total = body.sum(1).double().sum() + tail.double().sum()
-    squares = torch.einsum("ij,ij->i", body, body).double().sum() + tail.double().square().sum()
+    # vector_norm is one vectorised pass; squaring its float32 row norms in float64 keeps
+    # the relative error at float32 rounding.
+    squares = torch.linalg.vector_norm(body, dim=1).double().square().sum() + tail.double().square().sum()
     mean = total / n
     var = torch.clamp(squares / n - mean * mean, min=0.0)
     if float(mean * mean) > 16.0 * float(var):
@@ -133,16 +134,22 @@ def _bias_like(module: nn.Module, out: torch.Tensor, dim: int) -> torch.Tensor |
 
 
 @torch.no_grad()
-def fit_layer(module: nn.Module, run: Callable[[], torch.Tensor], settings: LsuvSettings):
+def fit_layer(
+    module: nn.Module,
+    run: Callable[[], torch.Tensor],
+    settings: LsuvSettings,
+    first_out: torch.Tensor | None = None,
+):
     """Scale ``module.weight`` until its output variance is within tol of the target.
 
-    ``run`` evaluates the layer alone on its cached input. Returns ``(fields, out)`` where
+    ``run`` evaluates the layer alone on its cached input; ``first_out``, when given, is its
+    output with the current weights (saves one evaluation). Returns ``(fields, out)`` where
     ``out`` is the layer output with the final weights.
     """
     weight = module.weight
     bias = getattr(module, "bias", None)
     has_bias = isinstance(bias, torch.Tensor)
-    out = run()
+    out = run() if first_out is None else first_out
     var, mean = output_stats(out)
     var_before = var
     dim = _channel_dim(module, out)
@@ -230,7 +237,7 @@ def _abs_max(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _Tracker:
-    """Bookkeeping shared by both walkers: order, first-use and shared parameters."""
+    """Bookkeeping of one walk: order, first use and shared parameters."""
 
     def __init__(self, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer):
         self.targets = targets
@@ -247,9 +254,9 @@ class _Tracker:
         report.uses += 1
         return False
 
-    def fit(self, name: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def fit(self, name: str, run: Callable[[], torch.Tensor], first_out: torch.Tensor) -> torch.Tensor:
         module = self.targets[name]
-        fields, out = fit_layer(module, run, self.settings)
+        fields, out = fit_layer(module, run, self.settings, first_out)
         report = LayerReport(index=len(self.reports), name=name, **fields)
         self.reports.append(report)
         self.by_weight[id(module.weight)] = report
@@ -258,40 +265,31 @@ class _Tracker:
         return out
 
 
-def lsuv_fx(gm, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
-    """LSUV over a ``torch.fx.GraphModule`` by interpreting its graph once."""
-    import torch.fx
+def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
+    """LSUV in one forward pass of ``module``, fitting each target at its first call.
 
-    tracker = _Tracker(targets, settings, on_layer)
-
-    class _Walker(torch.fx.Interpreter):
-        def call_module(self, target, args, kwargs):
-            if target in targets and tracker.first_use(target):
-                module = self.fetch_attr(target)
-                return tracker.fit(target, lambda: module(*args, **kwargs))
-            return super().call_module(target, args, kwargs)
-
-    with torch.no_grad():
-        _Walker(gm).run(*args)
-    return tracker.reports
-
-
-def lsuv_hooks(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
-    """LSUV through forward hooks: for modules fx can't trace. Same cost, same result."""
+    A forward hook on every target receives the layer's input and its output with the
+    current weights, scales the weight re-running only that layer, and hands the scaled
+    output on, so everything downstream sees the initialised layer. The pass itself is the
+    module's own code: for a ``torch.fx.GraphModule`` that is the graph's generated Python,
+    which drops every activation after its last use, so the peak stays that of a plain
+    forward pass plus the working copies of the current layer, with no per-node
+    interpretation overhead.
+    """
     tracker = _Tracker(targets, settings, on_layer)
     handles = []
 
     def make_hook(name: str):
-        def hook(mod, inputs, output):
-            if not tracker.first_use(name):
+        def hook(mod, inputs, kwargs, output):
+            if not isinstance(output, torch.Tensor) or not tracker.first_use(name):
                 return None
-            return tracker.fit(name, lambda: mod.forward(*inputs))
+            return tracker.fit(name, lambda: mod.forward(*inputs, **kwargs), output)
 
         return hook
 
     try:
         for name, mod in targets.items():
-            handles.append(mod.register_forward_hook(make_hook(name)))
+            handles.append(mod.register_forward_hook(make_hook(name), with_kwargs=True))
         with torch.no_grad():
             module(*args)
     finally:

@@ -87,10 +87,11 @@ def is_target(module: nn.Module) -> bool:
 def output_stats(out: torch.Tensor) -> tuple[float, float]:
     """Population variance and mean over all elements.
 
-    Sums and norms are taken over rows of 4096 elements in the tensor's precision and accumulated across rows in float64: at a quarter of ``torch.var_mean``'s
-    cost, which matters because it runs once per layer over the layer's output. Where the
-    mean dominates the spread (mean^2 > 16 var), cancellation would cost precision, so the
-    exact float64 reduction is used instead.
+    Sums and norms are taken over rows of 4096 elements in the tensor's precision and
+    accumulated across rows in float64: a quarter of ``torch.var_mean``'s cost, which
+    matters because it runs once per layer over the layer's output. Where the mean
+    dominates the spread (mean^2 > 16 var), E[x^2] - mean^2 would cancel, so the moments
+    are taken again about the mean, a few rows at a time (no copy of the whole output).
     """
     flat = out.detach().reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
@@ -100,19 +101,37 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
         return float("nan"), float("nan")
     rows = n // _STATS_ROW
     body, tail = flat[: rows * _STATS_ROW].view(rows, _STATS_ROW), flat[rows * _STATS_ROW :]
-    total = body.sum(1).double().sum() + tail.double().sum()
-    # vector_norm is one vectorised pass; squaring its float32 row norms in float64 keeps
-    # the relative error at float32 rounding.
-    squares = torch.linalg.vector_norm(body, dim=1).double().square().sum() + tail.double().square().sum()
+    total, squares = _moments(body, tail, 0.0)
     mean = total / n
-    var = torch.clamp(squares / n - mean * mean, min=0.0)
-    if float(mean * mean) > 16.0 * float(var):
-        # E[x^2] - mean^2 cancels badly here: redo it the slow, exact way.
-        var, mean = torch.var_mean(flat.to(torch.float64), correction=0)
-    return float(var), float(mean)
+    var = max(squares / n - mean * mean, 0.0)
+    if mean * mean > 16.0 * var:
+        shift = mean
+        total, squares = 0.0, 0.0
+        for start in range(0, max(rows, 1), _SHIFTED_ROWS):
+            part_total, part_squares = _moments(body[start : start + _SHIFTED_ROWS], tail if start == 0 else tail[:0], shift)
+            total, squares = total + part_total, squares + part_squares
+        offset = total / n
+        var = max(squares / n - offset * offset, 0.0)
+        mean = shift + offset
+    return var, mean
 
 
 _STATS_ROW = 4096
+_SHIFTED_ROWS = 256  # 1 M elements per chunk of the shifted pass
+
+
+def _moments(body: torch.Tensor, tail: torch.Tensor, shift: float) -> tuple[float, float]:
+    """Sum and sum of squares of ``x - shift`` over ``body`` (rows) and ``tail``, in float64.
+
+    vector_norm is one vectorised pass; squaring its row norms in float64 keeps the
+    relative error at the tensor's rounding.
+    """
+    if shift:
+        body, tail = body - shift, tail.double() - shift
+    tail = tail.double()
+    total = body.sum(1).double().sum() + tail.sum()
+    squares = torch.linalg.vector_norm(body, dim=1).double().square().sum() + tail.square().sum()
+    return float(total), float(squares)
 
 
 def _channel_dim(module: nn.Module, out: torch.Tensor) -> int | None:
@@ -157,6 +176,7 @@ def fit_layer(
         reduce_dims = [d for d in range(out.dim()) if d != (dim if dim is not None else 1)]
         channel_mean = out.detach().to(torch.float64).mean(dim=reduce_dims)
         bias.sub_(channel_mean.to(bias.dtype))
+        out = None
         out = run()
         var, mean = output_stats(out)
     # In centre mode weight and bias scale together, so the output scales exactly.
@@ -186,7 +206,11 @@ def fit_layer(
         if not math.isfinite(float(new_absmax)):
             reason = "scaling would make the weights non-finite"
             break
-        previous = (weight.clone(), out, var, mean) if not homogeneous else None
+        # The old parameters are kept so that an undone step restores them bit for bit; the
+        # output is not kept (it is recomputed on undo, which is rare).
+        previous_weight = weight.clone() if not homogeneous else None
+        previous_bias = bias.clone() if scales_bias and not homogeneous else None
+        previous_stats = (var, mean)
         weight.mul_(factor)
         weight_absmax = new_absmax
         if scales_bias:
@@ -196,15 +220,22 @@ def fit_layer(
         if homogeneous:  # out is proportional to the weight: its statistics follow exactly
             var, mean = var * factor * factor, mean * factor
             continue
+        # In place, so that no second output-sized tensor is alive besides the layer's input.
         if linear:
-            out = (out - bias_b) * factor + bias_b
+            out.sub_(bias_b).mul_(factor).add_(bias_b)
         else:
+            out = None
             out = run()
         var, mean = output_stats(out)
-        if abs(var - settings.target_var) >= abs(previous[2] - settings.target_var) * (1 - 1e-6):
+        if abs(var - settings.target_var) >= abs(previous_stats[0] - settings.target_var) * (1 - 1e-6):
             # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
-            weight.copy_(previous[0])
-            out, var, mean = previous[1:]
+            weight.copy_(previous_weight)
+            if previous_bias is not None:
+                bias.copy_(previous_bias)
+            out = None
+            out = run()
+            var, mean = previous_stats
+            weight_absmax = weight_absmax / factor
             scale /= factor
             iterations -= 1
             reason = "output variance does not respond to scaling the weight (constant input?)"

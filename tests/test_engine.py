@@ -10,6 +10,7 @@ from torch import nn
 
 from lsuv_convert import lsuv_init
 from lsuv_convert.engine import output_stats
+from live_bytes import LiveBytes
 from naive_lsuv import hook_variances, naive_lsuv
 
 TOL = 0.02
@@ -214,3 +215,58 @@ def test_output_stats_match_float64_reference(mean, std):
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         lsuv_init(Chain(3), torch.randn(2, 3, 8, 8), device="cpu", **bad)
+
+
+def _largest_target_input(model, batch) -> int:
+    sizes, handles = [], []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            handles.append(m.register_forward_hook(lambda mod, i, o: sizes.append(i[0].numel() * i[0].element_size())))
+    with torch.no_grad():
+        model(batch)
+    for h in handles:
+        h.remove()
+    return max(sizes)
+
+
+def _biased_chain():
+    model = Chain(12)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.uniform_(-1, 1)  # output not proportional to the weight: the re-evaluated path
+    return model
+
+
+@pytest.mark.parametrize("name,make,pre_init", [
+    ("residual", Residual, "keep"), ("branches", Branches, "keep"), ("called_twice", CalledTwice, "keep"),
+    ("biased_chain", _biased_chain, "keep"), ("batchnorm", WithBatchNorm, "orthonormal"),
+])
+def test_peak_memory_is_a_forward_pass_plus_the_current_layer_input(name, make, pre_init):
+    """Issue 2's bound: activations are freed after their last use; the engine adds at most one
+    cached layer input to a plain forward pass's peak (measured with LiveBytes, not RSS)."""
+    torch.manual_seed(0)
+    model = make().eval()
+    batch = torch.randn(8, 3, 32, 32) * 2 + 0.5
+    with LiveBytes() as forward, torch.no_grad():
+        model(batch)
+    with LiveBytes() as engine:
+        report = lsuv_init(model, batch, pre_init=pre_init, device="cpu", seed=0)
+    assert any(layer.iterations > 0 for layer in report.layers)
+    bound = forward.peak + _largest_target_input(model, batch) + 16 * 1024  # + row sums and scalars
+    assert engine.peak <= bound, (engine.peak, forward.peak)
+    assert engine.current <= 16 * 1024  # nothing the engine made is left behind
+
+
+def test_peak_memory_of_a_torchvision_model():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    batch = torch.randn(4, 3, 64, 64)
+    with LiveBytes() as forward, torch.no_grad():
+        model(batch)
+    with LiveBytes() as engine:  # LSUV only: the pre-init's working memory is weight-sized, not activations
+        report = lsuv_init(model, batch, pre_init="keep", device="cpu")
+    assert sum(layer.iterations for layer in report.layers) > 10
+    assert engine.peak <= forward.peak + _largest_target_input(model, batch) + 16 * 1024, (engine.peak, forward.peak)

@@ -6,6 +6,7 @@ when the package under test fails.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -52,13 +53,25 @@ def synchronizer(device: str) -> Callable[[], None]:
 
 
 def timed(fn: Callable[[], object], device: str = "cpu") -> tuple[float, object]:
-    """(seconds, result) of one call, with the device synchronised on both sides."""
+    """(seconds, result) of one call, with the device synchronised on both sides.
+
+    Like ``timeit``, the cyclic garbage collector is run before and paused during the call:
+    a full collection over this process's heap (several models' worth of objects) costs
+    ~0.2 s here and would land at random in whichever method happens to allocate then.
+    """
     sync = synchronizer(device)
+    gc.collect()
     sync()
-    t0 = time.perf_counter()
-    result = fn()
-    sync()
-    return time.perf_counter() - t0, result
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        result = fn()
+        sync()
+        return time.perf_counter() - t0, result
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def median(values: Sequence[float]) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -51,7 +50,7 @@ class Sizes:
 
 
 FULL = Sizes(batch=16, image=224, plain_image=32, repeats=3, ortho_vgg_fc=True)
-QUICK = Sizes(batch=2, image=64, plain_image=16, repeats=1, ortho_vgg_fc=False)
+QUICK = Sizes(batch=2, image=32, plain_image=16, repeats=1, ortho_vgg_fc=False)
 
 
 def plain_chain(depth: int = 50, width: int = 32) -> nn.Sequential:
@@ -191,17 +190,33 @@ ORTHO_HEADERS = ["model", "layers", "weights", "ours (s)", "torch orthogonal_ (s
 # -------------------------------------------------------------------------- CLI table
 
 
+# Linux charges a child with the peak RSS of the process image it replaced at exec, so a
+# child forked straight from this (big) benchmark process would report at least our own
+# RSS. A tiny launcher process in between keeps the child's figure its own.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(cmd: list[str], log_dir: Path, tag: str) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS in MiB, stderr tail) of one child process."""
-    out_path, err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
+    """(exit code, wall seconds, peak RSS in MiB, last stderr line) of one child process."""
+    out_path, err_path, rss_path = (log_dir / f"{tag}.{ext}" for ext in ("out", "err", "rss"))
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+        done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(rss_path)] + cmd, stdout=out, stderr=err)
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        rss_mib = int(rss_path.read_text()) / 1024  # ru_maxrss is in KiB on Linux
+    except (OSError, ValueError):
+        rss_mib = float("nan")
     tail = (err_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
-    return proc.returncode, wall, usage.ru_maxrss / 1024, tail
+    return done.returncode, wall, rss_mib, tail
 
 
 PLAIN_FORWARD = """
@@ -244,7 +259,9 @@ def _make_cli_inputs(case: str, tmp: Path, sizes: Sizes) -> tuple[Path, tuple[in
 
 
 def cli_program() -> list[str] | None:
-    exe = shutil.which("lsuv-convert")
+    """The console script installed beside this Python (not a pyenv shim, which adds its own start-up)."""
+    beside = Path(sys.executable).with_name("lsuv-convert")
+    exe = str(beside) if beside.exists() else shutil.which("lsuv-convert")
     return [exe] if exe else None
 
 
@@ -252,13 +269,13 @@ def cli_help() -> str:
     program = cli_program()
     if program is None:
         return ""
-    done = subprocess.run(program + ["--help"], capture_output=True, text=True)
+    done = subprocess.run(program + ["convert", "--help"], capture_output=True, text=True)
     return done.stdout if done.returncode == 0 else ""
 
 
 def cli_row(case: str, sizes: Sizes, device: str, tmp: Path, help_text: str) -> list[object]:
     program = cli_program()
-    blank = ["n/a"] * 7
+    blank = ["n/a"] * (len(CLI_HEADERS) - 1)
     if program is None or not help_text:
         return [case, "n/a (lsuv-convert CLI not installed or not working)"] + blank[1:]
     try:
@@ -274,7 +291,7 @@ def cli_row(case: str, sizes: Sizes, device: str, tmp: Path, help_text: str) -> 
         out_path = tmp / f"{model_path.stem}.lsuv.caffemodel"
     log_path = tmp / f"{model_path.stem}.log.json"
     cmd = program + [str(model_path), "--data", str(batch_path), "-o", str(out_path), "--log", str(log_path)]
-    if device != "cpu" and "--device" in help_text:
+    if "--device" in help_text:  # the CLI's default "auto" would pick a GPU where one exists
         cmd += ["--device", device]
     rc, wall, rss, err = _run_measured(cmd, tmp, f"{model_path.stem}.cli")
     if rc != 0:
@@ -287,13 +304,14 @@ def cli_row(case: str, sizes: Sizes, device: str, tmp: Path, help_text: str) -> 
     prc, _, plain_rss, perr = _run_measured(plain, tmp, f"{model_path.stem}.plain")
     plain_cell = f"{plain_rss:.0f}" if prc == 0 else f"n/a ({perr})"[:120]
     ratio = f"{rss / plain_rss:.2f}x" if prc == 0 else "n/a"
-    parts = [seconds.get(k) for k in ("load", "pre_init", "lsuv", "save")]
+    parts = [float(seconds.get(k, 0.0)) for k in ("load", "pre_init", "lsuv", "save")]
+    rest = max(0.0, wall - sum(parts))  # interpreter start-up, imports, reading the batch, the log
     return [case, "x".join(map(str, shape)), f"{wall:.1f}"] + [fmt_seconds(p) for p in parts] + [
-        f"{rss:.0f}", plain_cell, ratio]
+        fmt_seconds(rest), f"{rss:.0f}", plain_cell, ratio]
 
 
 CLI_HEADERS = ["model file", "batch", "CLI wall (s)", "load (s)", "pre-init (s)", "LSUV (s)", "save (s)",
-               "CLI peak RSS (MiB)", "load + 1 forward RSS (MiB)", "RSS ratio"]
+               "start-up + rest (s)", "CLI peak RSS (MiB)", "load + 1 forward RSS (MiB)", "RSS ratio"]
 
 
 # -------------------------------------------------------------------------------- main
@@ -303,14 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small batch and images (CI smoke test)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 with --quick, which is all tiny ops)")
     parser.add_argument("--only", choices=("lsuv", "ortho", "cli"), action="append",
                         help="run only these tables (repeatable)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     sizes = QUICK if args.quick else FULL
     tables = args.only or ["lsuv", "ortho", "cli"]
     started = time.perf_counter()

@@ -45,6 +45,14 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _needs_move(module: nn.Module, device: torch.device) -> bool:
+    """Whether any parameter or buffer is elsewhere (``Module.to`` walks everything even if not)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
+            return True
+    return False
+
+
 def _float_dtype(module: nn.Module) -> torch.dtype | None:
     for p in module.parameters():
         if p.is_floating_point():
@@ -114,7 +122,9 @@ def lsuv_init(
     report.seconds["pre_init"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    module.to(dev)
+    moved = _needs_move(module, dev)
+    if moved:
+        module.to(dev)
     dtype = _float_dtype(module)
     args = tuple(
         a.to(dev, dtype=dtype if (dtype is not None and a.is_floating_point()) else a.dtype)
@@ -128,7 +138,8 @@ def lsuv_init(
             targets_in_runner = {n: runner.get_submodule(n) for n in target_map}
             report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer)
     finally:
-        module.to(home)
+        if moved:
+            module.to(home)
     report.seconds["lsuv"] = time.perf_counter() - t0
     return report
 

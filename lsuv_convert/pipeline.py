@@ -15,7 +15,7 @@ from typing import Callable
 
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
-from .errors import DeviceError, LsuvError, OutputError, UnconvergedError
+from .errors import DeviceError, OutputError, UnconvergedError
 from .formats import find_format
 
 
@@ -65,8 +65,6 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
 
     options = options or ConvertOptions()
     model = Path(model)
-    if not model.is_file():
-        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
     fmt = find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
     _check_output(model, output, options)

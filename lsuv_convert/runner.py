@@ -81,9 +81,7 @@ class Run:
         start = time.perf_counter()
         output = None
         try:
-            fmt = find_format(job.path) if job.path.is_file() else None
-            if fmt is None:
-                raise LsuvError("model file not found" if not job.path.exists() else "not a file", path=job.path)
+            fmt = find_format(job.path)
             output = self._output_for(job, fmt)
             if not (self.force or self.options.in_place) and _up_to_date(output, self._inputs_of(job.path)):
                 self.console.skipped(job.path, output)
@@ -163,8 +161,6 @@ def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
     from .console import print_inspection
     from .formats import find_format
 
-    if not model.is_file():
-        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
     fmt = find_format(model)
     graph = fmt.load(model, weights=weights)
     info = {
@@ -198,8 +194,6 @@ def verify_model(model: Path, weights: Path | None, data: Path | None, tol: floa
     from .formats import find_format
     from .formats.base import check_inputs
 
-    if not model.is_file():
-        raise LsuvError("model file not found" if not model.exists() else "not a file", path=model)
     fmt = find_format(model)
     model, weights = fmt.written_pair(model, weights)
     graph = fmt.load(model, weights=weights)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import ModelFormatError
+from ..errors import LsuvError, ModelFormatError
 
 _PLUGIN_MODULES = (
     "lsuv_convert.formats.onnx_format",
@@ -60,8 +60,13 @@ def known_extensions() -> set[str]:
 
 
 def find_format(path: Path | str):
-    """The format of ``path``: by extension first, confirmed (or found) by sniffing."""
+    """The format of the model file ``path``: by extension first, confirmed (or found) by sniffing.
+
+    Every command starts here, so this is also where a missing model file is reported.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise LsuvError("model file not found" if not path.exists() else "not a file", path=path)
     formats = all_formats()
     name = path.name.lower()
     by_ext = [f for f in formats.values() if any(name.endswith(e) for e in f.extensions)]

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import interrupt
 from .errors import OutputError
 
 
@@ -36,6 +37,7 @@ def atomic_path(dest: Path | str):
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
+        interrupt.check()  # a Ctrl-C whose exception a library swallowed still stops the write
         os.replace(tmp_path, dest)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:

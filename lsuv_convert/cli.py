@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, interrupt
 from .errors import LsuvError
 
 PRE_INIT_CHOICES = ("orthonormal", "gaussian", "keep")
@@ -156,28 +155,24 @@ def verify_command(model, data, weights, tol, target_var, seed, as_json, debug):
 
 def _guarded(action, debug: bool) -> int:
     """Run ``action``; expected errors become one stderr line, SIGTERM behaves like Ctrl-C."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        return action()
-    except LsuvError as exc:
-        if debug:
-            raise
-        error_line(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        error_line("interrupted; no partial output was left")
-        return 130
-    except Exception as exc:  # a bug: one line unless --debug
-        if debug:
-            raise
-        error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    with interrupt.handled():
+        try:
+            code = action()
+            interrupt.check()
+            return code
+        except LsuvError as exc:
+            if debug:
+                raise
+            error_line(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:
+            error_line("interrupted; no partial output was left")
+            return 130
+        except Exception as exc:  # a bug: one line unless --debug
+            if debug:
+                raise
+            error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            return 1
 
 
 def error_line(message: str) -> None:

@@ -314,3 +314,26 @@ def test_unconverged_layer_exits_3_and_writes_nothing(work):
     assert written == {"log.json"}  # the log says why; the model is not written
     ok = run_cli(work / "dead.pt", "--data", work / "fitnet1.npy", "--allow-unconverged")
     assert ok.returncode == 0 and (work / "dead.lsuv.pt").is_file()
+
+
+def test_interrupt_swallowed_by_a_library_still_stops_the_write(tmp_path, capsys):
+    """A Ctrl-C whose KeyboardInterrupt some library code catches must not let the run write
+    its output: the signal is remembered and checked before the output is renamed into place."""
+    from lsuv_convert.atomic import write_bytes_atomic
+    from lsuv_convert.cli import _guarded
+
+    dest = tmp_path / "out.bin"
+
+    def action():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here and raises
+        except BaseException:  # what a careless library does
+            pass
+        write_bytes_atomic(dest, b"data")
+        return 0
+
+    assert _guarded(action, debug=False) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -1,0 +1,42 @@
+"""Ctrl-C and SIGTERM that can't be lost.
+
+The signal handlers raise KeyboardInterrupt as usual, and also record the signal. A library
+that swallows the exception (a bare ``except:`` around an import, say) would otherwise let
+the run finish and write its output; the record stops that at the last moment, before an
+output file is renamed into place, and gives the run exit status 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+_received: list[int] = []
+
+
+def requested() -> bool:
+    """Whether SIGINT or SIGTERM arrived while :func:`handled` was active."""
+    return bool(_received)
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a signal arrived, even one whose exception got swallowed."""
+    if _received:
+        raise KeyboardInterrupt
+
+
+def _handler(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def handled():
+    """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered, inside this block."""
+    _received.clear()
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -34,9 +34,12 @@ def _handler(signum, frame):
 def handled():
     """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered, inside this block."""
     _received.clear()
-    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the parent chose to ignore (nohup, `cmd &` in a script) stays ignored.
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _received.clear()  # the record belongs to this block: later library calls must not see it

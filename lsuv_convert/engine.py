@@ -244,7 +244,6 @@ def fit_layer(
             out = None
             out = run()
             var, mean = previous_stats
-            weight_absmax = weight_absmax / factor
             scale /= factor
             iterations -= 1
             reason = "output variance does not respond to scaling the weight (constant input?)"

@@ -14,11 +14,6 @@ import signal
 _received: list[int] = []
 
 
-def requested() -> bool:
-    """Whether SIGINT or SIGTERM arrived while :func:`handled` was active."""
-    return bool(_received)
-
-
 def check() -> None:
     """Raise KeyboardInterrupt if a signal arrived, even one whose exception got swallowed."""
     if _received:

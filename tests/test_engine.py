@@ -243,6 +243,17 @@ def _biased_chain():
     return model
 
 
+def _measure_peaks(model, batch, pre_init):
+    """(report, forward meter, engine meter); asserts the engine's peak bound on the way."""
+    with LiveBytes() as forward, torch.no_grad():
+        model(batch)
+    with LiveBytes() as engine:
+        report = lsuv_init(model, batch, pre_init=pre_init, device="cpu", seed=0)
+    bound = forward.peak + _largest_target_input(model, batch) + SCRATCH
+    assert engine.peak <= bound, (engine.peak, forward.peak)
+    return report, forward, engine
+
+
 @pytest.mark.parametrize("name,make,pre_init", [
     ("residual", Residual, "keep"), ("branches", Branches, "keep"), ("called_twice", CalledTwice, "keep"),
     ("biased_chain", _biased_chain, "keep"), ("batchnorm", WithBatchNorm, "orthonormal"),
@@ -252,14 +263,8 @@ def test_peak_memory_is_a_forward_pass_plus_the_current_layer_input(name, make, 
     cached layer input to a plain forward pass's peak (measured with LiveBytes, not RSS)."""
     torch.manual_seed(0)
     model = make().eval()
-    batch = torch.randn(8, 3, 32, 32) * 2 + 0.5
-    with LiveBytes() as forward, torch.no_grad():
-        model(batch)
-    with LiveBytes() as engine:
-        report = lsuv_init(model, batch, pre_init=pre_init, device="cpu", seed=0)
+    report, forward, engine = _measure_peaks(model, torch.randn(8, 3, 32, 32) * 2 + 0.5, pre_init)
     assert any(layer.iterations > 0 for layer in report.layers)
-    bound = forward.peak + _largest_target_input(model, batch) + SCRATCH
-    assert engine.peak <= bound, (engine.peak, forward.peak)
     assert engine.current <= 16 * 1024  # nothing the engine made is left behind
 
 
@@ -268,10 +273,6 @@ def test_peak_memory_of_a_torchvision_model():
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    batch = torch.randn(4, 3, 64, 64)
-    with LiveBytes() as forward, torch.no_grad():
-        model(batch)
-    with LiveBytes() as engine:  # LSUV only: the pre-init's working memory is weight-sized, not activations
-        report = lsuv_init(model, batch, pre_init="keep", device="cpu")
+    # LSUV only: the pre-init's working memory is weight-sized, not activations
+    report, _, _ = _measure_peaks(model, torch.randn(4, 3, 64, 64), "keep")
     assert sum(layer.iterations for layer in report.layers) > 10
-    assert engine.peak <= forward.peak + _largest_target_input(model, batch) + SCRATCH, (engine.peak, forward.peak)

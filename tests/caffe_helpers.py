@@ -19,8 +19,29 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models" / "caffe"
 
 
+SHARED_MISSING = f"public prototxts not available ({MODELS} is absent: a clone without ../shared)"
+
+
 def cases() -> dict:
-    return json.loads((MODELS / "cases.json").read_text())
+    """Batch shape (and deploy twin) per public prototxt; empty when ../shared is absent."""
+    index = MODELS / "cases.json"
+    return json.loads(index.read_text()) if index.is_file() else {}
+
+
+def shared_model(name: str) -> Path:
+    """A public prototxt from ../shared/models/caffe, or skip the test (with why) when it isn't there."""
+    path = MODELS / name
+    if not path.is_file():
+        pytest.skip(SHARED_MISSING)
+    return path
+
+
+def shared_params(names, slow=()) -> list:
+    """pytest params over public prototxts: one explicit skip when ../shared is absent."""
+    names = list(names)
+    if not names:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=SHARED_MISSING))]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
 def caffe_format():

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import LsuvError, ModelFormatError
 
 _PLUGIN_MODULES = (
-    "lsuv_convert.formats.onnx_format",
+    "lsuv_convert.formats.onnx",
     "lsuv_convert.formats.caffe",
     "lsuv_convert.formats.torchscript",
 )

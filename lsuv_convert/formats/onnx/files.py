@@ -20,8 +20,8 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
-from ..atomic import atomic_path
-from ..errors import ModelFormatError, OutputError
+from ...atomic import atomic_path
+from ...errors import ModelFormatError, OutputError
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 

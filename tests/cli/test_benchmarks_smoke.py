@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 NUMBER = re.compile(r"^-?\d+(\.\d+)?x?$")
 
 pytestmark = pytest.mark.slow

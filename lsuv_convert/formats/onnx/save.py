@@ -1,7 +1,7 @@
 """The output ModelProto: the source model with only the target layers' initializers replaced.
 
 Nodes, names, opsets, metadata, doc strings and value_info are copied as they are; a target
-whose tensor had to be untied (see :mod:`.onnx_targets`) gets a new initializer appended and
+whose tensor had to be untied (see :mod:`.targets`) gets a new initializer appended and
 only that target's weight/bias input is repointed to it. Every tensor keeps the element type
 the source stored it in (float16 stays float16).
 """
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ConversionError
+from ...errors import ConversionError
 
 
 def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, external: set[str]):

@@ -16,7 +16,8 @@ import torch
 
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError
-from lsuv_convert.formats import get_format, onnx_convert
+from lsuv_convert.formats import get_format
+from lsuv_convert.formats.onnx import convert as onnx_convert
 from onnx_helpers import export_module, feeds, ort_values, zoo
 
 ONNX = get_format("onnx")

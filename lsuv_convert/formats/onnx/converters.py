@@ -24,7 +24,7 @@ from torch import nn
 
 # Nodes onnx2torch has a converter for but refuses (Reshape allowzero=1) or converts wrongly
 # (Reduce* with an axes attribute: negative axes) are moved to this private domain in the working
-# copy handed to onnx2torch (see onnx_convert); the saved model is untouched.
+# copy handed to onnx2torch (see convert.py); the saved model is untouched.
 FIX_DOMAIN = "lsuv_convert_fix"  # no dots: onnx2torch prefixes module names with the domain
 
 

@@ -7,7 +7,7 @@
    ``auto_pad`` (which onnx2torch refuses) is spelled out as explicit pads, and nodes onnx2torch
    refuses or converts wrongly (Reshape allowzero=1; reductions with an ``axes`` attribute,
    whose negative axes it mishandles) move to a private domain served by our converters.
-2. Missing op versions come from :mod:`.onnx_converters` (registered on import).
+2. Missing op versions come from :mod:`.converters` (registered on import).
 3. The GraphModule is adjusted: BatchNorm / Dropout pinned to inference, every target layer
    becomes a module holding its initializer exactly as stored (``.weight``/``.bias``), a
    fused MatMul + Add becomes one linear module, and targets that must keep one initializer
@@ -25,10 +25,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ..errors import ModelFormatError
-from . import onnx_converters
-from .onnx_modules import GemmTarget, MatMulTarget, pin_inference
-from .onnx_targets import TargetPlan
+from ...errors import ModelFormatError
+from . import converters
+from .modules import GemmTarget, MatMulTarget, pin_inference
+from .targets import TargetPlan
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -70,8 +70,8 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         _explicit_conv_pads(work)
         for node in work.graph.node:
             if _needs_fix(node, opset):
-                node.domain = onnx_converters.FIX_DOMAIN
-        work.opset_import.append(onnx.helper.make_opsetid(onnx_converters.FIX_DOMAIN, 1))
+                node.domain = converters.FIX_DOMAIN
+        work.opset_import.append(onnx.helper.make_opsetid(converters.FIX_DOMAIN, 1))
     for entry in work.opset_import:
         if entry.domain == "ai.onnx":
             entry.domain = ""
@@ -155,7 +155,7 @@ def check_convertible(work: onnx.ModelProto, source) -> None:
     opsets = {o.domain: o.version for o in work.opset_import}
     for node in work.graph.node:
         label = node.name or (node.output[0] if node.output else node.op_type)
-        if node.domain not in STANDARD_DOMAINS + (onnx_converters.FIX_DOMAIN,):
+        if node.domain not in STANDARD_DOMAINS + (converters.FIX_DOMAIN,):
             raise ModelFormatError(
                 f"node {label!r} uses op {node.op_type!r} of custom domain {node.domain!r}; only standard ONNX ops can be converted",
                 path=source,

@@ -1,9 +1,9 @@
 """ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
 
 - load: parse and check the file (external data included), find the target layers
-  (:mod:`.onnx_targets`), convert to a torch.fx graph (:mod:`.onnx_convert`).
-- prepare: the fidelity gate (:mod:`.onnx_fidelity`): torch graph vs onnxruntime on the batch.
-- save: the source ModelProto with only the target initializers replaced (:mod:`.onnx_save`),
+  (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
+- prepare: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
+- save: the source ModelProto with only the target initializers replaced (:mod:`.save`),
   checked once more against onnxruntime when the batch is known, then written atomically.
 - measure: per-layer output statistics of a written file, computed by onnxruntime.
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError
-from ..graph import InputSpec, ModelGraph, TargetLayer
-from . import register_format
-from .base import ModelFormat, check_inputs
+from ...errors import ModelFormatError
+from ...graph import InputSpec, ModelGraph, TargetLayer
+from .. import register_format
+from ..base import ModelFormat, check_inputs
 
 
 @dataclass
@@ -28,8 +28,8 @@ class OnnxState:
 
     model: Any  # the source onnx.ModelProto, weights in memory
     external: dict  # initializer the source stored in an external data file -> that file
-    plan: Any  # onnx_targets.TargetPlan
-    converted: Any  # onnx_convert.Converted
+    plan: Any  # targets.TargetPlan
+    converted: Any  # convert.Converted
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
@@ -53,17 +53,17 @@ class OnnxFormat(ModelFormat):
             return False
 
     def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:
-        from . import onnx_convert, onnx_io, onnx_targets
+        from . import convert, files, targets
 
         path = Path(path)
         if weights is not None:
             raise ModelFormatError("an ONNX model carries its own weights; a separate weights file is not used", path=path)
-        model, external = onnx_io.read_model(path)
-        work = onnx_convert.checked_working_copy(model, path)
-        plan = onnx_targets.find_targets(model)
+        model, external = files.read_model(path)
+        work = convert.checked_working_copy(model, path)
+        plan = targets.find_targets(model)
         if not plan.targets:
             raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
-        converted = onnx_convert.convert(model, work, plan, path)
+        converted = convert.convert(model, work, plan, path)
         del work
         # A layer whose weight an earlier layer also reads is scaled with it (one tensor, first use),
         # so only first uses are listed; save() still writes every layer of the plan.
@@ -83,11 +83,11 @@ class OnnxFormat(ModelFormat):
 
     def prepare(self, graph: ModelGraph, inputs: list[Any]) -> None:
         """Check the batch's shapes, then the fidelity gate: refuse a conversion onnxruntime disagrees with."""
-        from . import onnx_fidelity
+        from . import fidelity
 
         check_inputs(graph.inputs, inputs, graph.source)
         state: OnnxState = graph.state
-        worst = onnx_fidelity.check(
+        worst = fidelity.check(
             graph.module, state.model, inputs, state.converted.tensors,
             [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
         )
@@ -99,29 +99,29 @@ class OnnxFormat(ModelFormat):
         )
 
     def save(self, graph: ModelGraph, out_path: Path) -> None:
-        from . import onnx_fidelity, onnx_io, onnx_save
+        from . import fidelity, files, save
 
         state: OnnxState = graph.state
-        out, external = onnx_save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
         if state.batch is not None:  # the written weights must mean in onnxruntime what LSUV measured in torch
-            onnx_fidelity.check(
+            fidelity.check(
                 graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
                 state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
             )
-        onnx_io.write_model(out, Path(out_path), external, keep=set(state.external.values()))
+        files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
     def measure(self, model_path: Path, weights_path: Path | None, inputs: list[Any], names: list[str] | None = None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
-        from . import onnx_io, onnx_runtime, onnx_targets
+        from . import files, runtime, targets
 
-        model, _ = onnx_io.read_model(Path(model_path))
-        by_label = {t.label: t for t in onnx_targets.find_targets(model).targets}
+        model, _ = files.read_model(Path(model_path))
+        by_label = {t.label: t for t in targets.find_targets(model).targets}
         wanted = list(by_label) if not names else list(names)
         unknown = [n for n in wanted if n not in by_label]
         if unknown:
             raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
-        values = onnx_runtime.run(model, inputs, [by_label[n].output for n in wanted])
-        return {n: onnx_runtime.stats(values[by_label[n].output]) for n in wanted}
+        values = runtime.run(model, inputs, [by_label[n].output for n in wanted])
+        return {n: runtime.stats(values[by_label[n].output]) for n in wanted}
 
 
 def _input_specs(model) -> tuple[list[InputSpec], list]:

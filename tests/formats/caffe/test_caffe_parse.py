@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from caffe_helpers import MODELS, caffe_format, write_text
+from caffe_helpers import shared_model, shared_params, MODELS, caffe_format, write_text
 from lsuv_convert.errors import ModelFormatError
 from lsuv_convert.formats.caffe.parse import TEST, TRAIN, included, read_model
 from lsuv_convert.formats.caffe.schema import caffe_pb
@@ -107,12 +107,12 @@ def test_unknown_parameter_blocks_and_training_fields_are_skipped(tmp_path):
     assert parsed.net.layer[1].convolution_param.weight_filler.variance_norm == 2
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in MODELS.glob("*.prototxt")))
+@pytest.mark.parametrize("name", shared_params(sorted(p.name for p in MODELS.glob("*.prototxt"))))
 def test_real_prototxts_parse(name):
-    parsed = read_model(MODELS / name)
+    parsed = read_model(shared_model(name))
     assert parsed.layers and parsed.inputs and parsed.outputs
     assert all(e.line for e in parsed.layers)
-    assert caffe_format().sniff(MODELS / name)
+    assert caffe_format().sniff(shared_model(name))
 
 
 # -- the schema's field numbers ------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_phase_rules():
 
 
 def test_train_val_net_uses_test_phase_and_drops_losses(tmp_path):
-    parsed = read_model(MODELS / "lenet_train_test.prototxt")
+    parsed = read_model(shared_model("lenet_train_test.prototxt"))
     assert parsed.kind == "train_val"
     assert [i.name for i in parsed.inputs] == ["data"]  # the label feeds only the loss and accuracy
     assert parsed.inputs[0].shape == (None, None, None, None)
@@ -242,7 +242,7 @@ def test_wiring_errors(tmp_path, text, fragment):
 
 
 def test_solver_with_inline_net_param():
-    parsed = read_model(MODELS / "fitnet_mnist_lsuv_solver.prototxt")
+    parsed = read_model(shared_model("fitnet_mnist_lsuv_solver.prototxt"))
     assert parsed.kind == "solver" and parsed.phase == TEST
     assert parsed.net.name == "FitNet_MNIST"
     assert [i.name for i in parsed.inputs] == ["data"]
@@ -251,7 +251,7 @@ def test_solver_with_inline_net_param():
 
 def test_solver_net_path_relative_to_the_solver(tmp_path):
     (tmp_path / "nets").mkdir()
-    (tmp_path / "nets" / "train_val.prototxt").write_text((MODELS / "lenet_train_test.prototxt").read_text())
+    (tmp_path / "nets" / "train_val.prototxt").write_text((shared_model("lenet_train_test.prototxt")).read_text())
     solver = write_text(tmp_path, "solver.prototxt", 'net: "nets/train_val.prototxt"\nbase_lr: 0.01\n'
                                                      'lr_policy: "inv"\nsolver_mode: CPU\ntest_iter: 100\n')
     parsed = read_model(solver)
@@ -263,7 +263,7 @@ def test_solver_net_path_relative_to_the_solver(tmp_path):
 
 
 def test_solver_prefers_test_net_and_falls_back_to_train_net(tmp_path):
-    body = "\n".join(line for line in (MODELS / "lenet.prototxt").read_text().splitlines() if not line.startswith("name:"))
+    body = "\n".join(line for line in (shared_model("lenet.prototxt")).read_text().splitlines() if not line.startswith("name:"))
     both = f'base_lr: 0.1\ntrain_net_param {{ name: "train" {body} }}\ntest_net_param {{ name: "test" {body} }}\n'
     assert read_model(write_text(tmp_path, "a.prototxt", both)).net.name == "test"
     train_only = read_model(write_text(tmp_path, "b.prototxt", f'base_lr: 0.1\ntrain_net_param {{ {body} }}\n'))
@@ -308,7 +308,7 @@ def test_v0_and_mixed_formats_are_refused(tmp_path):
 
 def test_sniff(tmp_path):
     fmt = caffe_format()
-    assert fmt.sniff(MODELS / "fitnet4_relu_lsuv_solver.prototxt")
+    assert fmt.sniff(shared_model("fitnet4_relu_lsuv_solver.prototxt"))
     assert not fmt.sniff(write_text(tmp_path, "notes.prototxt", "just some words\n"))
     binary = tmp_path / "w.prototxt"
     binary.write_bytes(b"\x0a\x03abc\x00\x01layer {")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from caffe_helpers import MODELS, input_layer, opencv_run, seeded_batch, write_text
+from caffe_helpers import shared_model, input_layer, opencv_run, seeded_batch, write_text
 from conftest import run_cli
 
 pytest.importorskip("cv2")
@@ -111,7 +111,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" inner_product_par
 
 def test_default_output_name_inspect_and_verify(tmp_path):
     model = tmp_path / "lenet.prototxt"
-    shutil.copy(MODELS / "lenet.prototxt", model)
+    shutil.copy(shared_model("lenet.prototxt"), model)
     np.save(tmp_path / "lenet.npy", seeded_batch((16, 1, 28, 28)))
     result = run_cli(model, "--device", "cpu", "-q")
     assert result.returncode == 0, result.stderr
@@ -132,7 +132,7 @@ def test_default_output_name_inspect_and_verify(tmp_path):
 
 def test_weights_keep_in_place(tmp_path):
     model = tmp_path / "cifar.prototxt"
-    shutil.copy(MODELS / "cifar10_quick.prototxt", model)
+    shutil.copy(shared_model("cifar10_quick.prototxt"), model)
     np.save(tmp_path / "cifar.npy", seeded_batch((16, 3, 32, 32)))
     first = run_cli(model, "--device", "cpu", "-q", "--seed", 5, "--target-var", 4)
     assert first.returncode == 0, first.stderr
@@ -179,9 +179,9 @@ def test_bad_prototxts_fail_with_one_line_and_write_nothing(tmp_path):
 
 def test_weights_of_another_net_fail_and_write_nothing(tmp_path):
     model = tmp_path / "lenet.prototxt"
-    model.write_text((MODELS / "lenet.prototxt").read_text().replace("num_output: 500", "num_output: 300"))
+    model.write_text((shared_model("lenet.prototxt")).read_text().replace("num_output: 500", "num_output: 300"))
     weights = tmp_path / "lenet.caffemodel"
-    result = run_cli(MODELS / "lenet.prototxt", "-o", weights, "--device", "cpu", "-q")
+    result = run_cli(shared_model("lenet.prototxt"), "-o", weights, "--device", "cpu", "-q")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out.caffemodel"
     failed = run_cli(model, "--weights", weights, "-o", out, "--device", "cpu")
@@ -198,7 +198,7 @@ def test_measure_without_opencv_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were absent
     with pytest.raises(LsuvError, match=r"pip install 'lsuv-convert\[opencv\]'"):
-        caffe_format().measure(MODELS / "lenet.prototxt", tmp_path / "w.caffemodel",
+        caffe_format().measure(shared_model("lenet.prototxt"), tmp_path / "w.caffemodel",
                                [seeded_batch((2, 1, 28, 28))], ["conv1"])
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (MODELS, assert_close, build_small, caffe_format, input_layer, opencv_run,
+from caffe_helpers import (shared_model, assert_close, build_small, caffe_format, input_layer, opencv_run,
                            seeded_batch, write_text)
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
@@ -245,7 +245,7 @@ def test_save_is_atomic_over_an_existing_file(tmp_path, monkeypatch):
 
 def test_written_weights_reload_into_the_same_graph(tmp_path):
     """Write -> --weights -> the torch graph reproduces OpenCV on the written file (real model)."""
-    proto = MODELS / "cifar10_quick.prototxt"
+    proto = shared_model("cifar10_quick.prototxt")
     graph, report, out, x = _convert(tmp_path, proto, shape=(8, 3, 32, 32))
     reloaded = caffe_format().load(proto, weights=out)
     caffe_format().prepare(reloaded, [x])

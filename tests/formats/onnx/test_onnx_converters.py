@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from lsuv_convert.formats import onnx_convert
+from lsuv_convert.formats.onnx import convert as onnx_convert
 
 RNG = np.random.default_rng(0)
 
@@ -199,7 +199,7 @@ def test_type_widened_versions_at_opset_21():
 def test_onnx2torch_registry_is_extended_not_forked():
     from onnx2torch.node_converters import get_converter
 
-    from lsuv_convert.formats import onnx_converters
+    from lsuv_convert.formats.onnx import converters as onnx_converters
 
     for op, version in [("ReduceMean", 18), ("Pad", 18), ("Split", 18), ("Resize", 18), ("Reshape", 19)]:
         assert get_converter(operation_type=op, version=version).__module__ == onnx_converters.__name__

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from caffe_helpers import MODELS, assert_close, caffe_format, cases, opencv_run, seeded_batch, torch_layer_outputs
+from caffe_helpers import shared_model, shared_params, assert_close, caffe_format, cases, opencv_run, seeded_batch, torch_layer_outputs
 from conftest import run_cli
 
 pytest.importorskip("cv2")
@@ -24,24 +24,24 @@ SLOW = {"caffenet_deploy.prototxt", "googlenet_deploy.prototxt", "resnet50_deplo
 
 
 def _params():
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in cases()]
+    return shared_params(cases(), slow=SLOW)
 
 
 def _deploy_for(name: str, case: dict, tmp_path, shape) -> object:
     """The prototxt OpenCV reads: the file itself, its deploy twin, or one derived from it."""
     if "deploy" in case:
-        return MODELS / case["deploy"]
+        return shared_model(case["deploy"])
     if case.get("twin"):  # a solver file: derive the deploy net (TEST phase, data layer -> Input)
         from lsuv_convert.formats.caffe.deploy import deploy_text
         from lsuv_convert.formats.caffe.parse import read_model
 
-        parsed = read_model(MODELS / name)
+        parsed = read_model(shared_model(name))
         path = tmp_path / "deploy.prototxt"
         text = deploy_text(parsed, {i.name: tuple(shape) for i in parsed.inputs}, for_opencv=True)
         assert 'type: "Input"' in text and 'type: "Data"' not in text and "Loss" not in text and "Accuracy" not in text
         path.write_text(text)
         return path
-    return MODELS / name
+    return shared_model(name)
 
 
 def _layer_names(prototxt) -> set[str]:
@@ -63,7 +63,7 @@ def converted(tmp_path_factory):
             folder = tmp_path_factory.mktemp("slow" if slow else "fast")
             names = [n for n in cases() if (n in SLOW) == slow]
             for n in names:
-                (folder / n).write_text((MODELS / n).read_text())
+                (folder / n).write_text((shared_model(n)).read_text())
                 np.save(folder / n.replace(".prototxt", ".npy"), seeded_batch(cases()[n]["shape"], seed=1))
             logs = folder / "logs"
             result = run_cli(*[folder / n for n in names], "--log", logs, "--seed", 3, "--device", "cpu", "-q")
@@ -90,7 +90,7 @@ def test_real_net_through_cli_and_opencv(tmp_path, converted, name):
 
     # OpenCV: unit variance at every target layer
     deploy = _deploy_for(name, case, tmp_path, shape)
-    graph = caffe_format().load(MODELS / name, weights=out)
+    graph = caffe_format().load(shared_model(name), weights=out)
     caffe_format().prepare(graph, [torch.from_numpy(batch)])
     assert [t.name for t in graph.targets] == names
     producers = {top: e.layer.name for e in graph.state.parsed.layers for top in e.layer.top}

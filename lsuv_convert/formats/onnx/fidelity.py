@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import ConversionError
-from . import onnx_runtime
+from ...errors import ConversionError
+from . import runtime
 
 REL_TOL_FLOAT = 1e-3  # float32 / float64: implementation differences stay ~1e-6 of the scale
 REL_TOL_HALF = 3e-2  # float16: rounding at different points, accumulated over the depth
@@ -96,13 +96,13 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
     Returns the worst relative divergence seen (for the log)."""
     outputs = [o.name for o in model.graph.output if o.name in tensors]
     names = list(dict.fromkeys(list(watch) + outputs))
-    reference = onnx_runtime.run(model, inputs, names)
+    reference = runtime.run(model, inputs, names)
     try:
         values = torch_values(gm, inputs, {n: tensors[n] for n in names if n in tensors}, dtypes)
     except _NodeFailure as failure:
         raise ConversionError(
             f"{what} fails to run at node {labels.get(failure.module_path, failure.module_path)!r}: "
-            f"{type(failure.exc).__name__}: {onnx_runtime._first_line(failure.exc)}",
+            f"{type(failure.exc).__name__}: {runtime._first_line(failure.exc)}",
             path=source,
         ) from None
     worst = 0.0
@@ -123,7 +123,7 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
 def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:
     """Compare every node's outputs to name the first node that diverges."""
     order = [(node, out) for node in model.graph.node for out in node.output if out in tensors]
-    reference = onnx_runtime.run(model, inputs, [out for _, out in order])
+    reference = runtime.run(model, inputs, [out for _, out in order])
     values = torch_values(gm, inputs, {out: tensors[out] for _, out in order}, dtypes)
     for node, out in order:
         if out not in reference:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import ConversionError, DataError
+from ...errors import ConversionError, DataError
 
 
 def input_names(model: onnx.ModelProto) -> list[str]:

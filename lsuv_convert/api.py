@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .engine import LsuvReport, LsuvSettings, is_target, lsuv_walk
+from .engine import LsuvReport, is_target, lsuv_walk
+from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
 
 
@@ -88,11 +89,11 @@ def lsuv_init(
     module: nn.Module,
     batch: Any,
     *,
-    pre_init: str = "orthonormal",
-    tol: float = 0.02,
-    max_iter: int = 20,
-    target_var: float = 1.0,
-    center: bool = False,
+    pre_init: str = DEFAULTS.pre_init,
+    tol: float = DEFAULTS.tol,
+    max_iter: int = DEFAULTS.max_iter,
+    target_var: float = DEFAULTS.target_var,
+    center: bool = DEFAULTS.center,
     device: str | torch.device | None = None,
     seed: int | None = None,
     targets: Sequence[str] | None = None,

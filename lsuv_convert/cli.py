@@ -17,8 +17,7 @@ import click
 
 from . import __version__, interrupt
 from .errors import LsuvError
-
-PRE_INIT_CHOICES = ("orthonormal", "gaussian", "keep")
+from .settings import DEFAULTS, PRE_INIT_MODES, SEED_RANGE
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -50,6 +49,25 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+class _Positive(click.ParamType):
+    """A finite number > 0 (click's FloatRange lets inf and nan through)."""
+
+    name = "number > 0"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (number > 0 and number != float("inf")):
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return number
+
+
+POSITIVE = _Positive()
+SEED = click.IntRange(*SEED_RANGE)
+
+
 def _device(ctx, param, value: str) -> str:
     if not _DEVICE_RE.match(value):
         raise click.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
@@ -74,17 +92,19 @@ def main():
 @click.argument("models", nargs=-1, required=True)
 @click.option("--data", type=click.Path(path_type=Path), help="Batch: .npy, .npz (one array per input) or a folder of images. Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
+@click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
+@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist (runs that code).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one model only). Default: NAME.lsuv.EXT beside the input.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Write outputs here, mirroring the input folders.")
 @click.option("--in-place", is_flag=True, help="Allow overwriting the input model file.")
 @click.option("--log", "log_path", type=click.Path(path_type=Path), help="Per-layer variance log (JSON); a folder when several models are given.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="PNG of per-layer variance before/after (needs matplotlib); a folder when several models are given.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pre-init (and of the synthetic batch).")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Tolerance on |Var - target|.")
-@click.option("--max-iter", type=click.IntRange(min=1), default=20, show_default=True, help="Most scaling steps per layer.")
-@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Output variance each layer is scaled to.")
-@click.option("--pre-init", type=click.Choice(PRE_INIT_CHOICES), default="orthonormal", show_default=True, help="Weights before LSUV: orthonormal (Saxe), gaussian, or keep the given ones.")
-@click.option("--center", is_flag=True, help="Also set biases so each layer's output has zero mean.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the pre-init (and of the synthetic batch).")
+@click.option("--tol", type=POSITIVE, default=DEFAULTS.tol, show_default=True, help="Tolerance on |Var - target|.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=DEFAULTS.max_iter, show_default=True, help="Most scaling steps per layer.")
+@click.option("--target-var", type=POSITIVE, default=DEFAULTS.target_var, show_default=True, help="Output variance each layer is scaled to.")
+@click.option("--pre-init", type=click.Choice(PRE_INIT_MODES), default=DEFAULTS.pre_init, show_default=True, help="Weights before LSUV: orthonormal (Saxe), gaussian, or keep the given ones.")
+@click.option("--center", is_flag=True, default=DEFAULTS.center, help="Also set biases so each layer's output has zero mean.")
 @click.option("--device", default="auto", show_default=True, callback=_device, help="auto (CUDA when available), cpu, cuda or cuda:N.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
 @click.option("--image-size", help="H,W (or S) images of a --data folder are resized to.")
@@ -97,7 +117,7 @@ def main():
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def convert_command(models, data, weights, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
+def convert_command(models, data, weights, arch, trust_code, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
                     allow_unconverged, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
@@ -110,15 +130,11 @@ def convert_command(models, data, weights, output, output_dir, in_place, log_pat
         if len(dims) not in (1, 2):
             raise click.BadParameter("use H,W or S", param_hint="--image-size")
         size = (dims[0], dims[-1])
-    from .pipeline import ConvertOptions
-
-    options = ConvertOptions(
-        data=data, weights=weights, pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var,
-        center=center, seed=seed, device=device,
-        input_shapes=[_shape(s) for s in input_shapes] or None,
-        image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
-        allow_unconverged=allow_unconverged, in_place=in_place,
-    )
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, seed=seed,
+                       settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
+                       device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
+                       image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
+                       allow_unconverged=allow_unconverged, in_place=in_place)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
     sys.exit(_guarded(lambda: run.run(list(models)), debug))
@@ -127,30 +143,53 @@ def convert_command(models, data, weights, output, output_dir, in_place, log_pat
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights (Caffe .caffemodel).")
+@click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
+@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--data", type=click.Path(path_type=Path), help="A batch to build the net for (default: the declared input shape).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Shape to build the net for, e.g. 1,3,224,224 (repeat per input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def inspect_command(model, weights, as_json, debug):
+def inspect_command(model, weights, arch, trust_code, data, input_shapes, as_json, debug):
     """List MODEL's target layers (name, op, weight shape) and its declared inputs; changes nothing."""
     from .runner import inspect_model
 
-    sys.exit(_guarded(lambda: inspect_model(model, weights, as_json), debug))
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code,
+                       input_shapes=[_shape(s) for s in input_shapes] or None)
+    sys.exit(_guarded(lambda: inspect_model(model, options, as_json), debug))
 
 
 @main.command("verify")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="The batch (default: NAME.npy beside the model, else seeded N(0,1)).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
-@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic batch.")
+@click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
+@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
+@click.option("--tol", type=POSITIVE, default=DEFAULTS.tol, show_default=True)
+@click.option("--target-var", type=POSITIVE, default=DEFAULTS.target_var, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the synthetic batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def verify_command(model, data, weights, tol, target_var, seed, as_json, debug):
+def verify_command(model, data, weights, arch, trust_code, input_shapes, tol, target_var, seed, as_json, debug):
     """Re-measure each target layer's output variance of a written MODEL with the format's own
     runtime (onnxruntime, OpenCV, torch.jit); exit 1 if any layer is out of tolerance."""
     from .runner import verify_model
 
-    sys.exit(_guarded(lambda: verify_model(model, weights, data, tol, target_var, seed, as_json), debug))
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, seed=seed,
+                       settings=dict(tol=tol, target_var=target_var),
+                       input_shapes=[_shape(s) for s in input_shapes] or None)
+    sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))
+
+
+def _options(*, data=None, weights=None, arch=None, trust_code=False, seed=0, settings=None, **rest):
+    """The pipeline's ConvertOptions from option values (one place for every command)."""
+    from dataclasses import replace
+
+    from .formats.base import LoadRequest
+    from .pipeline import ConvertOptions
+
+    return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code),
+                          settings=replace(DEFAULTS, seed=seed, **(settings or {})), **rest)
 
 
 def _guarded(action, debug: bool) -> int:

@@ -1,6 +1,7 @@
 """Which model files a command line names: files, folders (recursively) and globs.
 
-Kept free of torch/onnx imports: it only looks at names, so that listing a zoo is instant.
+Kept free of torch/onnx imports: it only looks at names (the registry's extensions; plug-in
+modules import their libraries lazily), so that listing a zoo is instant.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LsuvError
+from .formats import model_extensions
 
-# Extensions of model files a folder is searched for (the formats' own lists, kept here so
-# that discovery needs no format import; tests check they agree).
-MODEL_EXTENSIONS = (".onnx", ".prototxt", ".pt")
 OUTPUT_MARK = ".lsuv."
 
 
@@ -43,7 +42,7 @@ def expand(args: list[str]) -> list[ModelJob]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if _is_model_file(p))
             if not found:
-                raise LsuvError(f"no model files ({', '.join(MODEL_EXTENSIONS)}) in folder", path=path)
+                raise LsuvError(f"no model files ({', '.join(sorted(model_extensions()))}) in folder", path=path)
             for p in found:
                 add(p, path)
         elif path.exists() or not glob.has_magic(arg):
@@ -60,7 +59,9 @@ def expand(args: list[str]) -> list[ModelJob]:
 
 
 def _is_model_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and not is_own_output(path) and not path.name.startswith(".")
+    name = path.name.lower()
+    return (path.is_file() and name.endswith(model_extensions()) and not is_own_output(path)
+            and not path.name.startswith("."))
 
 
 def mirrored(job: ModelJob, output_dir: Path, output_name: str) -> Path:

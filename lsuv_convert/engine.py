@@ -1,15 +1,16 @@
 """The LSUV engine (Algorithm 1 of Mishkin & Matas, made exact in docs/design.md).
 
-Linear cost: the model is run once, node by node. When execution reaches a target layer
-for the first time, the layers before it are final, so its weight is scaled on the layer's
-own cached input until ``|Var(out) - target| < tol`` (or ``max_iter``), and the forward pass
-continues with the scaled output. For conv / linear layers the output is linear in the
+Linear cost: the model's own forward runs once, with a forward hook on every target layer.
+When execution reaches a target layer for the first time, the layers before it are final, so
+its weight is scaled on the layer's own input until ``|Var(out) - target| < tol`` (or
+``max_iter``), and the hook hands the scaled output on to the rest of the forward pass. For conv / linear layers the output is linear in the
 weight, so a rescaled output is computed as ``f * (out - b) + b`` instead of re-running the
 layer; other target modules are re-run. The result equals the naive algorithm (one full
 forward pass per iteration) to float tolerance, at about the cost of one forward pass.
 
-Two walkers share :func:`fit_layer`: an fx interpreter (frees activations after their last
-use) and a forward-hook walker for modules fx can't trace. Both know nothing about files.
+One walker (:func:`lsuv_walk`) serves every module: for a ``torch.fx.GraphModule`` the
+forward is the graph's generated code, which frees activations after their last use. The
+per-layer fit is :func:`fit_layer`. Nothing here knows about files.
 """
 
 from __future__ import annotations
@@ -21,25 +22,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .settings import LsuvSettings
+
 TARGET_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
-
-
-@dataclass
-class LsuvSettings:
-    pre_init: str = "orthonormal"
-    tol: float = 0.02
-    max_iter: int = 20
-    target_var: float = 1.0
-    center: bool = False
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if not (self.tol > 0 and math.isfinite(self.tol)):
-            raise ValueError(f"tol must be a positive number, got {self.tol}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
-        if not (self.target_var > 0 and math.isfinite(self.target_var)):
-            raise ValueError(f"target_var must be a positive number, got {self.target_var}")
 
 
 @dataclass

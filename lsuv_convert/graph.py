@@ -30,7 +30,8 @@ class InputSpec:
 
     name: str
     shape: tuple[int | None, ...] | None = None
-    dtype: str = "float32"
+    dtype: str = "float32"  # numpy dtype name the model takes ("int64" token ids, "bool" masks, ...)
+    high: int | None = None  # integer inputs: exclusive upper bound of valid values (e.g. vocabulary size)
 
 
 @dataclass
@@ -45,6 +46,8 @@ class ModelGraph:
     state: Any = None  # format-private (onnx ModelProto, Caffe NetParameter, ScriptModule, ...)
     notes: list[str] = field(default_factory=list)  # things the log should tell the user
     engine_path: str = "fx"  # how the engine should walk the module ("fx" or "hooks")
+    checked: bool = False  # set by ModelFormat.prepare once the format's checks passed; save() needs it
+    provenance: dict = field(default_factory=dict)  # tool version, seed, settings, batch hash: for formats with metadata
 
     def target_by_path(self) -> dict[str, TargetLayer]:
         return {t.module_path: t for t in self.targets}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PRE_INIT_MODES = ("orthonormal", "gaussian", "keep")
+from .settings import PRE_INIT_MODES
+
 
 # Above this ratio of short to long side a Gaussian matrix is too ill-conditioned for
 # float32 Cholesky-QR (condition number ~ (1+sqrt(a))/(1-sqrt(a))).

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
-from .errors import DeviceError, OutputError, UnconvergedError
+from .errors import DataError, DeviceError, OutputError, UnconvergedError
 from .formats import find_format
+from .formats.base import LoadRequest
+from .settings import DEFAULTS, LsuvSettings
 
 
 @dataclass
@@ -24,18 +26,21 @@ class ConvertOptions:
     """Everything about a run that isn't the model path itself."""
 
     data: Path | None = None
-    weights: Path | None = None
-    pre_init: str = "orthonormal"
-    tol: float = 0.02
-    max_iter: int = 20
-    target_var: float = 1.0
-    center: bool = False
-    seed: int = 0
+    request: LoadRequest = field(default_factory=LoadRequest)  # --weights, --arch, --trust-code
+    settings: LsuvSettings = field(default_factory=lambda: replace(DEFAULTS, seed=0))
     device: str = "auto"
     input_shapes: list[tuple[int, ...]] | None = None
     image: ImageOptions = field(default_factory=ImageOptions)
     allow_unconverged: bool = False
     in_place: bool = False
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed if self.settings.seed is not None else 0
+
+    @property
+    def weights(self) -> Path | None:
+        return self.request.weights
 
 
 @dataclass
@@ -59,11 +64,10 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
     layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
     """
-    import torch
-
     from .api import lsuv_init, resolve_device
 
     options = options or ConvertOptions()
+    settings = options.settings
     model = Path(model)
     fmt = find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
@@ -75,13 +79,12 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    graph = fmt.load(model, weights=options.weights)
+    loaded = fmt.load(model, options.request)
     seconds["load"] = time.perf_counter() - t0
-
-    data_path = options.data if options.data is not None else sidecar_batch(model)
-    batch = load_batch(data_path, graph.inputs, seed=options.seed, image=options.image, input_shapes=options.input_shapes)
-    inputs = [torch.from_numpy(a) for a in batch.arrays]
-    fmt.prepare(graph, inputs)
+    batch, inputs = _batch_for(loaded, options.data, options)
+    t0 = time.perf_counter()
+    graph = fmt.prepare(loaded, inputs)
+    seconds["prepare"] = time.perf_counter() - t0
     if on_targets is not None:
         on_targets(len(graph.targets))
 
@@ -94,8 +97,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
 
     report = lsuv_init(
         graph.module, tuple(inputs),
-        pre_init=options.pre_init, tol=options.tol, max_iter=options.max_iter, target_var=options.target_var,
-        center=options.center, device=device, seed=options.seed,
+        pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
+        center=settings.center, device=device, seed=options.seed,
         targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
     )
     seconds.update(report.seconds)
@@ -106,8 +109,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
         "format": fmt.name,
         "device": report.device,
         "seed": options.seed,
-        "settings": {"pre_init": options.pre_init, "tol": options.tol, "max_iter": options.max_iter,
-                     "target_var": options.target_var, "center": options.center},
+        "settings": settings.to_log(),
         "data": batch.description,
         "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
         "notes": list(graph.notes),
@@ -132,6 +134,60 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     if log_path is not None:
         write_log(log, log_path)
     return result
+
+
+def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
+    """What ``convert`` would work on: the declared inputs and the target layers with their weight
+    shapes (built for the batch when one can be had, else as the file declares them)."""
+    options = options or ConvertOptions()
+    model = Path(model)
+    fmt = find_format(model)
+    loaded = fmt.load(model, options.request)
+    targets, module, inputs = loaded.targets, None, loaded.inputs
+    try:
+        _, batch_inputs = _batch_for(loaded, options.data, options)
+    except DataError:
+        batch_inputs = None  # no declared shape and no data: list the targets the file declares
+    if batch_inputs is not None:
+        graph = fmt.prepare(loaded, batch_inputs, check=False)
+        targets, module, inputs = graph.targets, graph.module, graph.inputs
+    return {
+        "model": str(model), "format": fmt.name,
+        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
+                   for s in inputs],
+        "targets": [{"index": i, "name": t.name, "op": t.op,
+                     "weight_shape": list(module.get_submodule(t.module_path).weight.shape) if module is not None else None}
+                    for i, t in enumerate(targets)],
+        "notes": list(loaded.notes),
+    }
+
+
+def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
+    """Each target layer's output variance in a written model, re-measured by the format's own
+    runtime (onnxruntime, OpenCV, torch.jit) on the batch; ``ok`` per layer against the settings."""
+    options = options or ConvertOptions()
+    settings = options.settings
+    fmt = find_format(model, written=True)
+    model, weights = fmt.written_pair(Path(model), options.weights)
+    loaded = fmt.load(model, replace(options.request, weights=weights))
+    _, inputs = _batch_for(loaded, options.data, options)
+    stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets])
+    rows = []
+    for name, (var, mean) in stats.items():
+        ok = abs(var - settings.target_var) < settings.tol
+        rows.append({"name": name, "var": var, "mean": mean, "ok": bool(ok)})
+    return {"model": str(model), "weights": str(weights) if weights else None, "layers": rows,
+            "ok": all(r["ok"] for r in rows)}
+
+
+def _batch_for(loaded, data: Path | None, options: ConvertOptions):
+    """The batch (from ``data``, the model's sidecar, or synthetic) as tensors, one per input."""
+    import torch
+
+    data_path = data if data is not None else sidecar_batch(loaded.source)
+    batch = load_batch(data_path, loaded.inputs, seed=options.seed, image=options.image,
+                       input_shapes=options.input_shapes)
+    return batch, [torch.from_numpy(a) for a in batch.arrays]
 
 
 def _layer_entries(graph, report) -> list[dict]:

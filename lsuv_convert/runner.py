@@ -157,19 +157,11 @@ def _up_to_date(output: Path, inputs: list[Path]) -> bool:
     return True
 
 
-def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
+def inspect_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_inspection
-    from .formats import find_format
+    from .pipeline import inspect
 
-    fmt = find_format(model)
-    graph = fmt.load(model, weights=weights)
-    info = {
-        "model": str(model), "format": fmt.name,
-        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None} for s in graph.inputs],
-        "targets": [{"index": i, "name": t.name, "op": t.op, "weight_shape": _weight_shape(graph, t)}
-                    for i, t in enumerate(graph.targets)],
-        "notes": graph.notes,
-    }
+    info = inspect(model, options)
     if as_json:
         print(json.dumps(info))
     else:
@@ -177,43 +169,21 @@ def inspect_model(model: Path, weights: Path | None, as_json: bool) -> int:
     return 0
 
 
-def _weight_shape(graph, target) -> list[int] | None:
-    """None where the graph can only be built once the batch shape is known (e.g. a Caffe solver)."""
-    if graph.module is None:
-        return None
-    return list(graph.module.get_submodule(target.module_path).weight.shape)
-
-
-def verify_model(model: Path, weights: Path | None, data: Path | None, tol: float, target_var: float, seed: int,
-                 as_json: bool) -> int:
+def verify_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     """Re-measure per-layer variance of a written model with its format's own runtime."""
-    import torch
-
     from .console import print_verification
-    from .data import load_batch
-    from .formats import find_format
-    from .formats.base import check_inputs
+    from .pipeline import verify
 
-    fmt = find_format(model)
-    model, weights = fmt.written_pair(model, weights)
-    graph = fmt.load(model, weights=weights)
-    batch = load_batch(data if data is not None else sidecar_batch(model), graph.inputs, seed=seed)
-    inputs = [torch.from_numpy(a) for a in batch.arrays]
-    check_inputs(graph.inputs, inputs, model)
-    names = [t.name for t in graph.targets]
-    stats = fmt.measure(model, weights, inputs, names)
-    rows = []
-    for name in names:
-        var, mean = stats.get(name, (float("nan"), float("nan")))
-        ok = abs(var - target_var) < tol
-        rows.append({"name": name, "var": var, "mean": mean, "ok": bool(ok)})
-    bad = [r for r in rows if not r["ok"]]
+    result = verify(model, options)
+    rows = result["layers"]
+    settings = options.settings
     if as_json:
-        print(json.dumps(finite_json({"model": str(model), "weights": str(weights) if weights else None,
-                                      "layers": rows, "ok": not bad})))
+        print(json.dumps(finite_json(result)))
     else:
-        print_verification(model, rows, tol, target_var)
+        print_verification(Path(result["model"]), rows, settings.tol, settings.target_var)
+    bad = [r for r in rows if not r["ok"]]
     if bad:
         raise OutputError(f"{len(bad)} of {len(rows)} layer(s) out of tolerance, first {bad[0]['name']} "
-                          f"(variance {bad[0]['var']:.4g}, target {target_var} +- {tol})", path=model)
+                          f"(variance {bad[0]['var']:.4g}, target {settings.target_var} +- {settings.tol})",
+                          path=result["model"])
     return 0

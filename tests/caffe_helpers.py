@@ -129,7 +129,7 @@ def build_small(tmp_path: Path, text: str, batch_shapes: list[tuple], *, seed: i
     proto = write_text(tmp_path, name, text)
     graph = fmt.load(proto)
     batch = [torch.from_numpy(seeded_batch(s, seed + i)) for i, s in enumerate(batch_shapes)]
-    fmt.prepare(graph, batch)
+    graph = fmt.prepare(graph, batch)
     if randomize_params:
         randomize(graph.module, seed)
     model = tmp_path / (proto.stem + ".caffemodel")
@@ -140,3 +140,11 @@ def build_small(tmp_path: Path, text: str, batch_shapes: list[tuple], *, seed: i
 def input_layer(name: str, shape: tuple) -> str:
     dims = " ".join(f"dim: {d}" for d in shape)
     return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
+
+
+def built_graph(proto: Path, weights: Path | None = None, batch: int = 2):
+    """load + prepare a net whose input shape it declares, on a seeded batch of that shape."""
+    fmt = caffe_format()
+    loaded = fmt.load(proto, weights=weights)
+    inputs = [torch.from_numpy(seeded_batch((batch, *spec.shape[1:]), seed=i)) for i, spec in enumerate(loaded.inputs)]
+    return fmt.prepare(loaded, inputs)

@@ -1,25 +1,18 @@
 """Format plug-ins and their registry.
 
-A format is a class decorated with :func:`register_format` that provides
-
-- ``name`` and ``extensions`` (lower-case, with the dot),
-- ``sniff(path) -> bool``: cheap check that the file is of this format,
-- ``load(path, *, weights=None) -> ModelGraph``,
-- ``save(graph, out_path) -> None`` (atomic, via :mod:`lsuv_convert.atomic`),
-- ``default_output(path) -> Path``: ``NAME.lsuv.EXT`` beside the input,
-- ``measure(path, out_path, inputs) -> dict[name, (var, mean)]``: re-measure per-layer
-  output statistics of a written file with the format's own runtime (``verify``).
-
-Plug-in modules must import torch/onnx lazily (inside functions) so that discovering
-formats stays cheap. The CLI only ever talks to this registry.
+A format is a :class:`~lsuv_convert.formats.base.ModelFormat` subclass decorated with
+:func:`register_format`; the contract (load -> prepare -> save, measure) is in :mod:`.base`.
+The CLI and the pipeline only ever talk to this registry: they never name a format.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import LsuvError, ModelFormatError
+from .base import ModelFormat
 
 _PLUGIN_MODULES = (
     "lsuv_convert.formats.onnx",
@@ -27,13 +20,21 @@ _PLUGIN_MODULES = (
     "lsuv_convert.formats.torchscript",
 )
 
-FORMATS: dict[str, object] = {}
+FORMATS: dict[str, ModelFormat] = {}
 _loaded = False
 
+F = TypeVar("F", bound=type[ModelFormat])
 
-def register_format(cls):
-    """Class decorator: instantiate the format and add it to the registry."""
-    FORMATS[cls.name] = cls()
+
+def register_format(cls: F) -> F:
+    """Class decorator: check the class honours the contract, instantiate it, add it to the registry."""
+    if not (isinstance(cls, type) and issubclass(cls, ModelFormat)):
+        raise TypeError(f"{cls!r} is not a ModelFormat")
+    if not cls.name or not cls.extensions or any(e != e.lower() or not e.startswith(".") for e in cls.extensions):
+        raise TypeError(f"{cls.__name__} needs a name and lower-case extensions starting with a dot")
+    if cls.name in FORMATS and type(FORMATS[cls.name]) is not cls:
+        raise TypeError(f"two format plug-ins are named {cls.name!r}")
+    FORMATS[cls.name] = cls()  # abstract methods left unimplemented fail here
     return cls
 
 
@@ -42,50 +43,53 @@ def _load_plugins() -> None:
     if _loaded:
         return
     for mod in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a format whose module is not there yet / not installed
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True
 
 
-def all_formats() -> dict[str, object]:
+def all_formats() -> dict[str, ModelFormat]:
     _load_plugins()
     return FORMATS
 
 
+def model_extensions() -> tuple[str, ...]:
+    """Extensions of model files, longest first: what a folder walk or a glob picks up."""
+    return tuple(sorted({ext for fmt in all_formats().values() for ext in fmt.extensions}, key=len, reverse=True))
+
+
 def known_extensions() -> set[str]:
-    return {ext for fmt in all_formats().values() for ext in fmt.extensions}
+    return set(model_extensions())
 
 
-def find_format(path: Path | str):
+def find_format(path: Path | str, *, written: bool = False) -> ModelFormat:
     """The format of the model file ``path``: by extension first, confirmed (or found) by sniffing.
 
-    Every command starts here, so this is also where a missing model file is reported.
+    ``written=True`` (``verify``) also accepts a format's output extension (a written weights
+    file). Every command starts here, so this is also where a missing model file is reported.
     """
     path = Path(path)
     if not path.is_file():
         raise LsuvError("model file not found" if not path.exists() else "not a file", path=path)
-    formats = all_formats()
-    name = path.name.lower()
-    by_ext = [f for f in formats.values() if any(name.endswith(e) for e in f.extensions)]
+    formats = list(all_formats().values())
+    by_ext = [f for f in formats if f.matches(path)]
     for fmt in by_ext:
         if fmt.sniff(path):
             return fmt
     if by_ext:
         return by_ext[0]  # let its loader produce the precise error message
-    by_output = [f for f in formats.values() if f.output_extension and name.endswith(f.output_extension)]
-    if by_output:
-        return by_output[0]  # a written weights file (e.g. .caffemodel): verify finds its definition
-    for fmt in formats.values():
+    if written:
+        name = path.name.lower()
+        by_output = [f for f in formats if f.output_extension and name.endswith(f.output_extension)]
+        if by_output:
+            return by_output[0]
+    for fmt in formats:
         if fmt.sniff(path):
             return fmt
     exts = ", ".join(sorted(known_extensions()))
     raise ModelFormatError(f"unknown model format (known extensions: {exts})", path=path)
 
 
-def get_format(name: str):
+def get_format(name: str) -> ModelFormat:
     try:
         return all_formats()[name]
     except KeyError:

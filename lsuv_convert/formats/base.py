@@ -1,76 +1,183 @@
-"""What every format plug-in shares: naming of outputs and checking a batch against inputs."""
+"""The plug-in contract every format honours, checked by code.
+
+A format's life cycle is the same for all of them:
+
+``load(path, request) -> LoadedModel``
+    Parse the file (and its companions) and declare the model's inputs. No batch is known yet,
+    so nothing that needs one happens here.
+``prepare(loaded, inputs, check=True) -> ModelGraph``
+    Build the complete torch graph for this batch and run the format's own checks (ONNX's
+    fidelity gate against onnxruntime, ...). Only ``prepare`` makes a ``ModelGraph``, and it
+    hands out only complete ones (module built, every target resolvable to a weight).
+``save(graph, out_path)``
+    Write the initialized graph back in the format. Refuses a graph that ``prepare`` did not
+    check, so no format can skip its checks by being called in another order.
+``measure(model_path, weights_path, inputs, names=None)``
+    ``{layer name: (variance, mean)}`` of each target layer's output in the written file,
+    computed by the format's own runtime (``verify``). ``names=None`` means every target;
+    an unknown name is an error, in every format.
+
+Plug-ins implement the hooks ``read``, ``build``, ``write`` and (optionally) ``measure_all``;
+the public methods above are template methods that check before and after they call them.
+Plug-in modules import torch/onnx/... lazily (inside functions) so that discovering formats
+stays cheap.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import DataError, ModelFormatError
-from ..graph import InputSpec, ModelGraph
+from ..graph import InputSpec, ModelGraph, TargetLayer
 
 
-class ModelFormat:
-    """Base class of format plug-ins (see :mod:`lsuv_convert.formats` for the contract)."""
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the user said about how to read a model, beyond its path (format-neutral options)."""
 
-    name: str = ""
-    extensions: tuple[str, ...] = ()
-    output_extension: str = ""  # "" means: same as the input's
+    weights: Path | None = None  # trained weights to start from (Caffe .caffemodel, ...)
+    arch: str | None = None  # architecture for checkpoints that hold only tensors (--arch)
+    trust_code: bool = False  # run code a file carries beyond the allowlist (--trust-code)
 
-    def sniff(self, path: Path) -> bool:  # pragma: no cover - every format overrides
-        raise NotImplementedError
 
-    def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:  # pragma: no cover
-        raise NotImplementedError
+@dataclass
+class LoadedModel:
+    """A parsed model file: what it declares, before a batch is known."""
 
-    def save(self, graph: ModelGraph, out_path: Path) -> None:  # pragma: no cover
-        raise NotImplementedError
+    format: str
+    source: Path
+    inputs: list[InputSpec]
+    state: Any  # format-private
+    targets: list[TargetLayer] = field(default_factory=list)  # declared targets (for inspect), may lack modules
+    notes: list[str] = field(default_factory=list)
+    request: LoadRequest = field(default_factory=LoadRequest)
 
-    def prepare(self, graph: ModelGraph, inputs: list[Any]) -> None:
-        """Check the batch (list of tensors, one per input) fits the model before any work.
 
-        Formats extend this, e.g. ONNX compares its torch graph against onnxruntime here.
-        """
-        check_inputs(graph.inputs, inputs, graph.source)
+class ModelFormat(ABC):
+    """Base class of format plug-ins; see the module docstring for the contract."""
 
-    def measure(self, model_path: Path, weights_path: Path, inputs: list[Any], names: list[str]) -> dict[str, tuple[float, float]]:
-        """Per target layer (by source name): (variance, mean) of its output, computed by the
-        format's own runtime on a written file. Used by ``lsuv-convert verify``."""
-        raise NotImplementedError(f"{self.name} has no independent runtime to verify with")
+    name: ClassVar[str] = ""
+    extensions: ClassVar[tuple[str, ...]] = ()  # lower-case, with the dot; what a folder walk picks up
+    output_extension: ClassVar[str] = ""  # "" means: same as the input's
+    companion_extensions: ClassVar[tuple[str, ...]] = ()  # files this format reads beside the model (not models)
+
+    # ---- hooks a plug-in implements -------------------------------------------------------------
+    @abstractmethod
+    def sniff(self, path: Path) -> bool:
+        """Cheap check (a few bytes) that ``path`` is a file of this format."""
+
+    @abstractmethod
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        """Parse ``path``; declare inputs (and, where known, targets)."""
+
+    @abstractmethod
+    def build(self, loaded: LoadedModel, inputs: list[Any], check: bool) -> ModelGraph:
+        """The complete torch graph for this batch; ``check`` runs the format's own checks."""
+
+    @abstractmethod
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
+        """Write ``graph``'s weights back in this format, atomically."""
+
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]) -> dict[str, tuple[float, float]]:
+        """Every target's (variance, mean) in the written file, by the format's own runtime."""
+        raise ModelFormatError(f"{self.name} has no independent runtime to verify with", path=model_path)
+
+    # ---- template methods the pipeline calls ------------------------------------------------------
+    def load(self, path: Path | str, request: LoadRequest | None = None, **fields) -> LoadedModel:
+        """Parse ``path``. ``fields`` are LoadRequest fields, for callers that name one or two."""
+        request = request if request is not None else LoadRequest(**fields)
+        if request.weights is not None and not self.accepts_weights:
+            raise ModelFormatError(f"a {self.name} model carries its own weights; --weights is not used for it",
+                                   path=request.weights)
+        loaded = self.read(Path(path), request)
+        if loaded.format != self.name:
+            raise TypeError(f"{type(self).__name__}.read returned a {loaded.format!r} model")
+        loaded.request = request
+        return loaded
+
+    def prepare(self, loaded: LoadedModel, inputs: list[Any], *, check: bool = True) -> ModelGraph:
+        """Check the batch fits the declared inputs, build the graph, check it is complete."""
+        if loaded.format != self.name:
+            raise TypeError(f"a {loaded.format!r} model handed to the {self.name!r} plug-in")
+        check_inputs(loaded.inputs, inputs, loaded.source)
+        graph = self.build(loaded, inputs, check)
+        _check_complete(graph, self.name)
+        graph.checked = bool(check)
+        return graph
+
+    def save(self, graph: ModelGraph, out_path: Path | str) -> None:
+        """Write ``graph``; only a graph ``prepare`` built with its checks on can be written."""
+        if graph.format != self.name:
+            raise TypeError(f"a {graph.format!r} graph handed to the {self.name!r} plug-in")
+        if not graph.checked:
+            raise RuntimeError("save() needs a graph from prepare(..., check=True): its checks never ran")
+        self.write(graph, Path(out_path))
+
+    def measure(self, model_path: Path | str, weights_path: Path | str | None, inputs: list[Any],
+                names: list[str] | None = None) -> dict[str, tuple[float, float]]:
+        """``{name: (variance, mean)}`` for ``names`` (None: every target), by the format's runtime."""
+        stats = self.measure_all(Path(model_path), Path(weights_path) if weights_path is not None else None, inputs)
+        if names is None:
+            return stats
+        unknown = [n for n in names if n not in stats]
+        if unknown:
+            raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
+        return {n: stats[n] for n in names}
+
+    # ---- naming and companions ---------------------------------------------------------------------
+    accepts_weights: ClassVar[bool] = False  # whether --weights means something to this format
+
+    def matches(self, path: Path) -> bool:
+        """Whether ``path``'s name has one of this format's model extensions."""
+        name = path.name.lower()
+        return any(name.endswith(ext) for ext in self.extensions)
 
     def in_place_output(self, path: Path, weights: Path | None) -> Path:
         """Where ``--in-place`` writes: over the model file itself."""
         return path
 
     def written_pair(self, path: Path, weights: Path | None) -> tuple[Path, Path | None]:
-        """(model definition, weights file) to verify, given what the user named.
-
-        Formats whose output is a separate weights file (Caffe) accept that file and find
-        the definition beside it: ``NAME.lsuv.caffemodel`` -> ``NAME.prototxt``.
-        """
-        ext = self.output_extension
-        if ext and ext not in self.extensions and path.name.lower().endswith(ext):
-            stem = path.name[: -len(ext)]
-            stem = stem[: -len(".lsuv")] if stem.endswith(".lsuv") else stem
-            for model_ext in self.extensions:
-                candidate = path.with_name(stem + model_ext)
-                if candidate.is_file():
-                    return candidate, path
-            raise ModelFormatError(f"no model definition ({stem}{self.extensions[0]}) beside the weights file", path=path)
+        """(model file, weights file) to verify, given what the user named. A format whose output
+        is a separate weights file overrides this to find its definition beside it."""
         return path, weights
 
     def default_output(self, path: Path) -> Path:
         """``NAME.lsuv.EXT`` beside the input."""
-        ext = self.output_extension or _matched_extension(path, self.extensions)
-        stem = path.name[: len(path.name) - len(ext)] if path.name.lower().endswith(ext) else path.stem
+        ext = self.output_extension or matched_extension(path, self.extensions)
+        stem = path.name[: len(path.name) - len(ext)] if path.name.lower().endswith(ext.lower()) else path.stem
         return path.with_name(f"{stem}.lsuv{ext}")
 
+    def output_files(self, out_path: Path) -> list[Path]:
+        """Every file a write to ``out_path`` creates (a side data file, ...): the unit that is replaced."""
+        return [out_path]
 
-def _matched_extension(path: Path, extensions: tuple[str, ...]) -> str:
+
+def matched_extension(path: Path, extensions: tuple[str, ...]) -> str:
+    """The longest of ``extensions`` ``path`` ends with, spelled as in the path."""
     name = path.name.lower()
     for ext in sorted(extensions, key=len, reverse=True):
         if name.endswith(ext):
             return path.name[len(path.name) - len(ext):]
     return path.suffix
+
+
+def _check_complete(graph: ModelGraph, name: str) -> None:
+    """A plug-in's build() must hand back a graph the engine can walk and save() can write."""
+    if not isinstance(graph, ModelGraph) or graph.module is None:
+        raise TypeError(f"the {name!r} plug-in built no module")
+    if graph.format != name:
+        raise TypeError(f"the {name!r} plug-in built a {graph.format!r} graph")
+    for target in graph.targets:
+        try:
+            weight = graph.module.get_submodule(target.module_path).weight
+        except AttributeError:
+            weight = None
+        if weight is None:
+            raise TypeError(f"the {name!r} plug-in's target {target.name!r} has no module with a weight "
+                            f"at {target.module_path!r}")
 
 
 def check_inputs(specs: list[InputSpec], inputs: list[Any], source: Path | None = None) -> None:

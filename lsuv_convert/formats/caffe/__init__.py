@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConversionError, ModelFormatError
+from ...errors import ModelFormatError
 from ...graph import InputSpec, ModelGraph
 from .. import register_format
-from ..base import ModelFormat, check_inputs
+from ..base import LoadedModel, LoadRequest, ModelFormat
 
 # A net or solver: a layer / net block anywhere, or a top-level net or solver field at a line start.
 _SNIFF = re.compile(rb"(?:^|[\s}])(?:layers?|net_param|train_net_param|test_net_param)\s*:?\s*[{<]|"
@@ -53,50 +53,66 @@ class CaffeFormat(ModelFormat):
             return False
         return b"\x00" not in head and _SNIFF.search(head) is not None
 
-    def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:
+    accepts_weights = True
+
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .build import target_layers
         from .layers import CONVERTERS
         from .parse import read_model
         from .weights import read_weights
 
-        path = Path(path)
         parsed = read_model(path)
         for entry in parsed.layers:
             if entry.layer.type not in CONVERTERS:
                 raise ModelFormatError(f"{parsed.where(entry)}: unknown layer type {entry.layer.type!r}",
                                        path=parsed.path)
+        weights = request.weights
         stored = read_weights(Path(weights)) if weights is not None else None
         state = CaffeState(parsed, stored, Path(weights) if weights is not None else None)
-        graph = ModelGraph(module=None, targets=target_layers(parsed),
-                           inputs=[InputSpec(i.name, i.shape) for i in parsed.inputs],
-                           format=self.name, source=path, state=state, notes=list(parsed.notes), engine_path="fx")
+        notes = list(parsed.notes)
         if parsed.path != path:
-            graph.notes.insert(0, f"net read from {parsed.path}")
-        shapes = {i.name: i.shape for i in parsed.inputs}
-        if all(s is not None and all(d is not None for d in s[1:]) for s in shapes.values()):
-            _build(graph, shapes)
-        else:
-            missing = [n for n, s in shapes.items() if s is None or any(d is None for d in s[1:])]
-            graph.notes.append(f"no complete shape declared for input(s) {', '.join(missing)}: "
-                               "the net is built for the batch's shape")
-        return graph
+            notes.insert(0, f"net read from {parsed.path}")
+        missing = [i.name for i in parsed.inputs if i.shape is None or any(d is None for d in i.shape[1:])]
+        if missing:
+            notes.append(f"no complete shape declared for input(s) {', '.join(missing)}: "
+                         "the net is built for the batch's shape")
+        notes.extend(n for n in _unused_weight_notes(state) if n not in notes)
+        return LoadedModel(format=self.name, source=path, inputs=[InputSpec(i.name, i.shape) for i in parsed.inputs],
+                           state=state, targets=target_layers(parsed), notes=notes)
 
-    def prepare(self, graph: ModelGraph, inputs: list[Any]) -> None:
-        check_inputs(graph.inputs, inputs, graph.source)
-        shapes = {spec.name: (None, *(int(d) for d in t.shape[1:])) for spec, t in zip(graph.inputs, inputs)}
-        built = graph.state.built
-        if built is None or built.input_shapes != shapes:
-            _build(graph, shapes)
+    def build(self, loaded: LoadedModel, inputs: list[Any], check: bool) -> ModelGraph:
+        """The TEST-phase net built for the batch's shapes (Caffe shapes every blob from its inputs)."""
+        from .build import build_net
 
-    def save(self, graph: ModelGraph, out_path: Path) -> None:
+        state: CaffeState = loaded.state
+        shapes = {spec.name: (None, *(int(d) for d in t.shape[1:])) for spec, t in zip(loaded.inputs, inputs)}
+        if state.built is None or state.built.input_shapes != shapes:
+            state.built = build_net(state.parsed, shapes, state.weights, state.weights_path)
+        built = state.built
+        notes = list(loaded.notes) + [n for n in built.notes if n not in loaded.notes]
+        return ModelGraph(module=built.module, targets=built.targets,
+                          inputs=[InputSpec(i.name, shapes[i.name]) for i in state.parsed.inputs],
+                          format=self.name, source=loaded.source, state=state, notes=notes, engine_path="fx")
+
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
         from .write import write_caffemodel
 
         state: CaffeState = graph.state
-        if state.built is None:
-            raise ConversionError("the net was never built (prepare() it with a batch first)", path=graph.source)
         write_caffemodel(Path(out_path), state.parsed.net.name, state.built, graph.module, _passthrough(state))
 
-    def measure(self, model_path: Path, weights_path: Path, inputs: list[Any], names: list[str]):
+    def written_pair(self, path: Path, weights: Path | None) -> tuple[Path, Path | None]:
+        """A written ``NAME.lsuv.caffemodel`` names its net: ``NAME.prototxt`` beside it."""
+        if not path.name.lower().endswith(self.output_extension):
+            return path, weights
+        stem = path.name[: -len(self.output_extension)]
+        stem = stem[: -len(".lsuv")] if stem.endswith(".lsuv") else stem
+        candidate = path.with_name(stem + self.extensions[0])
+        if not candidate.is_file():
+            raise ModelFormatError(f"no model definition ({candidate.name}) beside the weights file", path=path)
+        return candidate, path
+
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+        from .build import target_layers
         from .deploy import deploy_text
         from .parse import read_model
         from .runtime import load_cv2, opencv_forward, opencv_net
@@ -113,6 +129,7 @@ class CaffeFormat(ModelFormat):
         except OSError as exc:
             raise ModelFormatError(f"cannot read weights: {exc.strerror or exc}", path=weights_path) from None
         net = opencv_net(text, blob)
+        names = [t.name for t in target_layers(parsed)]
         outs = opencv_forward(net, {i.name: a for i, a in zip(parsed.inputs, arrays)}, list(names))
         stats = {}
         for name, out in zip(names, outs):
@@ -123,23 +140,6 @@ class CaffeFormat(ModelFormat):
     def in_place_output(self, path: Path, weights: Path | None) -> Path:
         """``--in-place`` rewrites the given weights, never the prototxt."""
         return Path(weights) if weights is not None else Path(path).with_suffix(self.output_extension)
-
-
-def _build(graph: ModelGraph, shapes: dict[str, tuple]) -> None:
-    from .build import build_net
-
-    state: CaffeState = graph.state
-    built = build_net(state.parsed, shapes, state.weights, state.weights_path)
-    state.built = built
-    graph.module = built.module
-    graph.targets = built.targets
-    graph.inputs = [InputSpec(i.name, shapes[i.name]) for i in state.parsed.inputs]
-    for note in built.notes:
-        if note not in graph.notes:
-            graph.notes.append(note)
-    for note in _unused_weight_notes(state):
-        if note not in graph.notes:
-            graph.notes.append(note)
 
 
 def _passthrough(state: CaffeState) -> list[tuple]:

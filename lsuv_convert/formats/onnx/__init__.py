@@ -1,11 +1,11 @@
 """ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
 
-- load: parse and check the file (external data included), find the target layers
+- read: parse and check the file (external data included), find the target layers
   (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
-- prepare: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
-- save: the source ModelProto with only the target initializers replaced (:mod:`.save`),
-  checked once more against onnxruntime when the batch is known, then written atomically.
-- measure: per-layer output statistics of a written file, computed by onnxruntime.
+- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
+- write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
+  checked once more against onnxruntime, then written atomically (:mod:`.files`).
+- measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
 Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from ...errors import ModelFormatError
 from ...graph import InputSpec, ModelGraph, TargetLayer
 from .. import register_format
-from ..base import ModelFormat, check_inputs
+from ..base import LoadedModel, LoadRequest, ModelFormat
 
 
 @dataclass
@@ -52,12 +52,9 @@ class OnnxFormat(ModelFormat):
         except OSError:
             return False
 
-    def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from . import convert, files, targets
 
-        path = Path(path)
-        if weights is not None:
-            raise ModelFormatError("an ONNX model carries its own weights; a separate weights file is not used", path=path)
         model, external = files.read_model(path)
         work = convert.checked_working_copy(model, path)
         plan = targets.find_targets(model)
@@ -65,63 +62,62 @@ class OnnxFormat(ModelFormat):
             raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
         converted = convert.convert(model, work, plan, path)
         del work
-        # A layer whose weight an earlier layer also reads is scaled with it (one tensor, first use),
-        # so only first uses are listed; save() still writes every layer of the plan.
-        targets = [
-            TargetLayer(name=t.label, op=t.op, module_path=converted.paths[t.label], binding=t)
-            for t in plan.targets if t.shares_weight_with is None
-        ]
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
         notes = list(plan.notes) + list(converted.notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
-        return ModelGraph(
-            module=converted.module, targets=targets, inputs=inputs, format=self.name, source=path,
-            state=state, notes=notes, engine_path="fx",
-        )
+        return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
+                           targets=_targets(plan, converted))
 
-    def prepare(self, graph: ModelGraph, inputs: list[Any]) -> None:
-        """Check the batch's shapes, then the fidelity gate: refuse a conversion onnxruntime disagrees with."""
+    def build(self, loaded: LoadedModel, inputs: list[Any], check: bool) -> ModelGraph:
+        """The converted graph; with ``check``, the fidelity gate: refuse a conversion onnxruntime disagrees with."""
         from . import fidelity
 
-        check_inputs(graph.inputs, inputs, graph.source)
-        state: OnnxState = graph.state
-        worst = fidelity.check(
-            graph.module, state.model, inputs, state.converted.tensors,
-            [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
-        )
-        state.batch = list(inputs)
-        state.divergence = worst
-        graph.notes.append(
-            f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
-            f"over {len(state.plan.targets)} target outputs and the model outputs"
-        )
+        state: OnnxState = loaded.state
+        graph = ModelGraph(module=state.converted.module, targets=list(loaded.targets), inputs=loaded.inputs,
+                           format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
+                           engine_path="fx")
+        if check:
+            worst = fidelity.check(
+                graph.module, state.model, inputs, state.converted.tensors,
+                [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
+            )
+            state.batch = list(inputs)
+            state.divergence = worst
+            graph.notes.append(
+                f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
+                f"over {len(state.plan.targets)} target outputs and the model outputs"
+            )
+        return graph
 
-    def save(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
         from . import fidelity, files, save
 
         state: OnnxState = graph.state
         out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
-        if state.batch is not None:  # the written weights must mean in onnxruntime what LSUV measured in torch
-            fidelity.check(
-                graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
-                state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
-            )
+        # the written weights must mean in onnxruntime what LSUV measured in torch
+        fidelity.check(
+            graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+            state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
+        )
         files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
-    def measure(self, model_path: Path, weights_path: Path | None, inputs: list[Any], names: list[str] | None = None):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
 
         model, _ = files.read_model(Path(model_path))
         by_label = {t.label: t for t in targets.find_targets(model).targets}
-        wanted = list(by_label) if not names else list(names)
-        unknown = [n for n in wanted if n not in by_label]
-        if unknown:
-            raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
-        values = runtime.run(model, inputs, [by_label[n].output for n in wanted])
-        return {n: runtime.stats(values[by_label[n].output]) for n in wanted}
+        values = runtime.run(model, inputs, [t.output for t in by_label.values()])
+        return {n: runtime.stats(values[t.output]) for n, t in by_label.items()}
+
+
+def _targets(plan, converted) -> list[TargetLayer]:
+    """A layer whose weight an earlier layer also reads is scaled with it (one tensor, first use),
+    so only first uses are listed; write() still writes every layer of the plan."""
+    return [TargetLayer(name=t.label, op=t.op, module_path=converted.paths[t.label], binding=t)
+            for t in plan.targets if t.shares_weight_with is None]
 
 
 def _input_specs(model) -> tuple[list[InputSpec], list]:

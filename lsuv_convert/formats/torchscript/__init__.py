@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import ModelFormatError
 from ...graph import ModelGraph
 from .. import register_format
-from ..base import ModelFormat, check_inputs
+from ..base import LoadedModel, LoadRequest, ModelFormat
 
 
 @register_format
@@ -29,28 +28,31 @@ class TorchScriptFormat(ModelFormat):
 
         return is_torchscript(Path(path))
 
-    def load(self, path: Path, *, weights: Path | None = None) -> ModelGraph:
-        if weights is not None:
-            raise ModelFormatError("a TorchScript file holds its own weights; --weights is for Caffe models", path=weights)
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .loader import load_script
 
-        return load_script(Path(path))
+        graph = load_script(path)  # complete already: TorchScript's graph doesn't depend on the batch shape
+        graph.state.graph = graph
+        return LoadedModel(format=self.name, source=path, inputs=graph.inputs, state=graph.state,
+                           targets=list(graph.targets), notes=list(graph.notes))
 
-    def prepare(self, graph: ModelGraph, inputs: list) -> None:
-        check_inputs(graph.inputs, inputs, graph.source)
+    def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
+        """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
         from .loader import prepare_inputs
 
-        prepare_inputs(graph, inputs)
+        graph: ModelGraph = loaded.state.graph
+        if check:
+            prepare_inputs(graph, inputs)
+        return graph
 
-    def save(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
         from .writer import save_script
 
         save_script(graph, Path(out_path))
 
-    def measure(self, model_path: Path, weights_path: Path | None, inputs: list, names: list[str]) -> dict[str, tuple[float, float]]:
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list) -> dict[str, tuple[float, float]]:
         from .archive import inspect_archive
         from .probe import measure_file
 
         inspect_archive(Path(model_path))
-        stats = measure_file(Path(model_path), inputs)
-        return {n: stats[n] for n in names if n in stats} if names else stats
+        return measure_file(Path(model_path), inputs)

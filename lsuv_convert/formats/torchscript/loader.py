@@ -32,6 +32,7 @@ class ScriptState:
     archive: ArchiveInfo
     extra_files: dict[str, bytes]
     training: dict[str, bool] = field(default_factory=dict)  # submodule path -> training flag as loaded
+    graph: Any = None  # the ModelGraph load_script made (complete at load: it doesn't depend on the batch)
 
 
 def load_script(path: Path) -> ModelGraph:

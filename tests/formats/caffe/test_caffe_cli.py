@@ -124,7 +124,7 @@ def test_default_output_name_inspect_and_verify(tmp_path):
     assert info.returncode == 0, info.stderr
     described = json.loads(info.stdout)
     assert described["format"] == "caffe"
-    assert described["inputs"] == [{"name": "data", "shape": [None, 1, 28, 28]}]
+    assert [{k: i[k] for k in ("name", "shape")} for i in described["inputs"]] == [{"name": "data", "shape": [None, 1, 28, 28]}]
     assert [(t["name"], t["op"], t["weight_shape"]) for t in described["targets"]] == [
         ("conv1", "Convolution", [20, 1, 5, 5]), ("conv2", "Convolution", [50, 20, 5, 5]),
         ("ip1", "InnerProduct", [500, 800]), ("ip2", "InnerProduct", [10, 500])]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (assert_close, build_small, caffe_format, input_layer, opencv_run, seeded_batch,
+from caffe_helpers import (assert_close, built_graph, build_small, caffe_format, input_layer, opencv_run, seeded_batch,
                            torch_layer_outputs, write_text)
 from lsuv_convert.errors import ModelFormatError
 
@@ -248,7 +248,7 @@ def test_pooling_rounding_against_caffes_loop(tmp_path):
 def test_bad_layers_are_named_errors(tmp_path, body, fragment):
     path = write_text(tmp_path, "bad.prototxt", 'name: "t"\n' + input_layer("data", (2, 4, 8, 8)) + body + "\n")
     with pytest.raises(ModelFormatError) as err:
-        caffe_format().load(path)
+        built_graph(path)
     assert fragment in str(err.value)
     assert str(err.value).startswith(str(path))
 
@@ -263,7 +263,7 @@ def test_lsuv_measures_the_conv_output_before_its_in_place_relu(tmp_path):
     proto = write_text(tmp_path, "n.prototxt", text)
     graph = fmt.load(proto)
     x = torch.from_numpy(seeded_batch((8, 4, 9, 9)))
-    fmt.prepare(graph, [x])
+    graph = fmt.prepare(graph, [x])
     lsuv_init(graph.module, (x,), targets=[t.module_path for t in graph.targets], seed=0, device="cpu")
     out = tmp_path / "n.caffemodel"
     fmt.save(graph, out)
@@ -314,7 +314,7 @@ def test_fillers_give_caffes_initial_values(tmp_path):
             'weight_filler { type: "positive_unitball" } bias_filler { type: "uniform" min: -1 max: -0.5 } } }\n'
             'layer { name: "sc" type: "Scale" bottom: "ball" top: "sc" scale_param { bias_term: true } }\n'
             'layer { name: "pr" type: "PReLU" bottom: "sc" top: "pr" }\n')
-    graph = caffe_format().load(write_text(tmp_path, "f.prototxt", _net_text(body, (1, 16, 8, 8))))
+    graph = built_graph(write_text(tmp_path, "f.prototxt", _net_text(body, (1, 16, 8, 8))))
     m = graph.module
     bound = (3 / (16 * 9)) ** 0.5
     assert m.x.weight.abs().max() <= bound and m.x.weight.abs().max() > 0.9 * bound
@@ -339,7 +339,7 @@ def test_all_layer_types_in_one_net_convert_and_load_in_opencv(tmp_path):
     proto = write_text(tmp_path, "all.prototxt", text)
     graph = fmt.load(proto)
     x = torch.from_numpy(seeded_batch((8, 3, 17, 17)))
-    fmt.prepare(graph, [x])
+    graph = fmt.prepare(graph, [x])
     report = lsuv_init(graph.module, (x,), targets=[t.module_path for t in graph.targets], seed=0, device="cpu")
     assert all(layer.converged for layer in report.layers)
     out = tmp_path / "all.caffemodel"

@@ -91,7 +91,7 @@ def test_real_net_through_cli_and_opencv(tmp_path, converted, name):
     # OpenCV: unit variance at every target layer
     deploy = _deploy_for(name, case, tmp_path, shape)
     graph = caffe_format().load(shared_model(name), weights=out)
-    caffe_format().prepare(graph, [torch.from_numpy(batch)])
+    graph = caffe_format().prepare(graph, [torch.from_numpy(batch)])
     assert [t.name for t in graph.targets] == names
     producers = {top: e.layer.name for e in graph.state.parsed.layers for top in e.layer.top}
     deploy_layers = _layer_names(deploy)

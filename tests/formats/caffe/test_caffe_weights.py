@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (shared_model, assert_close, build_small, caffe_format, input_layer, opencv_run,
+from caffe_helpers import (built_graph, shared_model, assert_close, build_small, caffe_format, input_layer, opencv_run,
                            seeded_batch, write_text)
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
@@ -54,7 +54,7 @@ def _convert(tmp_path, proto, *, weights=None, pre_init="orthonormal", out_name=
     fmt = caffe_format()
     graph = fmt.load(proto, weights=weights)
     x = torch.from_numpy(seeded_batch(shape))
-    fmt.prepare(graph, [x])
+    graph = fmt.prepare(graph, [x])
     report = lsuv_init(graph.module, (x,), targets=[t.module_path for t in graph.targets], pre_init=pre_init,
                        seed=0, device="cpu")
     out = tmp_path / out_name
@@ -151,7 +151,7 @@ def test_old_caffemodels_with_4d_blobs_and_v1_layers(tmp_path, v1):
             layer.blobs.append(_legacy_blob(array, d, double=(i == 1)))
     weights = tmp_path / "legacy.caffemodel"
     weights.write_bytes(net.SerializeToString())
-    graph = caffe_format().load(write_text(tmp_path, "legacy.prototxt", LEGACY_NET), weights=weights)
+    graph = built_graph(write_text(tmp_path, "legacy.prototxt", LEGACY_NET), weights=weights)
     assert np.allclose(graph.module.conv.weight.detach().numpy(), values["conv"][0], atol=1e-6)
     assert np.allclose(graph.module.conv.bias.detach().numpy(), values["conv"][1], atol=1e-6)
     assert np.allclose(graph.module.fc.weight.detach().numpy(), values["fc"][0], atol=1e-6)
@@ -175,7 +175,7 @@ def test_weight_mismatches_are_named(tmp_path, mutate, fragment):
     weights.write_bytes(net.SerializeToString())
     proto = write_text(tmp_path, "legacy.prototxt", LEGACY_NET)
     with pytest.raises(ModelFormatError) as err:
-        caffe_format().load(proto, weights=weights)
+        built_graph(proto, weights=weights)
     assert fragment in str(err.value) and str(err.value).startswith(str(proto))
 
 
@@ -214,7 +214,7 @@ def test_non_finite_values_are_never_written(tmp_path):
     proto = write_text(tmp_path, "small.prototxt", NET)
     fmt = caffe_format()
     graph = fmt.load(proto)
-    fmt.prepare(graph, [torch.from_numpy(seeded_batch(SHAPE))])
+    graph = fmt.prepare(graph, [torch.from_numpy(seeded_batch(SHAPE))])
     with torch.no_grad():
         graph.module.bn1.mean[0] = float("nan")
     out = tmp_path / "out.caffemodel"
@@ -227,7 +227,7 @@ def test_save_is_atomic_over_an_existing_file(tmp_path, monkeypatch):
     proto = write_text(tmp_path, "small.prototxt", NET)
     fmt = caffe_format()
     graph = fmt.load(proto)
-    fmt.prepare(graph, [torch.from_numpy(seeded_batch(SHAPE))])
+    graph = fmt.prepare(graph, [torch.from_numpy(seeded_batch(SHAPE))])
     out = tmp_path / "out.caffemodel"
     out.write_bytes(b"previous")
     import lsuv_convert.formats.caffe.write as write
@@ -248,7 +248,7 @@ def test_written_weights_reload_into_the_same_graph(tmp_path):
     proto = shared_model("cifar10_quick.prototxt")
     graph, report, out, x = _convert(tmp_path, proto, shape=(8, 3, 32, 32))
     reloaded = caffe_format().load(proto, weights=out)
-    caffe_format().prepare(reloaded, [x])
+    reloaded = caffe_format().prepare(reloaded, [x])
     for name, module in graph.module.named_modules():
         if hasattr(module, "weight") and isinstance(module.weight, torch.Tensor):
             assert torch.equal(module.weight, reloaded.module.get_submodule(name).weight), name
@@ -262,8 +262,8 @@ def test_blobs_written_in_the_prototxt_are_initial_values(tmp_path):
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 1 kernel_size: 1 }
         blobs { shape { dim: 1 dim: 2 dim: 1 dim: 1 } data: 0.5 data: -2 } blobs { shape { dim: 1 } data: 3 } }
 """
-    graph = caffe_format().load(write_text(tmp_path, "inline.prototxt", text))
+    graph = built_graph(write_text(tmp_path, "inline.prototxt", text))
     assert graph.module.conv.weight.flatten().tolist() == [0.5, -2.0] and graph.module.conv.bias.tolist() == [3.0]
     bad = text.replace("dim: 2 dim: 1 dim: 1 } data: 0.5 data: -2", "dim: 1 dim: 1 dim: 2 } data: 0.5 data: -2")
     with pytest.raises(ModelFormatError, match=r"its weight blob in the prototxt has shape \(1, 1, 1, 2\)"):
-        caffe_format().load(write_text(tmp_path, "bad.prototxt", bad))
+        built_graph(write_text(tmp_path, "bad.prototxt", bad))

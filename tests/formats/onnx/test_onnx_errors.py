@@ -213,7 +213,7 @@ def test_fidelity_gate_refuses_in_process(tmp_path, constant_output):
     onnx.save(resize_model(constant_output), str(path))
     graph = ONNX.load(path)
     with pytest.raises(ConversionError) as info:
-        ONNX.prepare(graph, [torch.randn(2, 3, 10, 10)])
+        graph = ONNX.prepare(graph, [torch.randn(2, 3, 10, 10)])
     assert "'upsample'" in str(info.value) and "Resize" in str(info.value)
 
 

@@ -62,7 +62,7 @@ def _compare_train_mode(path, batch: np.ndarray):
     model = onnx.load(str(path))
     reference = list(ort_values(model, feeds(model, batch), []).values())[0]
     raw = _raw_onnx2torch(path).train()
-    ours = ONNX.load(path).module.train()  # .train() must not matter: the ONNX ops are inference ops
+    ours = ONNX.load(path).state.converted.module.train()  # .train() must not matter: the ONNX ops are inference ops
     with torch.no_grad():
         raw_out = raw(torch.from_numpy(batch)).numpy()
         our_out = ours(torch.from_numpy(batch)).numpy()
@@ -96,7 +96,7 @@ def test_save_refuses_weights_onnxruntime_would_not_compute_the_same(tmp_path):
     x = torch.randn(4, 3, 16, 16)
     path = export_module(PreActivation().eval(), x, tmp_path / "preact.onnx", "ts13")
     graph = ONNX.load(path)
-    ONNX.prepare(graph, [x])
+    graph = ONNX.prepare(graph, [x])
     lsuv_init(graph.module, (x,), targets=[t.module_path for t in graph.targets], seed=0)
     bn = next(m for m in graph.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.running_var.mul_(4.0)

@@ -275,7 +275,7 @@ def test_in_place_keeps_the_data_file_the_old_model_reads(default_run, tmp_path)
     batch = np.load(folder / "tied_dy18.npy")
     fmt = get_format("onnx")
     graph = fmt.load(model)
-    fmt.prepare(graph, [torch.from_numpy(batch)])
+    graph = fmt.prepare(graph, [torch.from_numpy(batch)])
     lsuv_init(graph.module, (torch.from_numpy(batch),), targets=[t.module_path for t in graph.targets], seed=0)
     fmt.save(graph, model)
     assert (tmp_path / "tied_dy18.onnx.data").read_bytes() == old_data
@@ -307,7 +307,7 @@ def test_gemm_c_that_is_not_a_bias_is_kept(tmp_path):
     batch = rng.standard_normal((16, 6)).astype(np.float32)
     fmt = get_format("onnx")
     graph = fmt.load(path)
-    fmt.prepare(graph, [torch.from_numpy(batch)])
+    graph = fmt.prepare(graph, [torch.from_numpy(batch)])
     report = lsuv_init(graph.module, (torch.from_numpy(batch),), targets=[t.module_path for t in graph.targets], seed=0)
     assert not report.unconverged
     fmt.save(graph, tmp_path / "out.onnx")

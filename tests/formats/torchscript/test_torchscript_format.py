@@ -16,6 +16,7 @@ from torch import nn
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
 from lsuv_convert.formats import find_format, get_format
+from lsuv_convert.formats.base import LoadedModel
 from lsuv_convert.formats.torchscript.interpreter import ProgramModule
 from naive_lsuv import naive_lsuv
 from torchscript_helpers import ControlFlowNet, FitNet4Like, eager_with_weights, first_use_stats, layer_names, naive_lsuv_dynamic
@@ -31,8 +32,18 @@ def save_script(model: nn.Module, path: Path, mode="script", example=None, **sav
     return path
 
 
+def ts_graph(path: Path):
+    """The ModelGraph of a TorchScript file: complete at load (TorchScript's graph doesn't depend on
+    the batch), unchecked until prepared."""
+    return TS.load(path).state.graph
+
+
+def as_loaded(graph) -> LoadedModel:
+    return LoadedModel(format="torchscript", source=graph.source, inputs=graph.inputs, state=graph.state)
+
+
 def run_lsuv(graph, batch, **kw):
-    TS.prepare(graph, [batch])
+    graph = TS.prepare(as_loaded(graph), [batch])
     return lsuv_init(graph.module, (batch,), targets=[t.module_path for t in graph.targets],
                      walker=graph.engine_path, device="cpu", **kw)
 
@@ -53,7 +64,7 @@ def assert_params_match(expected: dict, actual: dict):
 def test_control_flow_interpreter_equals_naive_oracle(tmp_path):
     torch.manual_seed(0)
     model = ControlFlowNet().eval()
-    graph = TS.load(save_script(model, tmp_path / "cf.pt"))
+    graph = ts_graph(save_script(model, tmp_path / "cf.pt"))
     assert graph.engine_path == "hooks"
     batch = torch.randn(8, 3, 16, 16)
     report = run_lsuv(graph, batch, pre_init="keep")  # start from the same weights as the oracle
@@ -69,7 +80,7 @@ def test_control_flow_interpreter_equals_naive_oracle(tmp_path):
 def test_fx_path_equals_naive_oracle(tmp_path):
     torch.manual_seed(0)
     model = FitNet4Like().eval()
-    graph = TS.load(save_script(model, tmp_path / "fitnet.pt"))
+    graph = ts_graph(save_script(model, tmp_path / "fitnet.pt"))
     assert graph.engine_path == "fx"
     batch = torch.randn(8, 3, 16, 16)
     run_lsuv(graph, batch, pre_init="keep")
@@ -82,10 +93,10 @@ def test_fx_path_equals_naive_oracle(tmp_path):
 def test_fx_and_interpreter_paths_agree_on_resnet18(tmp_path):
     path = save_script(torchvision.models.resnet18(weights=None).eval(), tmp_path / "r18.pt")
     batch = torch.randn(4, 3, 32, 32)
-    fx_graph = TS.load(path)
+    fx_graph = ts_graph(path)
     assert fx_graph.engine_path == "fx"
     fx_report = run_lsuv(fx_graph, batch, seed=3)
-    exact = TS.load(path)  # the same program, run by the interpreter with hooks instead of fx
+    exact = ts_graph(path)  # the same program, run by the interpreter with hooks instead of fx
     exact.module, exact.engine_path = ProgramModule(exact.state.program), "hooks"
     exact_report = run_lsuv(exact, batch, seed=3)
     assert [layer.name for layer in fx_report.layers] == [layer.name for layer in exact_report.layers]
@@ -149,26 +160,26 @@ ZOO_LAYERS = ["grouped", "depthwise", "up", "volume", "seq", "W", "W2", "last"]
 def test_layer_families_reach_unit_variance(tmp_path, mode):
     torch.manual_seed(0)
     batch = torch.randn(8, 3, 16, 16)
-    graph = TS.load(save_script(LayerZoo().eval(), tmp_path / "zoo.pt", mode, batch[:1]))
+    graph = ts_graph(save_script(LayerZoo().eval(), tmp_path / "zoo.pt", mode, batch[:1]))
     assert [t.name for t in graph.targets] == ZOO_LAYERS
     report = run_lsuv(graph, batch, seed=0)
     assert all(layer.converged for layer in report.layers)
     TS.save(graph, tmp_path / "out.pt")
-    measured = TS.measure(tmp_path / "out.pt", None, [batch], [])  # torch.jit's own run
+    measured = TS.measure(tmp_path / "out.pt", None, [batch], None)  # torch.jit's own run
     assert list(measured) == ZOO_LAYERS
     assert all(abs(v - 1) < TOL + 1e-4 for v, _ in measured.values()), measured
 
 
 def test_shared_weight_is_one_layer_scaled_once_at_first_use(tmp_path):
     torch.manual_seed(0)
-    graph = TS.load(save_script(SharedWeights().eval(), tmp_path / "shared.pt"))
+    graph = ts_graph(save_script(SharedWeights().eval(), tmp_path / "shared.pt"))
     assert graph.engine_path == "fx"
     assert [t.name for t in graph.targets] == ["conv", "mid", "w", "fc"]
     batch = torch.randn(8, 3, 16, 16)
     report = run_lsuv(graph, batch, seed=0)
     assert {layer.name: layer.uses for layer in report.layers} == {"conv": 1, "mid": 2, "w": 2, "fc": 1}
     TS.save(graph, tmp_path / "out.pt")
-    measured = TS.measure(tmp_path / "out.pt", None, [batch], [])
+    measured = TS.measure(tmp_path / "out.pt", None, [batch], None)
     assert all(abs(v - 1) < TOL + 1e-4 for v, _ in measured.values()), measured
     eager = eager_with_weights(SharedWeights(), torch.jit.load(str(tmp_path / "out.pt")))
     hooked = first_use_stats(eager, batch)
@@ -198,7 +209,7 @@ class Stateful(nn.Module):
 
 @pytest.mark.parametrize("count_calls, path_kind", [(False, "fx"), (True, "hooks")])
 def test_running_the_model_changes_no_saved_state(tmp_path, count_calls, path_kind):
-    graph = TS.load(save_script(Stateful(count_calls), tmp_path / "s.pt"))
+    graph = ts_graph(save_script(Stateful(count_calls), tmp_path / "s.pt"))
     assert graph.engine_path == path_kind
     run_lsuv(graph, torch.randn(4, 3, 8, 8), seed=0)
     TS.save(graph, tmp_path / "out.pt")
@@ -210,7 +221,7 @@ def test_code_structure_buffers_extra_files_and_training_flags_are_kept(tmp_path
     model = torchvision.models.resnet18(weights=None)  # saved in training mode, as people do
     model.layer1.eval()
     source = save_script(model, tmp_path / "r18.pt", _extra_files={"meta.json": b'{"classes": 1000}'})
-    graph = TS.load(source)
+    graph = ts_graph(source)
     run_lsuv(graph, torch.randn(4, 3, 32, 32), seed=0)
     TS.save(graph, tmp_path / "out.pt")
     extra = {"meta.json": ""}
@@ -229,7 +240,7 @@ def test_code_structure_buffers_extra_files_and_training_flags_are_kept(tmp_path
 
 def test_weights_moved_off_shared_storage_are_still_written(tmp_path):
     """As after an engine run on another device: the layers no longer share the ScriptModule's storage."""
-    graph = TS.load(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
+    graph = ts_graph(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
     run_lsuv(graph, torch.randn(4, 3, 16, 16), seed=0)
     for target in graph.targets:
         layer = graph.module.get_submodule(target.module_path)
@@ -241,7 +252,7 @@ def test_weights_moved_off_shared_storage_are_still_written(tmp_path):
 
 
 def test_output_loads_without_lsuv_convert(tmp_path):
-    graph = TS.load(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
+    graph = ts_graph(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
     run_lsuv(graph, torch.randn(4, 3, 16, 16), seed=0)
     TS.save(graph, tmp_path / "out.pt")
     code = (
@@ -254,7 +265,8 @@ def test_output_loads_without_lsuv_convert(tmp_path):
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
-    graph = TS.load(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
+    graph = ts_graph(save_script(ControlFlowNet().eval(), tmp_path / "cf.pt"))
+    graph = TS.prepare(as_loaded(graph), [torch.randn(4, 3, 16, 16)])
 
     def broken_save(*args, **kwargs):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
@@ -272,7 +284,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
 def test_measure_uses_torch_jit_and_matches_eager_hooks(tmp_path):
     torch.manual_seed(0)
     model = ControlFlowNet().eval()
-    graph = TS.load(save_script(model, tmp_path / "cf.pt"))
+    graph = ts_graph(save_script(model, tmp_path / "cf.pt"))
     batch = torch.randn(8, 3, 16, 16)
     run_lsuv(graph, batch, seed=0)
     TS.save(graph, tmp_path / "out.pt")
@@ -285,12 +297,12 @@ def test_measure_uses_torch_jit_and_matches_eager_hooks(tmp_path):
 
 
 def test_translation_that_disagrees_with_torchscript_is_refused(tmp_path):
-    graph = TS.load(save_script(torchvision.models.resnet18(weights=None).eval(), tmp_path / "r.pt"))
+    graph = ts_graph(save_script(torchvision.models.resnet18(weights=None).eval(), tmp_path / "r.pt"))
     state = graph.module.get_submodule("_ts_state")
     name = next(n for n, _ in state.named_buffers() if n.endswith("running_var"))
     setattr(state, name, getattr(state, name) * 4)  # a wrong copy in the translation only
     with pytest.raises(ConversionError, match="disagrees with TorchScript"):
-        TS.prepare(graph, [torch.randn(2, 3, 32, 32)])
+        graph = TS.prepare(as_loaded(graph), [torch.randn(2, 3, 32, 32)])
 
 
 def test_frozen_module_is_refused(tmp_path):
@@ -344,10 +356,10 @@ class TwoInputs(nn.Module):
 
 
 def test_several_inputs_and_a_defaulted_argument(tmp_path):
-    graph = TS.load(save_script(TwoInputs(), tmp_path / "two.pt"))
+    graph = ts_graph(save_script(TwoInputs(), tmp_path / "two.pt"))
     assert [(i.name, i.shape) for i in graph.inputs] == [("image", None), ("vector", None)]
     batch = [torch.randn(8, 3, 8, 8), torch.randn(8, 5)]
-    TS.prepare(graph, batch)
+    graph = TS.prepare(as_loaded(graph), batch)
     report = lsuv_init(graph.module, tuple(batch), targets=[t.module_path for t in graph.targets],
                        walker=graph.engine_path, device="cpu", seed=0)
     assert [layer.name for layer in report.layers] == ["conv", "fc"]

@@ -32,6 +32,27 @@ def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def invoke(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (click's runner): same exit code, stdout and stderr as the
+    console script, without a new interpreter and imports per call. Use :func:`run_cli` where a
+    test needs a real process boundary (signals, the installed entry point, start-up cost)."""
+    from click.testing import CliRunner
+
+    from lsuv_convert.cli import main
+
+    old_cwd = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=True)
+    finally:
+        os.chdir(old_cwd)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess([CONSOLE_SCRIPT, *map(str, args)], result.exit_code,
+                                       result.stdout, result.stderr)
+
+
 @pytest.fixture
 def cli():
     return run_cli

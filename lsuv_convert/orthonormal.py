@@ -5,7 +5,11 @@ The weight of every target layer is viewed as a stack of matrices, one per group
 shape allows. Orthonormalisation uses Cholesky-QR (two GEMMs and a triangular solve),
 which is GEMM-bound and several times faster than Householder QR
 (``torch.nn.init.orthogonal_``) for the wide, well-conditioned Gaussian matrices of big
-layers; near-square matrices, which are ill-conditioned, go through Householder QR.
+layers. Big near-square matrices, which are ill-conditioned, go through shifted
+Cholesky-QR3 (Fukaya et al. 2020: a shifted first pass, then two plain ones), still all
+GEMM and triangular solves; small ones, and any matrix where that fails its check, go
+through Householder QR. Every route returns the Q of the QR factorisation with a positive
+diagonal, so the result is the same Haar-distributed matrix whichever route computed it.
 Random numbers are drawn on the CPU from one seeded generator in target order, so the
 result doesn't depend on the device.
 """
@@ -21,6 +25,10 @@ from .settings import PRE_INIT_MODES
 # Above this ratio of short to long side a Gaussian matrix is too ill-conditioned for
 # float32 Cholesky-QR (condition number ~ (1+sqrt(a))/(1-sqrt(a))).
 _CHOLESKY_MAX_ASPECT = 0.5
+# Below this many rows Householder QR is already fast; above it, shifted Cholesky-QR3 is
+# faster (CaffeNet's 4096 x 4096 fc7: 6.5 s of CPU against 9 s measured here).
+_SHIFTED_MIN_ROWS = 512
+_ORTHONORMAL_TOL = 1e-5
 
 
 def grouped_view(module: nn.Module) -> torch.Tensor:
@@ -45,6 +53,10 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
         return orthonormalize(a.transpose(-1, -2)).transpose(-1, -2)
     if rows <= _CHOLESKY_MAX_ASPECT * cols:
         return _cholesky_qr2(a)
+    if rows >= _SHIFTED_MIN_ROWS:
+        q = _shifted_cholesky_qr3(a)
+        if q is not None:
+            return q
     return _householder_rows(a)
 
 
@@ -57,9 +69,36 @@ def _cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
     q = _cholesky_qr_step(a)
     probe = q[..., : min(64, q.shape[-2]), :]
     err = (probe @ q.transpose(-1, -2) - torch.eye(q.shape[-2], dtype=q.dtype)[: probe.shape[-2]]).abs().max()
-    if err > 1e-5:
+    if err > _ORTHONORMAL_TOL:
         q = _cholesky_qr_step(q)
     return q
+
+
+def _shifted_cholesky_qr3(a: torch.Tensor) -> torch.Tensor | None:
+    """Orthonormal rows of a near-square ``a`` (g, r, c) by shifted Cholesky-QR3, or None.
+
+    The Gram matrix of an ill-conditioned ``a`` is not numerically positive definite in
+    float32; adding ``11 (r c + r (r + 1)) u ||a||^2`` to its diagonal makes it so, and the
+    resulting factor is well enough conditioned for two plain Cholesky-QR passes (the
+    method's proof covers condition numbers up to ~1/u). None when a Cholesky fails or the
+    result misses the orthonormality check: the caller falls back to Householder QR.
+    """
+    rows, cols = a.shape[-2:]
+    try:
+        gram = _gram(a)
+        diagonal = gram.diagonal(dim1=-2, dim2=-1)
+        unit = torch.finfo(a.dtype).eps / 2
+        shift = 11.0 * (rows * cols + rows * (rows + 1)) * unit * diagonal.sum(-1, keepdim=True)
+        diagonal.add_(shift)
+        chol = torch.linalg.cholesky(gram.double()).to(a.dtype)
+        del gram
+        q = torch.linalg.solve_triangular(chol, a, upper=False)
+        q = _cholesky_qr_step(_cholesky_qr_step(q))
+    except RuntimeError:  # torch.linalg.LinAlgError: not positive definite even shifted
+        return None
+    probe = q[..., : min(64, rows), :]
+    err = (probe @ q.transpose(-1, -2) - torch.eye(rows, dtype=q.dtype)[: probe.shape[-2]]).abs().max()
+    return q if bool(err <= _ORTHONORMAL_TOL) else None
 
 
 def _cholesky_qr_step(a: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,16 @@ import math
 from typing import Optional
 
 import torch
-from onnx2torch.node_converters import add_converter, get_converter
-from onnx2torch.onnx_graph import OnnxGraph
-from onnx2torch.onnx_node import OnnxNode
-from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node
-from torch import nn
+
+from .deferred import import_onnx2torch
+
+import_onnx2torch()  # before any onnx2torch import: keeps torchvision out of the process
+
+from onnx2torch.node_converters import add_converter, get_converter  # noqa: E402
+from onnx2torch.onnx_graph import OnnxGraph  # noqa: E402
+from onnx2torch.onnx_node import OnnxNode  # noqa: E402
+from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node  # noqa: E402
+from torch import nn  # noqa: E402
 
 # Nodes onnx2torch has a converter for but refuses (Reshape allowzero=1) or converts wrongly
 # (Reduce* with an axes attribute: negative axes) are moved to this private domain in the working

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from .errors import DataError, DeviceError, OutputError, UnconvergedError
 from .formats import find_format
 from .formats.base import LoadRequest
 from .settings import DEFAULTS, LsuvSettings
+from .stages import recording, stage
 
 
 @dataclass
@@ -64,7 +64,14 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
     layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
     """
-    from .api import lsuv_init, resolve_device
+    seconds: dict[str, float] = {}
+    with recording(seconds):
+        return _convert(model, output, options, log_path, on_layer, on_targets, seconds)
+
+
+def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float]) -> Result:
+    with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
+        from .api import lsuv_init, resolve_device
 
     options = options or ConvertOptions()
     settings = options.settings
@@ -77,14 +84,12 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     except ValueError as exc:
         raise DeviceError(str(exc)) from None
 
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    loaded = fmt.load(model, options.request)
-    seconds["load"] = time.perf_counter() - t0
-    batch, inputs = _batch_for(loaded, options.data, options)
-    t0 = time.perf_counter()
-    graph = fmt.prepare(loaded, inputs)
-    seconds["prepare"] = time.perf_counter() - t0
+    with stage("load"):
+        loaded = fmt.load(model, options.request)
+    with stage("batch"):
+        batch, inputs = _batch_for(loaded, options.data, options)
+    with stage("prepare"):
+        graph = fmt.prepare(loaded, inputs)
     if on_targets is not None:
         on_targets(len(graph.targets))
 
@@ -128,9 +133,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
             f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
             "(--allow-unconverged writes it anyway)", path=model,
         )
-    t0 = time.perf_counter()
-    fmt.save(graph, output)
-    seconds["save"] = time.perf_counter() - t0
+    with stage("save"):
+        fmt.save(graph, output)
     if log_path is not None:
         write_log(log, log_path)
     return result

@@ -2,9 +2,12 @@
 
 - read: parse and check the file (external data included), find the target layers
   (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
-- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
+- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch, and a
+  round trip of every target's weights through save's mapping (:func:`.save.unproven_targets`).
 - write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
-  checked once more against onnxruntime, then written atomically (:mod:`.files`).
+  checked once more against onnxruntime only for the layers the gate and the round trip did
+  not already vouch for (through the gate's onnxruntime session, fed the new weights), then
+  written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
 Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
@@ -18,6 +21,7 @@ from typing import Any
 
 from ...errors import ModelFormatError
 from ...graph import InputSpec, ModelGraph, TargetLayer
+from ...stages import stage
 from .. import register_format
 from ..base import LoadedModel, LoadRequest, ModelFormat
 
@@ -33,6 +37,9 @@ class OnnxState:
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
+    unproven: list | None = None  # targets save must re-check in onnxruntime (None: not gated, check all)
+    session: Any = None  # the gate's onnxruntime session, kept only when save will need it
+    untouched: dict | None = None  # non-target tensor -> (identity, version counter) at the gate
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -53,14 +60,16 @@ class OnnxFormat(ModelFormat):
             return False
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from . import convert, files, targets
-
-        model, external = files.read_model(path)
-        work = convert.checked_working_copy(model, path)
-        plan = targets.find_targets(model)
+        with stage("imports"):
+            from . import convert, files, targets
+        with stage("parse"):
+            model, external = files.read_model(path)
+            work = convert.checked_working_copy(model, path)
+            plan = targets.find_targets(model)
         if not plan.targets:
             raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
-        converted = convert.convert(model, work, plan, path)
+        with stage("conversion"):
+            converted = convert.convert(model, work, plan, path)
         del work
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
@@ -79,29 +88,67 @@ class OnnxFormat(ModelFormat):
                            format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
                            engine_path="fx")
         if check:
-            worst = fidelity.check(
-                graph.module, state.model, inputs, state.converted.tensors,
-                [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
-            )
+            from . import runtime, save
+
+            with stage("fidelity_gate"):
+                unproven = save.unproven_targets(state.model, state.plan, state.converted.paths, graph.module, graph.source)
+                watch = [t.output for t in state.plan.targets]
+                overridable = [s.initializer for t in unproven for s in t.slots() if not s.new]
+                session = runtime.Session(state.model, watch, overridable)
+                worst = fidelity.check(
+                    graph.module, state.model, inputs, state.converted.tensors, watch, state.input_dtypes,
+                    state.converted.node_names, graph.source, session=session,
+                )
             state.batch = list(inputs)
             state.divergence = worst
+            state.unproven = unproven
+            state.untouched = _fingerprint(graph)
+            state.session = session if unproven else None  # freed now when save won't run it again
             graph.notes.append(
                 f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
                 f"over {len(state.plan.targets)} target outputs and the model outputs"
             )
+            if unproven:
+                graph.notes.append(f"save re-checks {len(unproven)} layer(s) in onnxruntime with the written weights "
+                                   "(a constant or untied source tensor leaves the weight mapping unproven)")
+            else:
+                graph.notes.append("written weights proven by a round trip of every target's tensors through the "
+                                   "writer's mapping: no second onnxruntime run at save")
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
         from . import fidelity, files, save
 
         state: OnnxState = graph.state
-        out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
-        # the written weights must mean in onnxruntime what LSUV measured in torch
+        with stage("serialize"):
+            out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        if state.unproven is None or state.unproven or _fingerprint(graph) != state.untouched:
+            with stage("final_check"):
+                self._final_check(graph, out)
+        with stage("write"):
+            files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
+
+    @staticmethod
+    def _final_check(graph: ModelGraph, out) -> None:
+        """The written weights must mean in onnxruntime what LSUV measured in torch, for the layers
+        the gate did not vouch for; through the gate's session, fed the new weights, if it has one."""
+        from . import fidelity, save
+
+        state: OnnxState = graph.state
+        changed = _fingerprint(graph) != state.untouched  # the proof covered target tensors only
+        targets = state.plan.targets if state.unproven is None or changed else state.unproven
+        labels = {t.label for t in targets}
+        session, arrays = state.session, None
+        if session is not None and not changed and not any(s.new for t in targets for s in t.slots()):
+            arrays = save.written_arrays(state.model, state.plan, state.converted.paths, graph.module, labels)
+        else:
+            session = None  # new initializers or no gate: a session of the output model itself
         fidelity.check(
-            graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+            graph.module, out, state.batch, state.converted.tensors, [t.output for t in targets],
             state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
+            session=session, initializers=arrays,
         )
-        files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
+        state.session = None
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
@@ -112,6 +159,18 @@ class OnnxFormat(ModelFormat):
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
+
+
+def _fingerprint(graph: ModelGraph) -> dict:
+    """Identity and in-place version counter of every parameter and buffer LSUV may not change
+    (all but the targets' weights and biases): a cheap proof, without reading the data, that
+    the torch graph besides those tensors is still the one the gate checked."""
+    mine = set()
+    for target in graph.targets:
+        layer = graph.module.get_submodule(target.module_path)
+        mine.update(id(getattr(layer, kind, None)) for kind in ("weight", "bias"))
+    tensors = list(graph.module.named_parameters(remove_duplicate=False)) + list(graph.module.named_buffers(remove_duplicate=False))
+    return {name: (id(t), t._version) for name, t in tensors if id(t) not in mine}
 
 
 def _targets(plan, converted) -> list[TargetLayer]:

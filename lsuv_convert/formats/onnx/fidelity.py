@@ -55,8 +55,11 @@ class _NodeFailure(Exception):
         self.exc = exc
 
 
-def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: list) -> dict[str, torch.Tensor]:
-    """Values of ONNX ``tensors`` (name -> (module path, output index)) computed by ``gm``."""
+def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: list, consume=None) -> dict[str, torch.Tensor]:
+    """Values of ONNX ``tensors`` (name -> (module path, output index)) computed by ``gm``.
+
+    With ``consume(name, value)``, each value is handed over as it is computed and not kept
+    (so the whole set of watched tensors is never alive at once)."""
     import torch.fx
 
     wanted: dict[str, list[tuple[str, int]]] = {}
@@ -76,6 +79,8 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
                         found[name] = out[index]
                 elif index == 0:
                     found[name] = out
+                if consume is not None and name in found:
+                    consume(name, found.pop(name))
             return out
 
     args = [torch.as_tensor(x).to(dtype) if dtype is not None else torch.as_tensor(x) for x, dtype in zip(inputs, dtypes)]
@@ -90,34 +95,44 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
 
 
 def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str, int]], watch: list[str],
-          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph") -> float:
+          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph",
+          session: "runtime.Session | None" = None, initializers: dict | None = None) -> float:
     """Raise ConversionError unless ``gm`` matches onnxruntime on ``watch`` and the graph outputs.
 
-    Returns the worst relative divergence seen (for the log)."""
+    ``session`` (made for ``model`` if not given) is run with ``initializers`` fed in place of
+    the model's own. Each torch value is compared as soon as it is computed and dropped, and
+    each reference once compared. Returns the worst relative divergence seen (for the log)."""
     outputs = [o.name for o in model.graph.output if o.name in tensors]
-    names = list(dict.fromkeys(list(watch) + outputs))
-    reference = runtime.run(model, inputs, names)
+    names = [n for n in dict.fromkeys(list(watch) + outputs) if n in tensors]
+    if session is None:
+        session = runtime.Session(model, names)
+    reference = session.run(inputs, names, initializers)
+    state = {"worst": 0.0, "bad": False, "seen": set()}
+
+    def compare(name: str, value) -> None:
+        ref = reference.pop(name, None)
+        if ref is None:
+            return
+        state["seen"].add(name)
+        err = divergence(ref, value)
+        if err > tolerance(ref):
+            state["bad"] = True
+        state["worst"] = max(state["worst"], err)
+
     try:
-        values = torch_values(gm, inputs, {n: tensors[n] for n in names if n in tensors}, dtypes)
+        torch_values(gm, inputs, {n: tensors[n] for n in names}, dtypes, consume=compare)
     except _NodeFailure as failure:
         raise ConversionError(
             f"{what} fails to run at node {labels.get(failure.module_path, failure.module_path)!r}: "
             f"{type(failure.exc).__name__}: {first_line(failure.exc)}",
             path=source,
         ) from None
-    worst = 0.0
-    bad = False
-    for name in names:
-        if name not in reference or name not in tensors:
-            continue
-        err = divergence(reference[name], values.get(name))
-        if err > tolerance(reference[name]):
-            bad = True
-        worst = max(worst, err)
-    del reference, values
-    if bad:
+    for name in list(reference):  # onnxruntime computed it, torch never did
+        compare(name, None)
+    del reference
+    if state["bad"]:
         raise ConversionError(_diagnose(gm, model, inputs, tensors, dtypes, labels, what), path=source)
-    return worst
+    return state["worst"]
 
 
 def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:

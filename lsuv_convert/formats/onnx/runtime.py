@@ -27,7 +27,10 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 def feeds_for(model: onnx.ModelProto, inputs: list) -> dict[str, np.ndarray]:
     """Arrays for the model's inputs, in declaration order, cast to the declared element types."""
-    specs = graph_inputs(model)
+    return feeds_for_specs(graph_inputs(model), inputs)
+
+
+def feeds_for_specs(specs: list[onnx.ValueInfoProto], inputs: list) -> dict[str, np.ndarray]:
     if len(specs) != len(inputs):
         raise DataError(f"model has {len(specs)} input(s) but {len(inputs)} array(s) were given")
     feeds = {}
@@ -42,35 +45,73 @@ def feeds_for(model: onnx.ModelProto, inputs: list) -> dict[str, np.ndarray]:
 
 def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, np.ndarray]:
     """Values of ``tensors`` (any intermediate names) and of the graph outputs, by name."""
-    import onnxruntime as ort
+    session = Session(model, tensors)
+    return session.run(inputs, session.outputs)
 
-    feeds = feeds_for(model, inputs)
-    existing = {o.name for o in model.graph.output}
-    added = [n for n in dict.fromkeys(tensors) if n not in existing]
-    model.graph.output.extend([onnx.ValueInfoProto(name=n) for n in added])
-    tmp = None
-    try:
+
+class Session:
+    """One onnxruntime session of ``model`` that can return any of ``tensors`` (intermediate names)
+    besides the graph outputs; initializers named in ``overridable`` can be fed new values per run.
+
+    Made once per model, so the fidelity gate and the save-time check share it; each run asks
+    only for the outputs it needs, and onnxruntime computes only what those depend on.
+    Overridable initializers are listed as graph inputs (onnxruntime then treats them as
+    defaults a feed may replace) in the serialized copy only; ``model`` is left as it was.
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensors: list[str], overridable: list[str] = ()):
+        import onnxruntime as ort
+
+        self._inputs = [_copied(v) for v in graph_inputs(model)]
+        existing = {o.name for o in model.graph.output}
+        added = [n for n in dict.fromkeys(tensors) if n not in existing]
+        listed = {i.name for i in model.graph.input}
+        by_name = {t.name: t for t in model.graph.initializer}
+        extra_inputs = [onnx.helper.make_tensor_value_info(n, by_name[n].data_type, list(by_name[n].dims))
+                        for n in dict.fromkeys(overridable) if n in by_name and n not in listed]
+        model.graph.output.extend([onnx.ValueInfoProto(name=n) for n in added])
+        model.graph.input.extend(extra_inputs)
+        tmp = None
         try:
-            source = model.SerializeToString()
-        except ValueError:  # over protobuf's 2 GiB: go through a file with external data
-            tmp = tempfile.TemporaryDirectory(prefix="lsuv-onnx-")
-            source = _save_external(model, Path(tmp.name))
-    finally:
-        if added:
-            del model.graph.output[len(model.graph.output) - len(added):]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        del source
-        names = [o.name for o in session.get_outputs()]
-        values = session.run(names, feeds)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ConversionError(f"onnxruntime can't run the model: {first_line(exc)}") from None
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    return dict(zip(names, values))
+            try:
+                source = model.SerializeToString()
+            except ValueError:  # over protobuf's 2 GiB: go through a file with external data
+                tmp = tempfile.TemporaryDirectory(prefix="lsuv-onnx-")
+                source = _save_external(model, Path(tmp.name))
+        finally:
+            if added:
+                del model.graph.output[len(model.graph.output) - len(added):]
+            if extra_inputs:
+                del model.graph.input[len(model.graph.input) - len(extra_inputs):]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ConversionError(f"onnxruntime can't run the model: {first_line(exc)}") from None
+        finally:
+            del source
+            if tmp is not None:
+                tmp.cleanup()
+        self.outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, inputs: list, names: list[str], initializers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Values of ``names`` on ``inputs``, with ``initializers`` (name -> array) fed in place of
+        the model's own values."""
+        feeds = feeds_for_specs(self._inputs, inputs)
+        feeds.update(initializers or {})
+        wanted = [n for n in dict.fromkeys(names) if n in set(self.outputs)]
+        try:
+            values = self._session.run(wanted, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ConversionError(f"onnxruntime can't run the model: {first_line(exc)}") from None
+        return dict(zip(wanted, values))
+
+
+def _copied(message):
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
 
 
 def _save_external(model: onnx.ModelProto, folder: Path) -> str:

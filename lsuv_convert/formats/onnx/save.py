@@ -58,3 +58,49 @@ def _array_for(target, slot, layer, source: onnx.TensorProto) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ConversionError(f"layer {target.label!r}: its new {slot.kind} is not finite in {dtype}; nothing written")
     return np.ascontiguousarray(array)
+
+
+def written_arrays(model: onnx.ModelProto, plan, paths: dict[str, str], module, labels: set[str]) -> dict[str, np.ndarray]:
+    """{initializer name: the array save writes into it} for the targets named in ``labels``."""
+    source = {t.name: t for t in model.graph.initializer}
+    arrays = {}
+    for target in plan.targets:
+        if target.label in labels:
+            layer = module.get_submodule(paths[target.label])
+            for slot in target.slots():
+                arrays[slot.dest] = _array_for(target, slot, layer, source[slot.initializer])
+    return arrays
+
+
+def unproven_targets(model: onnx.ModelProto, plan, paths: dict[str, str], module, source_path=None) -> list:
+    """Targets whose written values the fidelity gate does not already vouch for.
+
+    Called before LSUV, on the converted module with the file's own weights: writing those
+    weights back must give the file's arrays again. The gate proved that onnx2torch's reading
+    of the initializers means in torch what it means in onnxruntime; this proves that save's
+    mapping (transposes, Gemm's beta, reshapes, dtypes) is the exact inverse of that reading.
+    Together they say the written file computes what LSUV measured, without running it. A
+    round trip through a constant array (all zeros, say) proves nothing about transposes or
+    scales, so a target with one, or with a slot written into a new initializer, is returned
+    for the save-time check. A round trip that fails is a bug: ConversionError.
+    """
+    source = {t.name: t for t in model.graph.initializer}
+    unproven = []
+    for target in plan.targets:
+        layer = module.get_submodule(paths[target.label])
+        proven = True
+        for slot in target.slots():
+            original = numpy_helper.to_array(source[slot.initializer])
+            if slot.new or original.size < 2 or not np.issubdtype(original.dtype, np.floating):
+                proven = False
+                continue
+            written = _array_for(target, slot, layer, source[slot.initializer])
+            scale = float(np.abs(original).max())
+            if written.shape != original.shape or float(np.abs(written.astype(np.float64) - original).max()) > 1e-6 * scale:
+                raise ConversionError(f"layer {target.label!r}: writing its {slot.kind} back does not reproduce the "
+                                      "file's values (a bug in lsuv-convert); nothing written", path=source_path)
+            if original.min() == original.max():
+                proven = False
+        if not proven:
+            unproven.append(target)
+    return unproven

@@ -181,6 +181,10 @@ def fit_layer(
         bias_b = None
     # Scaling a layer whose output is proportional to its weight needs no re-evaluation.
     homogeneous = linear and bias_b is None
+    # A layer linear in its weight never needs the scaled weight to compute its scaled output,
+    # so its weight (and, in centre mode, bias) is written once, after the loop: one pass over
+    # the weight instead of a multiply (and for biased layers a copy kept for undo) per step.
+    deferred = linear
     scale, iterations, reason = 1.0, 0, None
     weight_absmax = None
     # Written as `not <` so that a NaN variance enters the loop and is reported.
@@ -192,23 +196,33 @@ def fit_layer(
             reason = "output variance is zero"
             break
         factor = math.sqrt(settings.target_var / var)
-        if weight_absmax is None:
-            weight_absmax = _abs_max(weight)
-        # Rounding is monotone, so max|fl(w * f)| == fl(max|w| * f): one scalar product says
-        # whether the scaled weight would hold an inf/NaN, without a pass over a big weight.
-        new_absmax = weight_absmax * factor
-        if not math.isfinite(float(new_absmax)):
-            reason = "scaling would make the weights non-finite"
-            break
-        # The old parameters are kept so that an undone step restores them bit for bit; the
-        # output is not kept (it is recomputed on undo, which is rare).
-        previous_weight = weight.clone() if not homogeneous else None
-        previous_bias = bias.clone() if scales_bias and not homogeneous else None
+        if deferred:
+            # Rounding is monotone, so max|fl(w * s)| == fl(max|w| * s): one scalar product says
+            # whether the scaled weight would hold an inf, without a pass over a big weight; and
+            # scaling down cannot overflow, so the one pass for max|w| is only made to scale up.
+            if scale * factor > 1.0:
+                if weight_absmax is None:
+                    weight_absmax = _abs_max(weight)
+                if not math.isfinite(float(weight_absmax * (scale * factor))):
+                    reason = "scaling would make the weights non-finite"
+                    break
+        else:
+            if weight_absmax is None:
+                weight_absmax = _abs_max(weight)
+            new_absmax = weight_absmax * factor
+            if not math.isfinite(float(new_absmax)):
+                reason = "scaling would make the weights non-finite"
+                break
+            weight_absmax = new_absmax
+        # The old parameters of a re-run layer are kept so that an undone step restores them
+        # bit for bit; the output is not kept (it is recomputed on undo, which is rare).
+        previous_weight = weight.clone() if not deferred else None
+        previous_bias = bias.clone() if scales_bias and not deferred else None
         previous_stats = (var, mean)
-        weight.mul_(factor)
-        weight_absmax = new_absmax
-        if scales_bias:
-            bias.mul_(factor)
+        if not deferred:
+            weight.mul_(factor)
+            if scales_bias:
+                bias.mul_(factor)
         scale *= factor
         iterations += 1
         if homogeneous:  # out is proportional to the weight: its statistics follow exactly
@@ -223,16 +237,22 @@ def fit_layer(
         var, mean = output_stats(out)
         if abs(var - settings.target_var) >= abs(previous_stats[0] - settings.target_var) * (1 - 1e-6):
             # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
-            weight.copy_(previous_weight)
-            if previous_bias is not None:
-                bias.copy_(previous_bias)
+            scale /= factor
+            iterations -= 1
+            if deferred:
+                _scale_params(weight, bias if scales_bias else None, scale)
+                deferred = False  # written: nothing left to do after the loop
+            else:
+                weight.copy_(previous_weight)
+                if previous_bias is not None:
+                    bias.copy_(previous_bias)
             out = None
             out = run()
             var, mean = previous_stats
-            scale /= factor
-            iterations -= 1
             reason = "output variance does not respond to scaling the weight (constant input?)"
             break
+    if deferred:
+        _scale_params(weight, bias if scales_bias else None, scale)
     if homogeneous and scale != 1.0:
         out = out.mul_(scale) if not out.requires_grad else out * scale
     converged = abs(var - settings.target_var) < settings.tol and math.isfinite(var)
@@ -250,6 +270,14 @@ def fit_layer(
         reason=None if converged else reason,
     )
     return fields, out
+
+
+def _scale_params(weight: torch.Tensor, bias: torch.Tensor | None, scale: float) -> None:
+    """Multiply the weight (and bias) by the accumulated ``scale``: the one write of a deferred fit."""
+    if scale != 1.0:
+        weight.mul_(scale)
+        if bias is not None:
+            bias.mul_(scale)
 
 
 def _abs_max(weight: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,30 @@ def lsuv_row(name: str, sizes: Sizes, device: str) -> list[object]:
     ]
 
 
+# The issue's small sizes, where per-layer fixed costs and whole-weight passes show: (batch, side).
+SMALL_SIZES = {"resnet50": (16, 112), "densenet121": (16, 112), "mobilenet_v3_small": (16, 112), "vgg11": (4, 112),
+               "plain50": (16, 32)}
+
+
+def small_lsuv_row(name: str, sizes: Sizes, device: str) -> list[object]:
+    """Ours against one forward pass at a small size, interleaved, median of 5 (no reference)."""
+    model = build_model(name).to(device)
+    batch, side = SMALL_SIZES[name] if sizes is FULL else (sizes.batch, sizes.plain_image if name == "plain50" else sizes.image)
+    shape = (batch, 3, side, side)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    time_forward(model, x, device)
+    time_ours(model, x, device)  # warm-up of both
+    forwards, ours = [], []
+    for _ in range(5 if sizes is FULL else 1):
+        forwards.append(time_forward(model, x, device))
+        ours.append(time_ours(model, x, device))
+    fwd, mine = median(forwards), median(ours)
+    return [name, "x".join(map(str, shape)), f"{fwd * 1000:.1f}", f"{mine * 1000:.1f}", f"{mine / fwd:.2f}x"]
+
+
+SMALL_HEADERS = ["model", "batch", "forward (ms)", "ours (ms)", "ours / fwd"]
+
+
 LSUV_HEADERS = ["model", "layers", "batch", "forward (ms)", "ours (s)", "ours / fwd", "lsuv 0.3.0 (s)",
                 "lsuv 0.3.0 / fwd", "speed-up"]
 
@@ -200,62 +224,148 @@ pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _run_measured(cmd: list[str], log_dir: Path, tag: str) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS in MiB, last stderr line) of one child process."""
+@dataclass
+class Measured:
+    code: int
+    wall: float
+    rss_mib: float
+    cpu: float  # user + system seconds: what the process itself did, however loaded the machine
+    stdout: str
+    last_error: str
+
+
+def _run_measured(cmd: list[str], log_dir: Path, tag: str) -> Measured:
+    """Exit code, wall seconds, peak RSS (MiB), stdout and last stderr line of one child process."""
     out_path, err_path, rss_path = (log_dir / f"{tag}.{ext}" for ext in ("out", "err", "rss"))
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(rss_path)] + cmd, stdout=out, stderr=err)
         wall = time.perf_counter() - t0
     try:
-        rss_mib = int(rss_path.read_text()) / 1024  # ru_maxrss is in KiB on Linux
+        maxrss, cpu = rss_path.read_text().split()
+        rss_mib, cpu = int(maxrss) / 1024, float(cpu)  # ru_maxrss is in KiB on Linux
     except (OSError, ValueError):
-        rss_mib = float("nan")
+        rss_mib, cpu = float("nan"), float("nan")
     tail = (err_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
-    return done.returncode, wall, rss_mib, tail
+    return Measured(done.returncode, wall, rss_mib, cpu, out_path.read_text(errors="replace"), tail)
 
 
-PLAIN_FORWARD = """
-import sys
-from pathlib import Path
-import numpy as np, torch
-from lsuv_convert.formats import find_format
-path = Path(sys.argv[1])
-graph = find_format(path).load(path)
-x = torch.from_numpy(np.load(sys.argv[2])).to(sys.argv[3])
-module = graph.module.to(sys.argv[3]).eval()
+# The floor of each format: start Python, import what the format needs, read the file, run one
+# forward pass in the format's own runtime (onnxruntime; torch.jit) or in torch (Caffe, whose
+# prototxt has no weights for OpenCV to run), write the bytes. Each prints its own split.
+_FLOOR_HEAD = "import json, sys, time\nt0 = time.perf_counter()\n"
+_FLOOR_TAIL = 'print(json.dumps({"imports": t1 - t0, "work": time.perf_counter() - t1}))\n'
+FLOOR = {
+    "onnx": _FLOOR_HEAD + """import numpy as np, onnx, onnxruntime as ort
+t1 = time.perf_counter()
+data = open(sys.argv[1], "rb").read()
+model = onnx.load_model_from_string(data)  # a weights editor must parse the model to change it
+session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+del data
+session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})
+open(sys.argv[3], "wb").write(model.SerializeToString())
+""" + _FLOOR_TAIL,
+    "torchscript": _FLOOR_HEAD + """import numpy as np, torch
+t1 = time.perf_counter()
+module = torch.jit.load(sys.argv[1]).eval()
 with torch.no_grad():
-    module(x)
-"""
+    module(torch.from_numpy(np.load(sys.argv[2])))
+torch.jit.save(module, sys.argv[3])
+""" + _FLOOR_TAIL,
+    "caffe": _FLOOR_HEAD + """import numpy as np, torch
+from pathlib import Path
+from lsuv_convert.formats import find_format
+t1 = time.perf_counter()
+fmt = find_format(Path(sys.argv[1]))
+x = torch.from_numpy(np.load(sys.argv[2]))
+graph = fmt.prepare(fmt.load(Path(sys.argv[1])), [x], check=False)  # prototxt -> torch modules
+with torch.no_grad():
+    graph.module.eval()(x)
+with open(sys.argv[3], "wb") as fh:
+    for p in graph.module.parameters():
+        fh.write(p.detach().numpy().tobytes())
+""" + _FLOOR_TAIL,
+}
 
 
-def _make_cli_inputs(case: str, tmp: Path, sizes: Sizes) -> tuple[Path, tuple[int, ...]]:
-    """Write the model file of ``case`` into ``tmp``; returns it with the batch shape it takes."""
+@dataclass(frozen=True)
+class CliCase:
+    name: str
+    fmt: str  # onnx | caffe | torchscript
+    net: str  # small | resnet50 | vgg11 | caffenet
+    batch: int
+    image: int
+
+
+CLI_CASES_FULL = (
+    CliCase("small ONNX", "onnx", "small", 16, 32),
+    CliCase("resnet50 ONNX", "onnx", "resnet50", 16, 224),
+    CliCase("vgg11 ONNX", "onnx", "vgg11", 4, 224),
+    CliCase("small Caffe prototxt", "caffe", "small", 16, 32),
+    CliCase("ResNet-50 Caffe prototxt", "caffe", "resnet50", 16, 224),
+    CliCase("CaffeNet Caffe prototxt", "caffe", "caffenet", 16, 227),
+    CliCase("small TorchScript", "torchscript", "small", 16, 32),
+    CliCase("resnet50 TorchScript", "torchscript", "resnet50", 16, 224),
+    CliCase("vgg11 TorchScript", "torchscript", "vgg11", 4, 224),
+)
+CLI_CASES_QUICK = tuple(c for c in CLI_CASES_FULL if c.net == "small")
+CLI_CASES = tuple(c.name for c in CLI_CASES_QUICK)  # the rows --quick prints (the smoke test checks them)
+ZOO_MODELS = 5
+
+
+def small_net() -> nn.Sequential:
+    """A 20-layer conv chain (16 channels) + classifier: the size of the README's sample model."""
+    return plain_chain(depth=20, width=16)
+
+
+def _small_prototxt(batch: int, image: int) -> str:
+    lines = ['name: "small"\n', _nets._input((batch, 3, image, image))]
+    bottom = "data"
+    for i in range(1, 20):
+        lines.append(_nets._conv(f"conv{i}", bottom, 16, 3, pad=1))
+        lines.append(_nets._layer(f"relu{i}", "ReLU", f"conv{i}", f"conv{i}"))
+        bottom = f"conv{i}"
+    lines.append(_nets._pool("pool", bottom, "AVE", 0, 0, global_pooling=True))
+    lines.append(_nets._layer("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 1000 }"))
+    return "".join(lines)
+
+
+def _torch_net(net: str) -> nn.Module:
     import torchvision
 
     torch.manual_seed(0)
-    if case == "resnet50 ONNX":
-        path = tmp / "resnet50.onnx"
-        model = torchvision.models.resnet50(weights=None).eval()
-        example = torch.randn(1, 3, 224, 224)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
+    return (small_net() if net == "small" else getattr(torchvision.models, net)(weights=None)).eval()
+
+
+def _make_cli_inputs(case: CliCase, folder: Path, stem: str | None = None) -> Path:
+    """Write the model file of ``case`` into ``folder`` (the batch shape is the case's)."""
+    stem = stem or case.net
+    folder.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(1, 3, case.image, case.image)
+    if case.fmt == "onnx":
+        path = folder / f"{stem}.onnx"
+        torch.onnx.export(_torch_net(case.net), (example,), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
-        return path, (sizes.batch, 3, 224, 224)
-    if case == "CaffeNet prototxt":
-        path = tmp / "caffenet.prototxt"
-        path.write_text(_nets.caffenet())
-        return path, (sizes.batch, 3, 227, 227)
-    if case == "resnet18 TorchScript":
-        path = tmp / "resnet18.pt"
-        model = torchvision.models.resnet18(weights=None).eval()
-        torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 224, 224)), str(path))
-        return path, (sizes.batch, 3, 224, 224)
-    raise ValueError(case)
+    elif case.fmt == "caffe":
+        path = folder / f"{stem}.prototxt"
+        text = {"small": lambda: _small_prototxt(case.batch, case.image), "resnet50": lambda: _nets.resnet50(case.batch),
+                "caffenet": lambda: _nets.caffenet(case.batch)}[case.net]()
+        path.write_text(text)
+    else:
+        path = folder / f"{stem}.pt"
+        torch.jit.save(torch.jit.trace(_torch_net(case.net), example), str(path))
+    return path
+
+
+def _output_for(model_path: Path) -> Path:
+    if model_path.suffix == ".prototxt":
+        return model_path.with_name(f"{model_path.stem}.lsuv.caffemodel")
+    return model_path.with_name(f"{model_path.stem}.lsuv{model_path.suffix}")
 
 
 def cli_program() -> list[str] | None:
@@ -273,45 +383,121 @@ def cli_help() -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
-def cli_row(case: str, sizes: Sizes, device: str, tmp: Path, help_text: str) -> list[object]:
-    program = cli_program()
-    blank = ["n/a"] * (len(CLI_HEADERS) - 1)
-    if program is None or not help_text:
-        return [case, "n/a (lsuv-convert CLI not installed or not working)"] + blank[1:]
-    try:
-        model_path, shape = _make_cli_inputs(case, tmp, sizes)
-    except Exception as exc:  # noqa: BLE001 - a benchmark row reports, never crashes the table
-        return [case, f"n/a (could not write the model: {type(exc).__name__}: {exc})"[:160]] + blank[1:]
-    batch_path = tmp / f"{model_path.stem}.batch.npy"
-    import numpy as np
+# Columns of the stage split: (header, function of the log's seconds). Top-level names add up
+# to the run; dotted ones are parts of them (lsuv_convert/stages.py).
+def _part(seconds: dict, name: str) -> float:
+    return float(seconds.get(name, 0.0))
 
-    np.save(batch_path, np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
-    out_path = tmp / f"{model_path.stem}.lsuv{model_path.suffix}"
-    if model_path.suffix == ".prototxt":
-        out_path = tmp / f"{model_path.stem}.lsuv.caffemodel"
-    log_path = tmp / f"{model_path.stem}.log.json"
-    cmd = program + [str(model_path), "--data", str(batch_path), "-o", str(out_path), "--log", str(log_path)]
+
+STAGES = (
+    ("imports (s)", lambda s: _part(s, "imports") + _part(s, "load.imports")),
+    ("parse + batch (s)", lambda s: _part(s, "load") - _part(s, "load.imports") - _part(s, "load.conversion")
+     + _part(s, "batch")),
+    ("conversion (s)", lambda s: _part(s, "load.conversion") + _part(s, "prepare") - _part(s, "prepare.fidelity_gate")),
+    ("fidelity gate (s)", lambda s: _part(s, "prepare.fidelity_gate")),
+    ("pre-init (s)", lambda s: _part(s, "pre_init")),
+    ("LSUV (s)", lambda s: _part(s, "lsuv")),
+    ("final check (s)", lambda s: _part(s, "save.final_check")),
+    ("serialization (s)", lambda s: _part(s, "save.serialize")),
+    ("write (s)", lambda s: _part(s, "save") - _part(s, "save.final_check") - _part(s, "save.serialize")),
+)
+TOP_LEVEL = ("imports", "load", "batch", "prepare", "pre_init", "lsuv", "save")
+
+
+def _cli_command(program: list[str], model: Path, batch: Path, out: Path, log: Path, device: str, help_text: str) -> list[str]:
+    cmd = program + [str(model), "--data", str(batch), "-o", str(out), "--log", str(log), "--force", "-q"]
     if "--device" in help_text:  # the CLI's default "auto" would pick a GPU where one exists
         cmd += ["--device", device]
-    rc, wall, rss, err = _run_measured(cmd, tmp, f"{model_path.stem}.cli")
-    if rc != 0:
-        return [case, f"n/a (CLI exit {rc}: {err})"[:200]] + blank[1:]
+    return cmd
+
+
+def cli_row(case: CliCase, repeats: int, device: str, tmp: Path, help_text: str) -> list[object]:
+    """Floor and CLI, interleaved ``repeats`` times; medians of wall, RSS and each stage."""
+    program = cli_program()
+    blank = ["n/a"] * (len(CLI_HEADERS) - 2)
+    if program is None or not help_text:
+        return [case.name, "n/a (lsuv-convert CLI not installed or not working)"] + blank
+    folder = tmp / case.name.replace(" ", "_")
     try:
-        seconds = json.loads(log_path.read_text())["seconds"]
-    except (OSError, ValueError, KeyError) as exc:
-        return [case, f"n/a (no seconds in the log: {exc})"] + blank[1:]
-    plain = [sys.executable, "-c", PLAIN_FORWARD, str(model_path), str(batch_path), device]
-    prc, _, plain_rss, perr = _run_measured(plain, tmp, f"{model_path.stem}.plain")
-    plain_cell = f"{plain_rss:.0f}" if prc == 0 else f"n/a ({perr})"[:120]
-    ratio = f"{rss / plain_rss:.2f}x" if prc == 0 else "n/a"
-    parts = [float(seconds.get(k, 0.0)) for k in ("load", "pre_init", "lsuv", "save")]
-    rest = max(0.0, wall - sum(parts))  # interpreter start-up, imports, reading the batch, the log
-    return [case, "x".join(map(str, shape)), f"{wall:.1f}"] + [fmt_seconds(p) for p in parts] + [
-        fmt_seconds(rest), f"{rss:.0f}", plain_cell, ratio]
+        model_path = _make_cli_inputs(case, folder)
+    except Exception as exc:  # noqa: BLE001 - a benchmark row reports, never crashes the table
+        return [case.name, f"n/a (could not write the model: {type(exc).__name__}: {exc})"[:160]] + blank
+    import numpy as np
+
+    shape = (case.batch, 3, case.image, case.image)
+    batch_path = folder / "batch.npy"
+    np.save(batch_path, np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    out_path, log_path = _output_for(model_path), folder / "log.json"
+    floor_out = folder / f"floor{model_path.suffix if case.fmt != 'caffe' else '.bin'}"
+    floors, clis, stage_runs = [], [], []
+    for k in range(repeats):
+        floor = _run_measured([sys.executable, "-c", FLOOR[case.fmt], str(model_path), str(batch_path), str(floor_out)],
+                              folder, f"floor{k}")
+        if floor.code != 0:
+            return [case.name, "x".join(map(str, shape)), f"n/a (floor exit {floor.code}: {floor.last_error})"[:200]] + blank[1:]
+        floors.append(floor)
+        cli = _run_measured(_cli_command(program, model_path, batch_path, out_path, log_path, device, help_text), folder, f"cli{k}")
+        if cli.code != 0:
+            return [case.name, "x".join(map(str, shape)), f"n/a (CLI exit {cli.code}: {cli.last_error})"[:200]] + blank[1:]
+        clis.append(cli)
+        stage_runs.append(json.loads(log_path.read_text())["seconds"])
+    floor_wall, cli_wall = median([f.wall for f in floors]), median([c.wall for c in clis])
+    floor_rss, cli_rss = median([f.rss_mib for f in floors]), median([c.rss_mib for c in clis])
+    floor_cpu, cli_cpu = median([f.cpu for f in floors]), median([c.cpu for c in clis])
+    startup = median([c.wall - sum(_part(s, k) for k in TOP_LEVEL) for c, s in zip(clis, stage_runs)])
+    stages = [fmt_seconds(median([fn(s) for s in stage_runs])) for _, fn in STAGES]
+    return [case.name, "x".join(map(str, shape)), f"{floor_wall:.1f}", f"{cli_wall:.1f}", f"{cli_wall / floor_wall:.2f}x",
+            fmt_seconds(startup)] + stages + [f"{floor_cpu:.1f}", f"{cli_cpu:.1f}", f"{cli_cpu / floor_cpu:.2f}x",
+            f"{floor_rss:.0f}", f"{cli_rss:.0f}", f"{cli_rss / floor_rss:.2f}x"]
 
 
-CLI_HEADERS = ["model file", "batch", "CLI wall (s)", "load (s)", "pre-init (s)", "LSUV (s)", "save (s)",
-               "start-up + rest (s)", "CLI peak RSS (MiB)", "load + 1 forward RSS (MiB)", "RSS ratio"]
+CLI_HEADERS = ["model file", "batch", "floor wall (s)", "CLI wall (s)", "wall ratio", "start-up (s)"] + \
+              [h for h, _ in STAGES] + ["floor CPU (s)", "CLI CPU (s)", "CPU ratio", "floor RSS (MiB)", "CLI RSS (MiB)",
+                                        "RSS ratio"]
+
+
+def zoo_row(case: CliCase, device: str, tmp: Path, help_text: str, count: int = ZOO_MODELS) -> list[object]:
+    """``ZOO_MODELS`` copies of one model in one CLI run: the cost of each model past the first
+    (the sum of its log's seconds) against the floor's own work (its wall minus start-up and imports)."""
+    program = cli_program()
+    blank = ["n/a"] * (len(ZOO_HEADERS) - 1)
+    if program is None or not help_text:
+        return [case.name] + blank
+    folder = tmp / ("zoo_" + case.name.replace(" ", "_"))
+    models = [_make_cli_inputs(case, folder / "in", stem=f"m{i}") for i in range(count)]
+    import numpy as np
+
+    shape = (case.batch, 3, case.image, case.image)
+    for model in models:  # each model's sidecar batch
+        np.save(model.with_suffix(".npy"), np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    floor = _run_measured([sys.executable, "-c", FLOOR[case.fmt], str(models[0]), str(models[0].with_suffix(".npy")),
+                           str(folder / "floor.bin")], folder, "floor")
+    cmd = program + [str(folder / "in"), "--output-dir", str(folder / "out"), "--log", str(folder / "logs"), "--force", "-q"]
+    if "--device" in help_text:
+        cmd += ["--device", device]
+    cli = _run_measured(cmd, folder, "cli")
+    if floor.code != 0 or cli.code != 0:
+        return [case.name, f"n/a (exit {floor.code}/{cli.code}: {floor.last_error or cli.last_error})"[:200]] + blank[1:]
+    logs = sorted((folder / "logs").rglob("*.json"))
+    per_model = [sum(_part(json.loads(p.read_text())["seconds"], k) for k in TOP_LEVEL if k != "imports") for p in logs]
+    work = json.loads(floor.stdout.strip().splitlines()[-1])["work"]
+    later = median(sorted(per_model)[:-1]) if len(per_model) > 1 else float("nan")  # the first one is the slowest
+    return [case.name, str(len(logs)), f"{cli.wall:.1f}", fmt_seconds(max(per_model)), fmt_seconds(later),
+            fmt_seconds(work), f"{later / work:.2f}x"]
+
+
+ZOO_HEADERS = ["model files (one run)", "models", "CLI wall (s)", "first model (s)", "each later model, median (s)",
+               "floor work (s)", "later / floor work"]
+
+
+def interpreter_and_torch(repeats: int = 3) -> float:
+    """Wall seconds of ``python -c "import torch"``: the start-up every torch-based run pays."""
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        walls.append(time.perf_counter() - t0)
+    return median(walls)
 
 
 # -------------------------------------------------------------------------------- main
@@ -325,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads (default: torch's; 1 with --quick, which is all tiny ops)")
     parser.add_argument("--only", choices=("lsuv", "ortho", "cli"), action="append",
                         help="run only these tables (repeatable)")
+    parser.add_argument("--case", action="append",
+                        help="CLI table: only the model files whose name contains this word (repeatable), e.g. resnet50")
+    parser.add_argument("--cli-repeats", type=int, default=None, help="CLI table: runs per case (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device here")
@@ -343,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(lsuv_row(name, sizes, args.device))
             print(f"  done {name}", file=sys.stderr, flush=True)
         print(markdown_table(LSUV_HEADERS, rows), flush=True)
+        print("\n### LSUV at small sizes: one forward pass vs ours (same process, interleaved)\n", flush=True)
+        rows = [small_lsuv_row(name, sizes, args.device) for name in LSUV_MODELS]
+        print(markdown_table(SMALL_HEADERS, rows), flush=True)
 
     if "ortho" in tables:
         print("\n### Orthonormal pre-init of every conv/linear layer: ours vs torch.nn.init.orthogonal_\n", flush=True)
@@ -350,11 +542,23 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(ORTHO_HEADERS, rows), flush=True)
 
     if "cli" in tables:
-        print("\n### CLI end to end (lsuv-convert MODEL --data BATCH.npy -o OUT --log LOG.json)\n", flush=True)
+        cases = [c for c in (CLI_CASES_QUICK if args.quick else CLI_CASES_FULL)
+                 if not args.case or any(word.lower() in c.name.lower() for word in args.case)]
+        repeats = args.cli_repeats or (1 if args.quick else 3)
         help_text = cli_help()
+        print(f"\n`python -c 'import torch'` takes {interpreter_and_torch(1 if args.quick else 3):.1f} s of wall here.", flush=True)
+        print(f"\n### CLI end to end against the floor (lsuv-convert MODEL --data BATCH.npy -o OUT --log LOG.json; "
+              f"median of {repeats})\n", flush=True)
         with tempfile.TemporaryDirectory(prefix="lsuv-bench-") as tmp:
-            rows = [cli_row(case, sizes, args.device, Path(tmp), help_text) for case in CLI_CASES]
-        print(markdown_table(CLI_HEADERS, rows), flush=True)
+            rows = []
+            for case in cases:
+                rows.append(cli_row(case, repeats, args.device, Path(tmp), help_text))
+                print(f"  done {case.name}", file=sys.stderr, flush=True)
+            print(markdown_table(CLI_HEADERS, rows), flush=True)
+            print("\n### Zoo: several model files in one CLI run\n", flush=True)
+            zoo_cases = [c for c in cases if c.net == "small"][: 1 if args.quick else None]
+            zoo = [zoo_row(c, args.device, Path(tmp), help_text, 2 if args.quick else ZOO_MODELS) for c in zoo_cases]
+            print(markdown_table(ZOO_HEADERS, zoo), flush=True)
 
     print(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s")
     return 0

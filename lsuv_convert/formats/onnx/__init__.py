@@ -93,7 +93,9 @@ class OnnxFormat(ModelFormat):
             with stage("fidelity_gate"):
                 unproven = save.unproven_targets(state.model, state.plan, state.converted.paths, graph.module, graph.source)
                 watch = [t.output for t in state.plan.targets]
-                overridable = [s.initializer for t in unproven for s in t.slots() if not s.new]
+                # save's check feeds every target's new tensors (all of them change), so all are
+                # made overridable, but only when that check will run: constants optimise better
+                overridable = [s.initializer for t in state.plan.targets for s in t.slots() if not s.new] if unproven else []
                 session = runtime.Session(state.model, watch, overridable)
                 worst = fidelity.check(
                     graph.module, state.model, inputs, state.converted.tensors, watch, state.input_dtypes,
@@ -137,10 +139,10 @@ class OnnxFormat(ModelFormat):
         state: OnnxState = graph.state
         changed = _fingerprint(graph) != state.untouched  # the proof covered target tensors only
         targets = state.plan.targets if state.unproven is None or changed else state.unproven
-        labels = {t.label for t in targets}
         session, arrays = state.session, None
-        if session is not None and not changed and not any(s.new for t in targets for s in t.slots()):
-            arrays = save.written_arrays(state.model, state.plan, state.converted.paths, graph.module, labels)
+        if session is not None and not changed and not any(s.new for t in state.plan.targets for s in t.slots()):
+            every = {t.label for t in state.plan.targets}  # upstream layers changed too: feed them all
+            arrays = save.written_arrays(state.model, state.plan, state.converted.paths, graph.module, every)
         else:
             session = None  # new initializers or no gate: a session of the output model itself
         fidelity.check(

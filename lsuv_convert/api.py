@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from typing import Any, Callable, Sequence
 
@@ -41,14 +42,14 @@ def _as_args(batch: Any) -> tuple:
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):  # the first one: no list of all
         return t.device
     return torch.device("cpu")
 
 
 def _needs_move(module: nn.Module, device: torch.device) -> bool:
     """Whether any parameter or buffer is elsewhere (``Module.to`` walks everything even if not)."""
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):
         if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
             return True
     return False

@@ -146,7 +146,6 @@ def _bias_like(module: nn.Module, out: torch.Tensor, dim: int) -> torch.Tensor |
     return bias.detach().to(out.dtype).view(shape)
 
 
-@torch.no_grad()
 def fit_layer(
     module: nn.Module,
     run: Callable[[], torch.Tensor],
@@ -159,6 +158,13 @@ def fit_layer(
     output with the current weights (saves one evaluation). Returns ``(fields, out)`` where
     ``out`` is the layer output with the final weights.
     """
+    if torch.is_grad_enabled():  # the walk already runs under no_grad: no context per layer there
+        with torch.no_grad():
+            return _fit_layer(module, run, settings, first_out)
+    return _fit_layer(module, run, settings, first_out)
+
+
+def _fit_layer(module, run, settings, first_out):
     weight = module.weight
     bias = getattr(module, "bias", None)
     has_bias = isinstance(bias, torch.Tensor)

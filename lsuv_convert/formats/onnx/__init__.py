@@ -2,12 +2,12 @@
 
 - read: parse and check the file (external data included), find the target layers
   (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
-- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch, and a
-  round trip of every target's weights through save's mapping (:func:`.save.unproven_targets`).
+- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch (one
+  onnxruntime session, freed before LSUV), and a round trip of every target's tensors through
+  save's mapping (:func:`.save.constant_sources`).
 - write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
-  checked once more against onnxruntime only for the layers the gate and the round trip did
-  not already vouch for (through the gate's onnxruntime session, fed the new weights), then
-  written atomically (:mod:`.files`).
+  checked once more against onnxruntime only for the layers the gate and the round trip do
+  not already vouch for (rare: see ``_unproven``), then written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
 Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
@@ -37,8 +37,7 @@ class OnnxState:
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
-    unproven: list | None = None  # targets save must re-check in onnxruntime (None: not gated, check all)
-    session: Any = None  # the gate's onnxruntime session, kept only when save will need it
+    constant: dict | None = None  # target initializer whose source is constant -> that value (None: not gated)
     untouched: dict | None = None  # non-target tensor -> (identity, version counter) at the gate
 
 
@@ -88,34 +87,22 @@ class OnnxFormat(ModelFormat):
                            format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
                            engine_path="fx")
         if check:
-            from . import runtime, save
+            from . import save
 
             with stage("fidelity_gate"):
-                unproven = save.unproven_targets(state.model, state.plan, state.converted.paths, graph.module, graph.source)
-                watch = [t.output for t in state.plan.targets]
-                # save's check feeds every target's new tensors (all of them change), so all are
-                # made overridable, but only when that check will run: constants optimise better
-                overridable = [s.initializer for t in state.plan.targets for s in t.slots() if not s.new] if unproven else []
-                session = runtime.Session(state.model, watch, overridable)
+                constant = save.constant_sources(state.model, state.plan, state.converted.paths, graph.module, graph.source)
                 worst = fidelity.check(
-                    graph.module, state.model, inputs, state.converted.tensors, watch, state.input_dtypes,
-                    state.converted.node_names, graph.source, session=session,
+                    graph.module, state.model, inputs, state.converted.tensors, [t.output for t in state.plan.targets],
+                    state.input_dtypes, state.converted.node_names, graph.source,
                 )
             state.batch = list(inputs)
             state.divergence = worst
-            state.unproven = unproven
+            state.constant = constant
             state.untouched = _fingerprint(graph)
-            state.session = session if unproven else None  # freed now when save won't run it again
             graph.notes.append(
                 f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
                 f"over {len(state.plan.targets)} target outputs and the model outputs"
             )
-            if unproven:
-                graph.notes.append(f"save re-checks {len(unproven)} layer(s) in onnxruntime with the written weights "
-                                   "(a constant or untied source tensor leaves the weight mapping unproven)")
-            else:
-                graph.notes.append("written weights proven by a round trip of every target's tensors through the "
-                                   "writer's mapping: no second onnxruntime run at save")
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
@@ -124,33 +111,33 @@ class OnnxFormat(ModelFormat):
         state: OnnxState = graph.state
         with stage("serialize"):
             out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
-        if state.unproven is None or state.unproven or _fingerprint(graph) != state.untouched:
-            with stage("final_check"):
-                self._final_check(graph, out)
+        unproven = self._unproven(graph, out)
+        if unproven:
+            with stage("final_check"):  # the written weights must mean in onnxruntime what LSUV measured in torch
+                fidelity.check(
+                    graph.module, out, state.batch, state.converted.tensors, [t.output for t in unproven],
+                    state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
+                )
         with stage("write"):
             files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
     @staticmethod
-    def _final_check(graph: ModelGraph, out) -> None:
-        """The written weights must mean in onnxruntime what LSUV measured in torch, for the layers
-        the gate did not vouch for; through the gate's session, fed the new weights, if it has one."""
-        from . import fidelity, save
+    def _unproven(graph: ModelGraph, out) -> list:
+        """Targets whose written tensors the gate and its round trip (:func:`.save.constant_sources`)
+        do not vouch for: all of them without a gate, or if a tensor besides the targets' changed
+        since; else those with a tensor read from a constant source tensor and written as anything
+        but that constant or zeros (which no mapping gets wrong). A tensor written into a new
+        initializer (an untied shared one) is covered like any other: its values come from the
+        same mapping, and only the node input that reads it changes."""
+        from . import save
 
         state: OnnxState = graph.state
-        changed = _fingerprint(graph) != state.untouched  # the proof covered target tensors only
-        targets = state.plan.targets if state.unproven is None or changed else state.unproven
-        session, arrays = state.session, None
-        if session is not None and not changed and not any(s.new for t in state.plan.targets for s in t.slots()):
-            every = {t.label for t in state.plan.targets}  # upstream layers changed too: feed them all
-            arrays = save.written_arrays(state.model, state.plan, state.converted.paths, graph.module, every)
-        else:
-            session = None  # new initializers or no gate: a session of the output model itself
-        fidelity.check(
-            graph.module, out, state.batch, state.converted.tensors, [t.output for t in targets],
-            state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
-            session=session, initializers=arrays,
-        )
-        state.session = None
+        if state.constant is None or _fingerprint(graph) != state.untouched:
+            return list(state.plan.targets)
+        written = {t.name: t for t in out.graph.initializer}
+        return [t for t in state.plan.targets
+                if any(s.dest in state.constant and not save.same_constant(written[s.dest], state.constant[s.dest])
+                       for s in t.slots())]
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""

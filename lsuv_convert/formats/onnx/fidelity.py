@@ -95,18 +95,14 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
 
 
 def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str, int]], watch: list[str],
-          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph",
-          session: "runtime.Session | None" = None, initializers: dict | None = None) -> float:
+          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph") -> float:
     """Raise ConversionError unless ``gm`` matches onnxruntime on ``watch`` and the graph outputs.
 
-    ``session`` (made for ``model`` if not given) is run with ``initializers`` fed in place of
-    the model's own. Each torch value is compared as soon as it is computed and dropped, and
-    each reference once compared. Returns the worst relative divergence seen (for the log)."""
+    One onnxruntime session, asked only for those tensors. Each torch value is compared as
+    soon as it is computed and dropped, and each reference once compared. Returns the worst relative divergence seen (for the log)."""
     outputs = [o.name for o in model.graph.output if o.name in tensors]
     names = [n for n in dict.fromkeys(list(watch) + outputs) if n in tensors]
-    if session is None:
-        session = runtime.Session(model, names)
-    reference = session.run(inputs, names, initializers)
+    reference = runtime.Session(model, names).run(inputs, names)  # the session is freed on return
     state = {"worst": 0.0, "bad": False, "seen": set()}
 
     def compare(name: str, value) -> None:

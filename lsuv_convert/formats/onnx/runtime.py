@@ -51,26 +51,18 @@ def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, n
 
 class Session:
     """One onnxruntime session of ``model`` that can return any of ``tensors`` (intermediate names)
-    besides the graph outputs; initializers named in ``overridable`` can be fed new values per run.
-
-    Made once per model, so the fidelity gate and the save-time check share it; each run asks
-    only for the outputs it needs, and onnxruntime computes only what those depend on.
-    Overridable initializers are listed as graph inputs (onnxruntime then treats them as
-    defaults a feed may replace) in the serialized copy only; ``model`` is left as it was.
+    besides the graph outputs. Each run asks only for the outputs it needs; onnxruntime computes
+    only what those depend on. Its memory arena is off, so the activations of a run are freed
+    when it ends instead of staying reserved for the session's lifetime.
     """
 
-    def __init__(self, model: onnx.ModelProto, tensors: list[str], overridable: list[str] = ()):
+    def __init__(self, model: onnx.ModelProto, tensors: list[str]):
         import onnxruntime as ort
 
         self._inputs = [_copied(v) for v in graph_inputs(model)]
         existing = {o.name for o in model.graph.output}
         added = [n for n in dict.fromkeys(tensors) if n not in existing]
-        listed = {i.name for i in model.graph.input}
-        by_name = {t.name: t for t in model.graph.initializer}
-        extra_inputs = [onnx.helper.make_tensor_value_info(n, by_name[n].data_type, list(by_name[n].dims))
-                        for n in dict.fromkeys(overridable) if n in by_name and n not in listed]
         model.graph.output.extend([onnx.ValueInfoProto(name=n) for n in added])
-        model.graph.input.extend(extra_inputs)
         tmp = None
         try:
             try:
@@ -81,10 +73,9 @@ class Session:
         finally:
             if added:
                 del model.graph.output[len(model.graph.output) - len(added):]
-            if extra_inputs:
-                del model.graph.input[len(model.graph.input) - len(extra_inputs):]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False
         try:
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -95,12 +86,11 @@ class Session:
                 tmp.cleanup()
         self.outputs = [o.name for o in self._session.get_outputs()]
 
-    def run(self, inputs: list, names: list[str], initializers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Values of ``names`` on ``inputs``, with ``initializers`` (name -> array) fed in place of
-        the model's own values."""
+    def run(self, inputs: list, names: list[str]) -> dict[str, np.ndarray]:
+        """Values of ``names`` (those this session can return) on ``inputs``."""
         feeds = feeds_for_specs(self._inputs, inputs)
-        feeds.update(initializers or {})
-        wanted = [n for n in dict.fromkeys(names) if n in set(self.outputs)]
+        available = set(self.outputs)
+        wanted = [n for n in dict.fromkeys(names) if n in available]
         try:
             values = self._session.run(wanted, feeds)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

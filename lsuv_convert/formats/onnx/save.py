@@ -60,39 +60,28 @@ def _array_for(target, slot, layer, source: onnx.TensorProto) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def written_arrays(model: onnx.ModelProto, plan, paths: dict[str, str], module, labels: set[str]) -> dict[str, np.ndarray]:
-    """{initializer name: the array save writes into it} for the targets named in ``labels``."""
-    source = {t.name: t for t in model.graph.initializer}
-    arrays = {}
-    for target in plan.targets:
-        if target.label in labels:
-            layer = module.get_submodule(paths[target.label])
-            for slot in target.slots():
-                arrays[slot.dest] = _array_for(target, slot, layer, source[slot.initializer])
-    return arrays
 
-
-def unproven_targets(model: onnx.ModelProto, plan, paths: dict[str, str], module, source_path=None) -> list:
-    """Targets whose written values the fidelity gate does not already vouch for.
+def constant_sources(model: onnx.ModelProto, plan, paths: dict[str, str], module, source_path=None) -> dict[str, float]:
+    """Round trip of every target tensor through the writer's mapping; {initializer: value} of
+    the source tensors that are constant (all elements equal), which such a round trip can't test.
 
     Called before LSUV, on the converted module with the file's own weights: writing those
     weights back must give the file's arrays again. The gate proved that onnx2torch's reading
     of the initializers means in torch what it means in onnxruntime; this proves that save's
-    mapping (transposes, Gemm's beta, reshapes, dtypes) is the exact inverse of that reading.
-    Together they say the written file computes what LSUV measured, without running it. A
-    round trip through a constant array (all zeros, say) proves nothing about transposes or
-    scales, so a target with one, or with a slot written into a new initializer, is returned
-    for the save-time check. A round trip that fails is a bug: ConversionError.
+    mapping (transposes, Gemm's beta, reshapes, dtypes) is the exact inverse of that reading,
+    so the written file computes what LSUV measured without running it again. A round trip
+    through a constant tensor (the zero biases of an untrained export) proves nothing about
+    transposes or scales: save re-checks a layer whose such tensor it writes as anything else.
+    A round trip that fails is a bug: ConversionError, nothing written.
     """
     source = {t.name: t for t in model.graph.initializer}
-    unproven = []
+    constant: dict[str, float] = {}
     for target in plan.targets:
         layer = module.get_submodule(paths[target.label])
-        proven = True
         for slot in target.slots():
             original = numpy_helper.to_array(source[slot.initializer])
-            if slot.new or original.size < 2 or not np.issubdtype(original.dtype, np.floating):
-                proven = False
+            if not np.issubdtype(original.dtype, np.floating) or original.size == 0:
+                constant[slot.dest] = float("nan")  # nothing to compare: always re-checked
                 continue
             written = _array_for(target, slot, layer, source[slot.initializer])
             scale = float(np.abs(original).max())
@@ -100,7 +89,13 @@ def unproven_targets(model: onnx.ModelProto, plan, paths: dict[str, str], module
                 raise ConversionError(f"layer {target.label!r}: writing its {slot.kind} back does not reproduce the "
                                       "file's values (a bug in lsuv-convert); nothing written", path=source_path)
             if original.min() == original.max():
-                proven = False
-        if not proven:
-            unproven.append(target)
-    return unproven
+                constant[slot.dest] = float(original.flat[0])
+    return constant
+
+
+def same_constant(tensor: onnx.TensorProto, value: float) -> bool:
+    """Whether a written tensor is all ``value`` or all zeros: then no mapping error can hide in it."""
+    array = numpy_helper.to_array(tensor)
+    if array.size == 0 or value != value:
+        return False
+    return bool((array == value).all() or not array.any())

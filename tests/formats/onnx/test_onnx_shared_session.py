@@ -1,5 +1,5 @@
-"""The gate's onnxruntime session serves save's check; save re-runs onnxruntime only where the
-round trip of the source tensors through the writer's mapping proves nothing."""
+"""Save re-runs onnxruntime only where the gate's round trip of the source tensors through the
+writer's mapping proves nothing; the stages are timed in the log."""
 
 from __future__ import annotations
 
@@ -46,14 +46,22 @@ def test_informative_weights_skip_the_second_onnxruntime_run(tmp_path):
     for stage in ("imports", "load", "load.parse", "load.conversion", "prepare.fidelity_gate", "pre_init", "lsuv",
                   "save", "save.serialize", "save.write"):
         assert seconds[stage] >= 0.0, stage
-    assert any("round trip" in note for note in log["notes"])
 
 
-def test_a_constant_source_tensor_is_checked_at_save_through_the_gates_session(tmp_path):
+def test_a_constant_source_tensor_written_otherwise_is_checked_at_save(tmp_path):
     torch.manual_seed(1)
     net = SmallNet()
     with torch.no_grad():
         net.conv2.bias.zero_()  # a zero bias says nothing about the writer's mapping
     log, _ = _convert(tmp_path, net, "--center")  # and --center makes the written bias non-zero
     assert "save.final_check" in log["seconds"]
-    assert any("re-checks 1 layer" in note for note in log["notes"]), log["notes"]
+
+
+def test_zero_biases_written_as_zeros_need_no_second_run(tmp_path):
+    torch.manual_seed(1)
+    net = SmallNet()
+    with torch.no_grad():
+        for layer in (net.conv1, net.conv2, net.fc):
+            layer.bias.zero_()  # as in an untrained export with folded BatchNorm
+    log, _ = _convert(tmp_path, net)  # the orthonormal pre-init writes zeros back
+    assert "save.final_check" not in log["seconds"]

@@ -1,0 +1,143 @@
+"""state_dict checkpoints: ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` (``torch.save``) and ``.safetensors``.
+
+A checkpoint holds tensors but no code, so the architecture is named with ``--arch``
+(:mod:`.arch`) and built by its library (or the user's factory); the file's weights are found
+however they are nested (:mod:`.locate`) and loaded into it; the engine walks the module's own
+forward. The output is the checkpoint itself with only the initialized tensors' values changed
+(:mod:`.checkpoint`). ``torch.save`` files are only ever read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConversionError, ModelFormatError
+from ...graph import ModelGraph, TargetLayer
+from .. import register_format
+from ..base import LoadedModel, LoadRequest, ModelFormat
+
+_TORCH_SAVE_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class StateDictState:
+    checkpoint: Any  # checkpoint.Checkpoint
+    located: Any  # locate.Located
+    model: Any  # the architecture, with the file's weights
+
+
+@register_format
+class StateDictFormat(ModelFormat):
+    name = "state_dict"
+    extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
+
+    def sniff(self, path: Path) -> bool:
+        from .checkpoint import is_safetensors, torch_save_kind
+
+        if path.name.lower().endswith(".safetensors"):
+            return is_safetensors(path)
+        return torch_save_kind(path) is not None
+
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from .arch import build_architecture
+        from .checkpoint import provenance_of, read_checkpoint
+
+        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
+        if not request.arch:
+            raise ModelFormatError(
+                "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
+                "--arch torchvision:NAME, timm:NAME or package.module:factory", path=path)
+        arch = build_architecture(request.arch, path)
+        located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+        targets, tied = module_target_layers(arch.module)
+        notes += tied
+        return LoadedModel(format=self.name, source=path, inputs=arch.inputs,
+                           state=StateDictState(checkpoint, located, arch.module), targets=targets, notes=notes,
+                           provenance=provenance_of(checkpoint.metadata))
+
+    def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
+        from ..torch_module import check_runs, model_args
+
+        state: StateDictState = loaded.state
+        args = model_args(inputs, loaded.inputs)
+        inputs[:] = args  # token ids as the module takes them
+        if check:
+            check_runs(state.model, args, loaded.source)
+        return ModelGraph(module=state.model, targets=list(loaded.targets), inputs=loaded.inputs, format=self.name,
+                          source=loaded.source, state=state, notes=list(loaded.notes), engine_path="hooks")
+
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
+        from .checkpoint import write_checkpoint
+
+        state: StateDictState = graph.state
+        copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
+        write_checkpoint(state.checkpoint, out_path, graph.provenance)
+
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
+        """The named architecture built afresh with the written weights, measured with hooks."""
+        from ..torch_module import measure_module, model_args
+
+        loaded = self.read(model_path, request or LoadRequest())
+        stats = measure_module(loaded.state.model, model_args(inputs, loaded.inputs), [t.module_path for t in loaded.targets])
+        return {t.name: stats[t.module_path] for t in loaded.targets}
+
+
+def load_into(model, obj, arch: str, path: Path):
+    """Find the weights in ``obj`` and load them into ``model``; (Located, notes)."""
+    import torch
+
+    from .locate import locate
+
+    model_keys = list(model.state_dict().keys())
+    located = locate(obj, model_keys, arch, path)
+    weights = {k: located.mapping[located.file_key(k)] for k in model_keys}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        shown = "; ".join(lines[:3]) + (f" and {len(lines) - 3} more" if len(lines) > 3 else "")
+        raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
+                               path=path) from None
+    notes = [located.describe()]
+    if located.others:
+        notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()
+                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
+    if dtypes:
+        notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
+    return located, notes
+
+
+def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:
+    from ..torch_module import module_targets
+
+    paths, notes = module_targets(model)
+    return [TargetLayer(name=p, op=type(model.get_submodule(p)).__name__, module_path=p) for p in paths], notes
+
+
+def copy_targets_into(graph: ModelGraph, mapping: dict, file_key, out_path: Path) -> list[str]:
+    """Copy every target's own parameters into ``mapping`` (the file's tensors), in place and in
+    the file's dtype; returns the file keys written. Parameters tied under several names are
+    written under each name the file has."""
+    import torch
+
+    model = graph.module
+    names_of: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(tensor), []).append(key)
+    written = []
+    with torch.no_grad():
+        for target in graph.targets:
+            layer = model.get_submodule(target.module_path)
+            for param in layer.parameters(recurse=False):
+                if not bool(torch.isfinite(param).all()):
+                    raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
+                for key in names_of.get(id(param), []):
+                    dest = mapping.get(file_key(key))
+                    if dest is None:
+                        continue  # a tied name the file does not store
+                    dest.copy_(param.detach().to(dest.device, dest.dtype))
+                    written.append(file_key(key))
+    return written

@@ -20,7 +20,7 @@ _PLUGIN_MODULES = (
     "lsuv_convert.formats.torchscript",
     "lsuv_convert.formats.state_dict",  # after TorchScript: both take .pt/.pth, their sniffs exclude each other
     "lsuv_convert.formats.pt2",
-    # "lsuv_convert.formats.huggingface",
+    "lsuv_convert.formats.huggingface",
 )
 
 FORMATS: dict[str, ModelFormat] = {}

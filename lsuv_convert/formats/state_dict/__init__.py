@@ -44,11 +44,11 @@ class StateDictFormat(ModelFormat):
         from .arch import build_architecture
         from .checkpoint import provenance_of, read_checkpoint
 
-        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
-        if not request.arch:
+        if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
             raise ModelFormatError(
                 "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
                 "--arch torchvision:NAME, timm:NAME or package.module:factory", path=path)
+        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
         arch = build_architecture(request.arch, path)
         located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
         targets, tied = module_target_layers(arch.module)

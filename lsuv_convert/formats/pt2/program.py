@@ -117,6 +117,7 @@ def graph_module(program, path: Path) -> tuple[fx.GraphModule, list[TargetLayer]
     container = nn.Module()
     gm.add_module(CONTAINER, container)
     targets, notes = [], []
+    replaced: dict[fx.Node, fx.Node] = {}  # call nodes already made module calls (later calls may take them)
     for weight_path, uses in calls.items():
         layer_calls = [c for _, c in uses]
         if len({c.bias_path for c in layer_calls}) > 1:
@@ -137,9 +138,10 @@ def graph_module(program, path: Path) -> tuple[fx.GraphModule, list[TargetLayer]
         for node, c in uses:
             lead = (index_of[c.signature()],) if len(variants) > 1 else ()
             with gm.graph.inserting_before(node):
-                new = gm.graph.call_module(module_path, lead + tuple(c.dynamic))
+                new = gm.graph.call_module(module_path, lead + tuple(replaced.get(d, d) for d in c.dynamic))
             new.meta = dict(node.meta)
             node.replace_all_uses_with(new)
+            replaced[node] = new
             gm.graph.erase_node(node)
         targets.append(TargetLayer(name=layer_name(weight_path), op=variants[0].kind, module_path=module_path,
                                    binding=(weight_path, bias_path)))

@@ -52,7 +52,7 @@ def expand(args: list[str]) -> list[ModelJob]:
             add(path, path.parent)  # a missing file is reported by its own job
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            files = [m for m in matches if m.is_file() and not is_own_output(m)]
+            files = [m for m in matches if (m.is_file() or directory_format(m) is not None) and not is_own_output(m)]
             if not files:
                 raise LsuvError("pattern matches no model files", path=arg)
             base = Path(arg.split("*")[0].rsplit("/", 1)[0] if "/" in arg.split("*")[0] else ".")

@@ -48,8 +48,8 @@ class HuggingFaceFormat(ModelFormat):
         return path.with_name(f"{path.name}.lsuv")
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from ..state_dict.checkpoint import provenance_of
-        from ..state_dict import module_target_layers
+        from ...module_graph import module_target_layers
+        from ...safetensors_io import provenance_of
         from .folder import read_shards
 
         if not self.claims_directory(path):
@@ -65,7 +65,7 @@ class HuggingFaceFormat(ModelFormat):
                            targets=targets, notes=notes, provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ..torch_module import check_runs, model_args
+        from ...module_graph import check_runs, model_args
 
         state: FolderState = loaded.state
         args = model_args(inputs, loaded.inputs)
@@ -76,7 +76,7 @@ class HuggingFaceFormat(ModelFormat):
                           source=loaded.source, state=state, notes=list(loaded.notes), engine_path="hooks")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from ..state_dict import copy_targets_into
+        from ...module_graph import copy_targets_into
         from .folder import write_folder
 
         state: FolderState = graph.state
@@ -87,8 +87,8 @@ class HuggingFaceFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
         each target's output measured with hooks."""
-        from ..torch_module import measure_module, model_args
-        from ..state_dict import module_target_layers
+        from ...module_graph import measure_module, model_args
+        from ...module_graph import module_target_layers
 
         transformers, torch = _libraries(model_path)
         config = _config(transformers, model_path)
@@ -184,8 +184,6 @@ def load_weights(model, shards, path: Path) -> list[str]:
     in_file_ids = {id(own[k]) for k in tensors if k in own}
     missing = [k for k, v in own.items() if k not in tensors and id(v) not in in_file_ids]
     if extra or missing:
-        from ..state_dict.locate import _first
-
         parts = []
         if missing:
             parts.append(f"{len(missing)} tensor(s) of {type(model).__name__} missing from the folder: {_first(missing)}")
@@ -217,6 +215,10 @@ def model_inputs(model) -> list[InputSpec]:
         size = size if isinstance(size, int) else None
         return [InputSpec(name, (None, channels, size, size))]
     return [InputSpec(name, None)]
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _line(exc: BaseException) -> str:

@@ -55,23 +55,18 @@ def shard_names(folder: Path) -> list[str]:
 
 
 def read_shards(folder: Path) -> list[Shard]:
-    from safetensors import SafetensorError, safe_open
+    from ...safetensors_io import read_safetensors
 
     shards = []
     for name in shard_names(folder):
-        try:
-            with safe_open(str(folder / name), framework="pt", device="cpu") as fh:
-                metadata = dict(fh.metadata() or {})
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelFormatError(f"{name} is not a readable safetensors file: {exc}", path=folder) from None
+        tensors, metadata = read_safetensors(folder / name, where=folder)
         shards.append(Shard(name, tensors, metadata))
     return shards
 
 
 def write_folder(source: Path, out: Path, shards: list[Shard], provenance: dict) -> None:
     """``out`` = ``source`` with the shards replaced by ``shards``; built aside, then renamed in."""
-    from ..state_dict.checkpoint import write_safetensors
+    from ...safetensors_io import write_safetensors
 
     written = {s.name for s in shards}
     with _folder_swap(out) as tmp:

@@ -42,7 +42,7 @@ class Pt2Format(ModelFormat):
                            provenance=provenance_in(state))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ..torch_module import check_runs, model_args
+        from ...module_graph import check_runs, model_args
 
         state = loaded.state
         args = model_args(inputs, loaded.inputs)
@@ -60,7 +60,7 @@ class Pt2Format(ModelFormat):
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written program loaded afresh with torch.export.load, each target's output hooked."""
-        from ..torch_module import measure_module, model_args
+        from ...module_graph import measure_module, model_args
 
         loaded = self.read(Path(model_path), request or LoadRequest())
         gm = loaded.state.graph_module

@@ -4,8 +4,8 @@
 ``state_dict`` tensors (shared storage). Its conv / linear calls are ``call_function`` nodes
 on aten ops with the weight read by a ``get_attr`` node; each such node is replaced by a
 ``call_module`` node of a module that holds that very parameter and calls the node's own op
-with the node's own arguments (:mod:`..torchscript.layers`, the same modules TorchScript
-graphs use), so the engine can hook it and the result is bit for bit the program's.
+with the node's own arguments (:mod:`.layers`), so the engine can hook it and the result
+is bit for bit the program's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from ...atomic import atomic_path
 from ...errors import ConversionError, ModelFormatError, OutputError
 from ...graph import InputSpec, TargetLayer
-from ..torchscript.layers import LAYER_KINDS, LayerCall, Slot, build_layer, layer_name
+from .layers import LAYER_KINDS, LayerCall, build_layer, layer_name
 
 PROVENANCE_FILE = "lsuv_convert.json"  # extra file of the written program: how it was made
 CONTAINER = "lsuv_layers"  # the submodule of the GraphModule that holds the target modules
@@ -173,7 +173,7 @@ def _layer_call(node: fx.Node, params: dict[str, nn.Parameter]) -> LayerCall | N
     if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload):
         return None
     kind = op._schema.name
-    if kind not in LAYER_KINDS or kind == "aten::addmm":
+    if kind not in LAYER_KINDS:
         return None
     schema_args = op._schema.arguments
     named = [(schema_args[i].name, a) for i, a in enumerate(node.args)] + list(node.kwargs.items())
@@ -207,14 +207,14 @@ def _layer_call(node: fx.Node, params: dict[str, nn.Parameter]) -> LayerCall | N
     slots, dynamic = [], []
     for name, value in named:
         if name == "weight":
-            slots.append(Slot("weight"))
+            slots.append(("weight",))
         elif name == "bias" and bias_path is not None:
-            slots.append(Slot("bias"))
+            slots.append(("bias",))
         elif isinstance(value, fx.Node):
-            slots.append(Slot("dynamic", len(dynamic)))
+            slots.append(("dynamic", len(dynamic)))
             dynamic.append(value)
         else:
-            slots.append(Slot("const", value))
+            slots.append(("const", value))
     kw_names = tuple(node.kwargs)
     return LayerCall(kind, family, op, kw_names, slots, weight_path, bias_path, groups, dynamic, linear_in_weight,
                      bias if bias_path is not None else None)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConversionError, ModelFormatError
-from ...graph import ModelGraph, TargetLayer
+from ...errors import ModelFormatError
+from ...graph import ModelGraph
 from .. import register_format
 from ..base import LoadedModel, LoadRequest, ModelFormat
 
@@ -34,15 +34,18 @@ class StateDictFormat(ModelFormat):
     extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
 
     def sniff(self, path: Path) -> bool:
-        from .checkpoint import is_safetensors, torch_save_kind
+        from ...safetensors_io import is_safetensors
+        from .checkpoint import torch_save_kind
 
         if path.name.lower().endswith(".safetensors"):
             return is_safetensors(path)
         return torch_save_kind(path) is not None
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from ...module_graph import module_target_layers
+        from ...safetensors_io import provenance_of
         from .arch import build_architecture
-        from .checkpoint import provenance_of, read_checkpoint
+        from .checkpoint import read_checkpoint
 
         if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
             raise ModelFormatError(
@@ -58,7 +61,7 @@ class StateDictFormat(ModelFormat):
                            provenance=provenance_of(checkpoint.metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ..torch_module import check_runs, model_args
+        from ...module_graph import check_runs, model_args
 
         state: StateDictState = loaded.state
         args = model_args(inputs, loaded.inputs)
@@ -69,6 +72,7 @@ class StateDictFormat(ModelFormat):
                           source=loaded.source, state=state, notes=list(loaded.notes), engine_path="hooks")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
+        from ...module_graph import copy_targets_into
         from .checkpoint import write_checkpoint
 
         state: StateDictState = graph.state
@@ -77,7 +81,7 @@ class StateDictFormat(ModelFormat):
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The named architecture built afresh with the written weights, measured with hooks."""
-        from ..torch_module import measure_module, model_args
+        from ...module_graph import measure_module, model_args
 
         loaded = self.read(model_path, request or LoadRequest())
         stats = measure_module(loaded.state.model, model_args(inputs, loaded.inputs), [t.module_path for t in loaded.targets])
@@ -108,36 +112,3 @@ def load_into(model, obj, arch: str, path: Path):
     if dtypes:
         notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
     return located, notes
-
-
-def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:
-    from ..torch_module import module_targets
-
-    paths, notes = module_targets(model)
-    return [TargetLayer(name=p, op=type(model.get_submodule(p)).__name__, module_path=p) for p in paths], notes
-
-
-def copy_targets_into(graph: ModelGraph, mapping: dict, file_key, out_path: Path) -> list[str]:
-    """Copy every target's own parameters into ``mapping`` (the file's tensors), in place and in
-    the file's dtype; returns the file keys written. Parameters tied under several names are
-    written under each name the file has."""
-    import torch
-
-    model = graph.module
-    names_of: dict[int, list[str]] = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        names_of.setdefault(id(tensor), []).append(key)
-    written = []
-    with torch.no_grad():
-        for target in graph.targets:
-            layer = model.get_submodule(target.module_path)
-            for param in layer.parameters(recurse=False):
-                if not bool(torch.isfinite(param).all()):
-                    raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
-                for key in names_of.get(id(param), []):
-                    dest = mapping.get(file_key(key))
-                    if dest is None:
-                        continue  # a tied name the file does not store
-                    dest.copy_(param.detach().to(dest.device, dest.dtype))
-                    written.append(file_key(key))
-    return written

@@ -10,9 +10,7 @@ so storage shared between entries stays shared).
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +18,10 @@ from typing import Any
 
 from ...atomic import atomic_path
 from ...errors import ModelFormatError, OutputError
+from ...safetensors_io import read_safetensors, write_safetensors
 
 # torch.save's legacy format starts with this number, pickled (little-endian LONG1 payload)
 _LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")
-PROVENANCE_PREFIX = "lsuv_convert."  # safetensors metadata keys the tool writes
 _RESAVE_HINT = "save the weights alone: torch.save(model.state_dict(), path)"
 
 
@@ -34,16 +32,6 @@ class Checkpoint:
     obj: Any  # dict of tensors (safetensors) or whatever torch.save stored (plain containers + tensors)
     kind: str  # "zip", "legacy" (torch.save) or "safetensors"
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__
-
-
-def is_safetensors(path: Path) -> bool:
-    """8-byte little-endian header size, then a JSON object."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] < 100_000_000
 
 
 def torch_save_kind(path: Path) -> str | None:
@@ -101,14 +89,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = dict(fh.metadata() or {})
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"is not a readable safetensors file: {exc}", path=path) from None
+    tensors, metadata = read_safetensors(path)
     return Checkpoint(tensors, "safetensors", metadata)
 
 
@@ -124,30 +105,3 @@ def write_checkpoint(checkpoint: Checkpoint, out_path: Path, provenance: dict) -
                 torch.save(checkpoint.obj, str(tmp), _use_new_zipfile_serialization=checkpoint.kind == "zip")
             except RuntimeError as exc:
                 raise OutputError(f"torch.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
-
-
-def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str], provenance: dict) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-              metadata=with_provenance(metadata, provenance))
-
-
-def with_provenance(metadata: dict[str, str], provenance: dict) -> dict[str, str]:
-    """The file's metadata with the tool's provenance entries (string values) replaced."""
-    out = {k: v for k, v in metadata.items() if not k.startswith(PROVENANCE_PREFIX)}
-    for key, value in provenance.items():
-        out[PROVENANCE_PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return out
-
-
-def provenance_of(metadata: dict[str, str]) -> dict:
-    """The provenance entries of safetensors metadata, JSON values decoded."""
-    out = {}
-    for key, value in metadata.items():
-        if key.startswith(PROVENANCE_PREFIX):
-            try:
-                out[key[len(PROVENANCE_PREFIX):]] = json.loads(value)
-            except ValueError:
-                out[key[len(PROVENANCE_PREFIX):]] = value
-    return out

@@ -1,5 +1,6 @@
 """A plain ``torch.nn.Module`` as the engine's graph: for formats that store weights but no code
 (state_dict checkpoints, Hugging Face folders), whose architecture is built by Python code.
+Shared by those plug-ins, so it lives outside ``formats/`` (plug-ins import no other plug-in).
 
 The engine walks the module's own forward with hooks; the target layers are the modules the
 engine itself takes as targets. A target whose weight is also held by a module that is *not* a
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
-from ..graph import InputSpec
+from .errors import ConversionError, DataError
+from .graph import InputSpec, ModelGraph, TargetLayer
 
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
-    from ..api import find_targets
+    from .api import find_targets
 
     targets = find_targets(model)
     owners: dict[int, list[str]] = {}
@@ -68,7 +69,7 @@ def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float
     """``{path: (variance, mean)}`` of each target's first output, by forward hooks, in eval mode."""
     import torch
 
-    from ..engine import output_stats
+    from .statistics import population_stats
 
     stats: dict[str, tuple[float, float]] = {}
     handles = []
@@ -76,7 +77,7 @@ def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float
     def hook_for(path):
         def hook(module, inputs, output):
             if path not in stats and isinstance(output, torch.Tensor):
-                stats[path] = output_stats(output.detach())
+                stats[path] = population_stats(output)
 
         return hook
 
@@ -90,3 +91,35 @@ def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float
         for handle in handles:
             handle.remove()
     return {path: stats.get(path, (float("nan"), float("nan"))) for path in paths}
+
+
+def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:
+    """Target layers named by module path, and notes about targets left out."""
+    paths, notes = module_targets(model)
+    return [TargetLayer(name=p, op=type(model.get_submodule(p)).__name__, module_path=p) for p in paths], notes
+
+
+def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path) -> list[str]:
+    """Copy every target's own parameters into ``tensors`` (the file's, by key), in place and in
+    the file's dtype; returns the keys written. A parameter tied under several names is written
+    under each name the file has; ``file_key`` maps the module's key to the file's."""
+    import torch
+
+    model = graph.module
+    names_of: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(tensor), []).append(key)
+    written = []
+    with torch.no_grad():
+        for target in graph.targets:
+            layer = model.get_submodule(target.module_path)
+            for param in layer.parameters(recurse=False):
+                if not bool(torch.isfinite(param).all()):
+                    raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
+                for key in names_of.get(id(param), []):
+                    dest = tensors.get(file_key(key))
+                    if dest is None:
+                        continue  # a tied name the file does not store
+                    dest.copy_(param.detach().to(dest.device, dest.dtype))
+                    written.append(file_key(key))
+    return written

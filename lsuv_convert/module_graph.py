@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConversionError, DataError
+from .errors import ConversionError, DataError, first_line
 from .graph import InputSpec, ModelGraph, TargetLayer
 
 
@@ -61,8 +61,8 @@ def check_runs(model, args: list, source: Path) -> None:
             model(*args)
     except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
         shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"the model cannot run on the batch of shape {shapes}: {text[:300]}", path=source) from None
+        raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
+                        path=source) from None
 
 
 def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float, float]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_line
 from ...graph import InputSpec, ModelGraph
 from .. import register_format
 from ..base import LoadedModel, LoadRequest, ModelFormat
@@ -97,7 +97,7 @@ class HuggingFaceFormat(ModelFormat):
             try:
                 model = cls.from_pretrained(str(model_path), config=config, local_files_only=True, dtype=torch.float32)
             except Exception as exc:  # noqa: BLE001
-                raise ModelFormatError(f"transformers cannot load the folder: {_line(exc)}", path=model_path) from None
+                raise ModelFormatError(f"transformers cannot load the folder: {first_line(exc)}", path=model_path) from None
         model.eval()
         targets, _ = module_target_layers(model)
         stats = measure_module(model, model_args(inputs, model_inputs(model)), [t.module_path for t in targets])
@@ -143,7 +143,7 @@ def _config(transformers, path: Path):
             return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001 - unknown model_type, remote code required, ...
             raise ModelFormatError(f"transformers cannot read config.json (model_type {raw.get('model_type')!r}; "
-                                   f"models that need remote code are not run): {_line(exc)}", path=path) from None
+                                   f"models that need remote code are not run): {first_line(exc)}", path=path) from None
 
 
 def _model_class(transformers, config):
@@ -167,7 +167,7 @@ def build_model(path: Path):
             else:
                 model = cls._from_config(config, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
-            raise ModelFormatError(f"transformers cannot build {cls.__name__} from config.json: {_line(exc)}",
+            raise ModelFormatError(f"transformers cannot build {cls.__name__} from config.json: {first_line(exc)}",
                                    path=path) from None
     model.eval()
     return model, [f"architecture: transformers {type(model).__name__} built from config.json (no download)"]
@@ -219,7 +219,3 @@ def model_inputs(model) -> list[InputSpec]:
 
 def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def _line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

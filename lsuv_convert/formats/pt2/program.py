@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...atomic import atomic_path
-from ...errors import ConversionError, ModelFormatError, OutputError
+from ...errors import ConversionError, ModelFormatError, OutputError, first_line
 from ...graph import InputSpec, TargetLayer
 from .layers import LAYER_KINDS, LayerCall, build_layer, layer_name
 
@@ -65,8 +65,7 @@ def load_program(path: Path) -> ProgramState:
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged / newer files
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ModelFormatError(f"torch.export.load cannot read it: {first}", path=path) from None
+        raise ModelFormatError(f"torch.export.load cannot read it: {first_line(exc)}", path=path) from None
     mutated = {name: program.state_dict[name].detach().clone()
                for name in program.graph_signature.buffers_to_mutate.values() if name in program.state_dict}
     return ProgramState(program, extra, mutated)
@@ -245,4 +244,4 @@ def save_program(state: ProgramState, gm: fx.GraphModule, targets: list[TargetLa
         try:
             torch.export.save(program, str(tmp), extra_files=extra)
         except Exception as exc:  # noqa: BLE001
-            raise OutputError(f"torch.export.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
+            raise OutputError(f"torch.export.save failed: {first_line(exc)}", path=out_path) from None

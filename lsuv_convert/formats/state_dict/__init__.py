@@ -48,9 +48,11 @@ class StateDictFormat(ModelFormat):
         from .checkpoint import read_checkpoint
 
         if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
+            folder = " (or give its folder, which has a config.json: a Hugging Face model folder)" if (
+                path.parent / "config.json").is_file() else ""
             raise ModelFormatError(
                 "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
-                "--arch torchvision:NAME, timm:NAME or package.module:factory", path=path)
+                f"--arch torchvision:NAME, timm:NAME or package.module:factory{folder}", path=path)
         checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
         arch = build_architecture(request.arch, path)
         located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import atomic_path
-from ...errors import ModelFormatError, OutputError
+from ...errors import ModelFormatError, OutputError, first_line
 from ...safetensors_io import read_safetensors, write_safetensors
 
 # torch.save's legacy format starts with this number, pickled (little-endian LONG1 payload)
@@ -83,8 +83,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
                 f"holds pickled Python objects{what}, not only tensors and plain containers; it would need a full "
                 f"unpickle, which can run any code, and lsuv-convert reads checkpoints with "
                 f"torch.load(weights_only=True) only: {_RESAVE_HINT}", path=path) from None
-        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-        raise ModelFormatError(f"torch.load cannot read it (truncated or damaged?): {first}", path=path) from None
+        raise ModelFormatError(f"torch.load cannot read it (truncated or damaged?): {first_line(exc)}",
+                               path=path) from None
     return Checkpoint(obj, kind)
 
 
@@ -104,4 +104,4 @@ def write_checkpoint(checkpoint: Checkpoint, out_path: Path, provenance: dict) -
             try:
                 torch.save(checkpoint.obj, str(tmp), _use_new_zipfile_serialization=checkpoint.kind == "zip")
             except RuntimeError as exc:
-                raise OutputError(f"torch.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
+                raise OutputError(f"torch.save failed: {first_line(exc)}", path=out_path) from None

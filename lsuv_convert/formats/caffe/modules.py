@@ -332,7 +332,7 @@ def unpool(x: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> torc
     """SegNet's Upsample: each value to the flat position h * width + w its mask names, zeros elsewhere."""
     n, c = x.shape[0], x.shape[1]
     out = x.new_zeros(n, c, height * width)
-    index = mask.reshape(n, c, -1).long().clamp(0, height * width - 1)
+    index = mask.reshape(n, c, -1).long()
     return out.scatter(2, index, x.reshape(n, c, -1)).reshape(n, c, height, width)
 
 

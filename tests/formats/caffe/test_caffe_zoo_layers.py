@@ -249,7 +249,7 @@ def test_references_on_hand_computed_values():
     assert ref_argmax_flat(x, 2, True).reshape(-1).tolist() == [2, 0, 3, 1]  # indices, then values
     assert ref_argmax_axis(np.array([[1.0, 5.0, 5.0]]), 2, 1, False).tolist() == [[2, 1]]  # a tie: larger index first
     y = np.arange(16.0).reshape(1, 1, 4, 4)
-    assert ref_pool(y, (3, 3), (2, 2), (1, 1), "MAX").reshape(-1).tolist() == [5, 7, 13, 15]
+    assert ref_pool(y, (3, 3), (2, 2), (1, 1), "MAX").reshape(-1).tolist() == [5, 7, 7, 13, 15, 15, 13, 15, 15]
     assert ref_pool(y, (3, 3), (2, 2), (1, 1), "AVE")[0, 0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) / 9)
     assert ref_spp(y, 2, "MAX").reshape(-1).tolist() == [15, 5, 7, 13, 15]
     assert ref_im2col(np.arange(4.0).reshape(1, 1, 2, 2), 2, 0, 1).reshape(-1).tolist() == [0, 1, 2, 3]

@@ -296,12 +296,21 @@ def select(net, lines, *, path: Path, source: Path, kind: str, phase: int, state
         notes.append("stage(s) " + ", ".join(sorted(stages)) + " select the layers")
     kept, tail = split_tail(kept)
     if tail:
-        names = [f"{e.layer.name} ({e.layer.type})" for e in tail]
-        notes.append(f"left out {len(tail)} layer(s) no target depends on: " + ", ".join(names[:6])
-                     + (" ..." if len(names) > 6 else ""))
+        notes.append(_tail_note(tail))
     outputs = _net_outputs(kept)
     return ParsedNet(path=path, source=source, net=net, layers=kept, inputs=inputs, outputs=outputs,
                      kind=kind, phase=phase, notes=notes, tail=tail)
+
+
+def _tail_note(tail: list[LayerEntry]) -> str:
+    """What was left out: every type with its count, and the first and last layers by name."""
+    counts: dict[str, int] = {}
+    for e in tail:
+        counts[e.layer.type] = counts.get(e.layer.type, 0) + 1
+    names = [f"{e.layer.name} ({e.layer.type})" for e in tail]
+    shown = ", ".join(names) if len(names) <= 6 else ", ".join(names[:3]) + ", ..., " + ", ".join(names[-3:])
+    types = ", ".join(f"{n} {t}" for t, n in counts.items())
+    return f"left out {len(tail)} layer(s) no target depends on ({types}): {shown}"
 
 
 def split_tail(kept: list[LayerEntry]) -> tuple[list[LayerEntry], list[LayerEntry]]:

@@ -364,3 +364,44 @@ class CaffeBN(nn.Module):
 
 def axpy(a: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return a.reshape(a.shape[0], a.shape[1], *([1] * (x.dim() - 2))) * x + y
+
+
+class CaffeRecurrent(nn.Module):
+    """BVLC's LSTM (gates i, f, o, g; c_t = cont * f * c + i * g; h_t = o * tanh(c_t)) or RNN
+    (h_t = tanh(W_hh (cont * h) + W_xh x_t + b_h); o_t = tanh(W_ho h_t + b_o)), with cont_t = 0
+    starting a new sequence. Blobs in Caffe's order and layout (W_xc, b_c, [W_xc_static], W_hc /
+    W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o)."""
+
+    def __init__(self, lstm: bool, names: list[str], shapes: list[tuple[int, ...]]):
+        super().__init__()
+        self.lstm = lstm
+        self.names = list(names)
+        for name, shape in zip(names, shapes):
+            setattr(self, name, nn.Parameter(torch.zeros(shape)))
+
+    def forward(self, x, cont, static=None, h0=None, c0=None):
+        steps, streams = x.shape[0], x.shape[1]
+        w_x, b_x = (self.W_xc, self.b_c) if self.lstm else (self.W_xh, self.b_h)
+        pre = x.reshape(steps, streams, -1) @ w_x.t() + b_x
+        if static is not None:
+            w_s = self.W_xc_static if self.lstm else self.W_xh_static
+            pre = pre + (static.reshape(streams, -1) @ w_s.t()).unsqueeze(0)
+        hidden = self.W_hc.shape[1] if self.lstm else self.W_hh.shape[0]
+        h = h0.reshape(streams, hidden) if h0 is not None else x.new_zeros(streams, hidden)
+        c = c0.reshape(streams, hidden) if c0 is not None else x.new_zeros(streams, hidden)
+        outs = []
+        for t in range(steps):
+            keep = cont[t].reshape(streams, 1)
+            if self.lstm:
+                gates = pre[t] + (keep * h) @ self.W_hc.t()
+                i, f, o, g = gates.split(hidden, dim=1)
+                c = keep * torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            else:
+                h = torch.tanh(pre[t] + (keep * h) @ self.W_hh.t())
+                outs.append(torch.tanh(h @ self.W_ho.t() + self.b_o))
+        y = torch.stack(outs) if outs else x.new_zeros(0, streams, hidden)
+        if h0 is None:
+            return y
+        return (y, h.unsqueeze(0), c.unsqueeze(0)) if self.lstm else (y, h.unsqueeze(0))

@@ -460,3 +460,91 @@ def test_fork_field_numbers():
     assert [interp[n].number for n in ("height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end")] == [1, 2, 3, 4, 5, 6]
     up = caffe_pb.UpsampleParameter.DESCRIPTOR.fields_by_name
     assert [up[n].number for n in ("scale", "pad_out_h", "upsample_h", "upsample_w")] == [1, 4, 6, 7]
+
+
+# -- LSTM / RNN -------------------------------------------------------------------------------------
+
+def _sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def ref_lstm(x, cont, w_xc, b_c, w_hc, static=None, w_static=None):
+    """BVLC lstm_layer + lstm_unit_layer: gates i, f, o, g in that order."""
+    steps, streams = x.shape[:2]
+    hidden = w_hc.shape[1]
+    h, c = np.zeros((streams, hidden)), np.zeros((streams, hidden))
+    out = []
+    for t in range(steps):
+        gates = x[t].reshape(streams, -1) @ w_xc.T + b_c + (cont[t][:, None] * h) @ w_hc.T
+        if static is not None:
+            gates = gates + static.reshape(streams, -1) @ w_static.T
+        i, f, o, g = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        c = cont[t][:, None] * _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h = _sigmoid(o) * np.tanh(c)
+        out.append(h)
+    return np.stack(out)
+
+
+def ref_rnn(x, cont, w_xh, b_h, w_hh, w_ho, b_o):
+    steps, streams = x.shape[:2]
+    h = np.zeros((streams, w_hh.shape[0]))
+    out = []
+    for t in range(steps):
+        h = np.tanh(x[t].reshape(streams, -1) @ w_xh.T + b_h + (cont[t][:, None] * h) @ w_hh.T)
+        out.append(np.tanh(h @ w_ho.T + b_o))
+    return np.stack(out)
+
+
+def test_recurrent_references_by_hand():
+    # one stream, one unit, all weights 1, biases 0: i = f = o = sigmoid(x + h), g = tanh(x + h)
+    x, cont = np.array([[[1.0]], [[0.5]]]), np.array([[0.0], [1.0]])
+    ones = np.ones((4, 1))
+    h = ref_lstm(x, cont, ones, np.zeros(4), ones)
+    c1 = _sigmoid(1) * np.tanh(1)
+    h1 = _sigmoid(1) * np.tanh(c1)
+    c2 = _sigmoid(0.5 + h1) * c1 + _sigmoid(0.5 + h1) * np.tanh(0.5 + h1)
+    assert h.reshape(-1) == pytest.approx([h1, _sigmoid(0.5 + h1) * np.tanh(c2)])
+    o = ref_rnn(x, np.array([[1.0], [0.0]]), np.ones((1, 1)), np.zeros(1), np.ones((1, 1)), np.ones((1, 1)), np.zeros(1))
+    assert o.reshape(-1) == pytest.approx([np.tanh(np.tanh(1)), np.tanh(np.tanh(0.5))])  # cont 0 drops the state
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_recurrent_layers_match_their_reference_and_write_caffes_blobs(tmp_path, kind):
+    text = ('name: "t"\n' + input_layer("x", (5, 2, 3)) + input_layer("cont", (5, 2))
+            + f'layer {{ name: "r" type: "{kind}" bottom: "x" bottom: "cont" top: "h" recurrent_param {{ num_output: 4 '
+              'weight_filler { type: "uniform" min: -0.5 max: 0.5 } bias_filler { type: "constant" value: 0.1 } } }\n')
+    x = _x((5, 2, 3))
+    cont = np.array([[0, 0], [1, 1], [1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    graph, model, (out,) = _graph(tmp_path, text, [x, cont])
+    blobs = {name: getattr(graph.module.r, name).detach().numpy().astype(np.float64) for name in graph.module.r.names}
+    xd, cd = x.astype(np.float64), cont.astype(np.float64)
+    if kind == "LSTM":
+        assert list(blobs) == ["W_xc", "b_c", "W_hc"]
+        want = ref_lstm(xd, cd, blobs["W_xc"], blobs["b_c"], blobs["W_hc"])
+    else:
+        assert list(blobs) == ["W_xh", "b_h", "W_hh", "W_ho", "b_o"]
+        want = ref_rnn(xd, cd, *blobs.values())
+    assert_close(out, want, what=kind)
+    assert graph.targets == [] and any("not LSUV targets" in n for n in graph.notes)
+    from lsuv_convert.formats.caffe.schema import caffe_pb
+
+    (layer,) = caffe_pb.NetParameter.FromString(model.read_bytes()).layer
+    expected = [[16, 3], [16], [16, 4]] if kind == "LSTM" else [[4, 3], [4], [4, 4], [4, 4], [4]]
+    assert [list(b.shape.dim) for b in layer.blobs] == expected
+
+
+def test_lstm_with_a_static_input_feeds_lsuv_targets_after_it(tmp_path):
+    text = ('name: "t"\n' + input_layer("x", (4, 3, 2)) + input_layer("cont", (4, 3)) + input_layer("s", (3, 5))
+            + 'layer { name: "r" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "h" recurrent_param { num_output: 2 '
+              'weight_filler { type: "gaussian" std: 0.5 } } }\n'
+            + 'layer { name: "fc" type: "InnerProduct" bottom: "h" top: "fc" inner_product_param { num_output: 3 axis: 2 } }\n')
+    x, s = _x((4, 3, 2)), _x((3, 5), seed=1)
+    cont = np.ones((4, 3), dtype=np.float32)
+    graph, _, (out,) = _graph(tmp_path, text, [x, cont, s])
+    assert [t.name for t in graph.targets] == ["fc"]
+    r = graph.module.r
+    want = ref_lstm(x.astype(np.float64), cont.astype(np.float64), *(getattr(r, n).detach().numpy().astype(np.float64)
+                                                                      for n in ("W_xc", "b_c", "W_hc")),
+                    static=s.astype(np.float64), w_static=r.W_xc_static.detach().numpy().astype(np.float64))
+    fc = graph.module.fc
+    assert_close(out, want @ fc.weight.detach().numpy().T + fc.bias.detach().numpy())

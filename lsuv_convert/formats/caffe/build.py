@@ -20,9 +20,9 @@ from torch import nn
 
 from ...errors import ModelFormatError
 from ...graph import TargetLayer
-from .context import TARGET_TYPES, Blob, LayerContext, ParamLayer
+from .context import Blob, LayerContext, ParamLayer
 from .layers import CONVERTERS, unsupported_here
-from .parse import ParsedNet
+from .parse import TARGET_TYPES, ParsedNet
 from .weights import StoredLayer
 
 

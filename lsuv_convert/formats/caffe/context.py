@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 import torch.fx
@@ -19,11 +19,6 @@ from ...errors import ModelFormatError
 from ...graph import TargetLayer
 from .fillers import FillerError, fill, generator_for
 from .weights import StoredLayer, match_blobs
-
-from .parse import TARGET_TYPES  # noqa: F401  (re-exported: converters and the builder agree on targets)
-
-if TYPE_CHECKING:
-    from .build import NetBuilder
 
 
 @dataclass
@@ -58,7 +53,7 @@ class ParamLayer:
 class LayerContext:
     """What a converter sees: its layer, and helpers to add modules, nodes and parameters."""
 
-    def __init__(self, builder: "NetBuilder", layer, where: str, module_path: str):
+    def __init__(self, builder: Any, layer, where: str, module_path: str):  # builder: build.NetBuilder
         self.builder = builder
         self.layer = layer
         self.where = where

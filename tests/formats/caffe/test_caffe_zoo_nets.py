@@ -192,6 +192,7 @@ def test_ssd_tail_is_left_out_and_named(tmp_path):
     assert "Normalize" in ran and "PriorBox" not in ran and "Permute" not in ran
 
 
+@pytest.mark.slow
 def test_ssd_through_the_cli_and_verify(tmp_path):
     proto = write_text(tmp_path, "ssd.prototxt", SSD)
     np.save(tmp_path / "ssd.npy", seeded_batch((4, 3, 32, 32)))

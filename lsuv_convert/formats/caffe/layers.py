@@ -993,6 +993,8 @@ def bn(ctx, bottoms):
         raise ctx.error(f"BN needs a 4-D input, got {_fmt(x.shape)}")
     _known(ctx, x.shape, (1,), "the channel count")
     shape = (1, x.shape[1], 1, 1)
+    # Without a filler the scale starts at 1, not at the zero of Caffe's default constant filler
+    # (which would zero the layer's output: SegNet / ENet prototxts always give one).
     scale_filler = p.scale_filler if p.HasField("scale_filler") else _filler_or(p, "slope_filler", 1.0)
     shift_filler = p.shift_filler if p.HasField("shift_filler") else _filler_or(p, "bias_filler", 0.0)
     eps = float(p.eps) if p.HasField("eps") else 1e-9  # SegNet's and ENet's BN fix it at 1e-9

@@ -303,3 +303,16 @@ def test_readme_quick_start_for_caffe(tmp_path):
     assert [r["name"] for r in layers] == ["conv1a", "conv1b", "ip1a", "ip1b", "ip2"]
     outs = opencv_run(proto, out, {"data": np.load(tmp_path / "fitnet_mnist.npy")}, [r["name"] for r in layers])
     assert all(abs(float(o.astype(np.float64).var()) - 1) < TOL for o in outs)
+
+
+def test_convert_with_stage_option(tmp_path):
+    proto = write_text(tmp_path, "net.prototxt", _input((8, 3, 8, 8)) + _conv("c", "data", 2)
+                       + _conv("deploy_head", "c", 2).replace("} }\n", "} include { stage: \"deploy\" } }\n"))
+    plain = invoke(proto, "--device", "cpu", "-q", "--json", "-o", tmp_path / "plain.caffemodel")
+    staged = invoke(proto, "--stage", "deploy", "--device", "cpu", "-q", "--json", "-o", tmp_path / "staged.caffemodel")
+    assert plain.returncode == 0 and staged.returncode == 0, plain.stderr + staged.stderr
+    assert json.loads(plain.stdout)["layers"] == 1 and json.loads(staged.stdout)["layers"] == 2
+    from lsuv_convert.formats.caffe.schema import caffe_pb
+
+    written = caffe_pb.NetParameter.FromString((tmp_path / "staged.caffemodel").read_bytes())
+    assert [layer.name for layer in written.layer] == ["c", "deploy_head"]

@@ -316,3 +316,27 @@ def test_convert_with_stage_option(tmp_path):
 
     written = caffe_pb.NetParameter.FromString((tmp_path / "staged.caffemodel").read_bytes())
     assert [layer.name for layer in written.layer] == ["c", "deploy_head"]
+
+
+def test_tail_layers_that_cannot_be_built_are_left_out_cleanly(tmp_path):
+    """A tail Crop that doesn't fit, an unknown type and what depends on it: nothing of them is
+    in the graph or the file; a tail Scale that can be built is written."""
+    text = (_input((2, 3, 8, 8)) + _conv("c1", "data", 4)
+            + 'layer { name: "sc" type: "Scale" bottom: "c1" top: "s" scale_param { bias_term: true } }\n'
+            + 'layer { name: "pool" type: "Pooling" bottom: "s" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+            + 'layer { name: "badcrop" type: "Crop" bottom: "p" bottom: "data" top: "cr" }\n'
+            + 'layer { name: "after" type: "Scale" bottom: "cr" top: "cr2" }\n'
+            + 'layer { name: "mystery" type: "Mystery" bottom: "s" top: "m" }\n'
+            + 'layer { name: "prelu" type: "PReLU" bottom: "m" top: "m2" }\n')
+    proto = write_text(tmp_path, "t.prototxt", text)
+    fmt = caffe_format()
+    graph = fmt.prepare(fmt.load(proto), [torch.zeros(2, 3, 8, 8)])
+    assert [name for name, _ in graph.module.named_children()] == ["c1", "sc"]
+    assert [n.op for n in graph.module.graph.nodes] == ["placeholder", "call_module", "output"]
+    out = tmp_path / "t.caffemodel"
+    fmt.save(graph, out)
+    from lsuv_convert.formats.caffe.schema import caffe_pb
+
+    assert [layer.name for layer in caffe_pb.NetParameter.FromString(out.read_bytes()).layer] == ["c1", "sc"]
+    note = next(n for n in graph.notes if n.startswith("left out"))
+    assert "1 Mystery" in note and "badcrop (Crop)" in note

@@ -125,3 +125,31 @@ def test_a_model_folder_is_one_model_in_a_zoo(tmp_path):
     assert find_format(zoo / "text" / "bert").default_output(zoo / "text" / "bert") == zoo / "text" / "bert.lsuv"
     proc = invoke("inspect", zoo / "plain")
     assert proc.returncode == 1 and "no single model" in proc.stderr
+
+
+def test_folder_output_replaces_a_previous_one_as_a_unit(tmp_path):
+    from safetensors.torch import save_file
+
+    from lsuv_convert.formats.huggingface.folder import read_shards, write_folder
+
+    src = tmp_path / "m"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"model_type": "bert"}')
+    (src / "sub" / "merges.txt").write_text("a b\n")
+    save_file({"w": torch.ones(2, 2), "b": torch.zeros(2, dtype=torch.float16)}, str(src / "model.safetensors"),
+              metadata={"format": "pt"})
+    shards = read_shards(src)
+    shards[0].tensors["w"].mul_(3)
+    out = tmp_path / "m.lsuv"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    write_folder(src, out, shards, {"seed": 5})
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "config.json", "model.safetensors", "sub", "sub/merges.txt"]
+    (written,) = read_shards(out)
+    assert torch.equal(written.tensors["w"], torch.full((2, 2), 3.0)) and written.tensors["b"].dtype == torch.float16
+    assert written.metadata == {"format": "pt", "lsuv_convert.seed": "5"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.lsuv"]  # no temporary folder left
+    write_folder(src, src, read_shards(src), {})  # --in-place: the folder itself, replaced as a unit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.lsuv"]
+    assert (src / "sub" / "merges.txt").read_text() == "a b\n"

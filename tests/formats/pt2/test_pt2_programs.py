@@ -93,6 +93,7 @@ def test_inspect_and_verify(programs):
     assert json.loads(proc.stdout)["ok"]
 
 
+@pytest.mark.slow
 def test_pt2_sniff_and_a_static_batch(tmp_path):
     class Net(torch.nn.Module):
         def __init__(self):

@@ -139,7 +139,7 @@ class OnnxFormat(ModelFormat):
                 if any(s.dest in state.constant and not save.same_constant(written[s.dest], state.constant[s.dest])
                        for s in t.slots())]
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
         from ...statistics import population_stats

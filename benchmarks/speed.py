@@ -1,15 +1,19 @@
-"""How fast is lsuv-convert? Three markdown tables, measured in this one process.
+"""How fast is lsuv-convert? Markdown tables, measured in this one process and its children.
 
 1. LSUV: one forward pass vs our ``lsuv_init(pre_init="keep")`` vs the paper author's
-   PyTorch package ``lsuv==0.3.0`` (``lsuv_with_singlebatch``), same model, same batch.
+   PyTorch package ``lsuv==0.3.0`` (``lsuv_with_singlebatch``), same model, same batch;
+   then ours vs one forward pass at small sizes (no reference), where fixed costs show.
    Every method gets a fresh deep copy of the same default-initialised model, so each one
    has real rescaling to do.
 2. Orthonormal pre-init of every conv/linear layer: ours vs ``torch.nn.init.orthogonal_``.
-3. The CLI end to end on files (ONNX, Caffe prototxt, TorchScript): wall time split into
-   load / pre-init / LSUV / save from the JSON log, and the CLI's peak memory (RSS)
-   next to a process that only loads the same file and runs one forward pass.
+3. The CLI end to end on files (ONNX, Caffe prototxt, TorchScript; a small net, resnet50, a
+   large VGG/CaffeNet) against the floor: a process that imports what the format needs, reads
+   the file, runs one forward pass and writes the bytes. Wall, CPU and peak RSS of both
+   (median of 3, interleaved), and the CLI's time stage by stage from its log's ``seconds``.
+   Then a zoo: several files in one CLI run, each later model against the floor's own work.
 
-    python benchmarks/speed.py                 # full tables (about 10 min on 2 cores)
+    python benchmarks/speed.py                 # full tables (long: lsuv 0.3.0 and 9 CLI cases x 3)
+    python benchmarks/speed.py --only cli --case resnet50 --cli-repeats 3   # some CLI rows
     python benchmarks/speed.py --quick         # small batch and images: a smoke test
     python benchmarks/speed.py --device cuda   # the same tables on a GPU
 """

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 with --quick, which is all tiny ops)")
-    parser.add_argument("--only", choices=("lsuv", "ortho", "cli"), action="append",
+    parser.add_argument("--only", choices=("lsuv", "small", "ortho", "cli"), action="append",
                         help="run only these tables (repeatable)")
     parser.add_argument("--case", action="append",
                         help="CLI table: only the model files whose name contains this word (repeatable), e.g. resnet50")
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads:
         torch.set_num_threads(threads)
     sizes = QUICK if args.quick else FULL
-    tables = args.only or ["lsuv", "ortho", "cli"]
+    tables = args.only or ["lsuv", "small", "ortho", "cli"]
     started = time.perf_counter()
     print(f"Machine: {machine_summary(args.device)}; device {args.device}" + ("; --quick" if args.quick else ""))
 
@@ -536,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(lsuv_row(name, sizes, args.device))
             print(f"  done {name}", file=sys.stderr, flush=True)
         print(markdown_table(LSUV_HEADERS, rows), flush=True)
-        print("\n### LSUV at small sizes: one forward pass vs ours (same process, interleaved)\n", flush=True)
+
+    if "small" in tables:
+        print("\n### LSUV at small sizes: one forward pass vs ours (same process, interleaved, median of 5)\n", flush=True)
         rows = [small_lsuv_row(name, sizes, args.device) for name in LSUV_MODELS]
         print(markdown_table(SMALL_HEADERS, rows), flush=True)
 

@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(LSUV_HEADERS, rows), flush=True)
 
     if "small" in tables:
-        print("\n### LSUV at small sizes: one forward pass vs ours (same process, interleaved, median of 5)\n", flush=True)
+        print("\n### At small sizes: one forward pass vs our LSUV (same process, interleaved, median of 5)\n", flush=True)
         rows = [small_lsuv_row(name, sizes, args.device) for name in LSUV_MODELS]
         print(markdown_table(SMALL_HEADERS, rows), flush=True)
 

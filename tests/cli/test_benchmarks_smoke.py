@@ -60,6 +60,11 @@ def test_speed_quick_prints_every_row_with_numbers():
             assert NUMBER.match(cell), f"{row[0]}: {cell!r} is not a number"
         assert float(row[4]) > 0 and float(row[6]) > 0
 
+    small = table_starting(found, "At small sizes")
+    assert small[0] == speed.SMALL_HEADERS
+    assert [row[0] for row in small[1:]] == list(speed.LSUV_MODELS)
+    assert all(NUMBER.match(cell) for row in small[1:] for cell in row[2:])
+
     ortho = table_starting(found, "Orthonormal")
     assert [row[0] for row in ortho[1:]] == list(speed.ORTHO_MODELS)
     for row in ortho[1:]:
@@ -70,6 +75,9 @@ def test_speed_quick_prints_every_row_with_numbers():
     assert [row[0] for row in cli[1:]] == list(speed.CLI_CASES)
     for row in cli[1:]:  # the CLI and every format plug-in are part of the package: real numbers only
         assert all(NUMBER.match(cell) for cell in row[2:]), f"{row[0]}: {row[1:]}"
+    zoo = table_starting(found, "Zoo")
+    assert zoo[0] == speed.ZOO_HEADERS and len(zoo) == 2
+    assert all(NUMBER.match(cell) for cell in zoo[1][1:]), zoo[1]
 
 
 def test_paper_table3_quick_prints_every_cell_and_writes_the_figure(tmp_path):

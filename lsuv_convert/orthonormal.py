@@ -46,13 +46,17 @@ def grouped_view(module: nn.Module) -> torch.Tensor:
     return w.view(1, w.shape[0], -1)
 
 
-def orthonormalize(a: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows (or columns, if taller than wide) of each matrix of ``a`` (g, r, c)."""
+def orthonormalize(a: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """Orthonormal rows (or columns, if taller than wide) of each matrix of ``a`` (g, r, c).
+
+    ``overwrite`` lets the computation use ``a``'s memory (no second weight-sized tensor for a
+    big layer); ``a`` then holds no meaningful values afterwards.
+    """
     rows, cols = a.shape[-2:]
     if rows > cols:
-        return orthonormalize(a.transpose(-1, -2)).transpose(-1, -2)
+        return orthonormalize(a.transpose(-1, -2), overwrite).transpose(-1, -2)
     if rows <= _CHOLESKY_MAX_ASPECT * cols:
-        return _cholesky_qr2(a)
+        return _cholesky_qr2(a, overwrite)
     if rows >= _SHIFTED_MIN_ROWS:
         q = _shifted_cholesky_qr3(a)
         if q is not None:
@@ -60,17 +64,17 @@ def orthonormalize(a: torch.Tensor) -> torch.Tensor:
     return _householder_rows(a)
 
 
-def _cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
+def _cholesky_qr2(a: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """Rows of ``a`` (g, r, c), r <= c/2, made orthonormal by Cholesky-QR.
 
     For such wide Gaussian matrices one pass in float32 is accurate to ~1e-6; a probe of a
     few rows checks that cheaply and a second pass (Cholesky-QR2) runs only if it fails.
     """
-    q = _cholesky_qr_step(a)
+    q = _cholesky_qr_step(a, overwrite)
     probe = q[..., : min(64, q.shape[-2]), :]
     err = (probe @ q.transpose(-1, -2) - torch.eye(q.shape[-2], dtype=q.dtype)[: probe.shape[-2]]).abs().max()
     if err > _ORTHONORMAL_TOL:
-        q = _cholesky_qr_step(q)
+        q = _cholesky_qr_step(q, overwrite=True)
     return q
 
 
@@ -93,7 +97,7 @@ def _shifted_cholesky_qr3(a: torch.Tensor) -> torch.Tensor | None:
         chol = torch.linalg.cholesky(gram.double()).to(a.dtype)
         del gram
         q = torch.linalg.solve_triangular(chol, a, upper=False)
-        q = _cholesky_qr_step(_cholesky_qr_step(q))
+        q = _cholesky_qr_step(_cholesky_qr_step(q, overwrite=True), overwrite=True)
     except RuntimeError:  # torch.linalg.LinAlgError: not positive definite even shifted
         return None
     probe = q[..., : min(64, rows), :]
@@ -101,9 +105,13 @@ def _shifted_cholesky_qr3(a: torch.Tensor) -> torch.Tensor | None:
     return q if bool(err <= _ORTHONORMAL_TOL) else None
 
 
-def _cholesky_qr_step(a: torch.Tensor) -> torch.Tensor:
+def _cholesky_qr_step(a: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """One Cholesky-QR pass; with ``overwrite`` the triangular solve runs in ``a``'s memory."""
     gram = _gram(a)
     chol = torch.linalg.cholesky(gram.double()).to(a.dtype)
+    del gram
+    if overwrite:
+        return torch.linalg.solve_triangular(chol, a, upper=False, out=a)
     return torch.linalg.solve_triangular(chol, a, upper=False)
 
 
@@ -151,7 +159,7 @@ def pre_initialize(modules: list[nn.Module], mode: str, generator: torch.Generat
         view = grouped_view(module)
         noise = torch.randn(view.shape, generator=generator, dtype=torch.float32)
         if mode == "orthonormal":
-            values = orthonormalize(noise)
+            values = orthonormalize(noise, overwrite=True)  # the noise is ours: no second copy
         else:  # gaussian: N(0, 1/fan_in), the paper's weaker variant
             values = noise / view.shape[-1] ** 0.5
         view.copy_(values.to(device=view.device, dtype=view.dtype))

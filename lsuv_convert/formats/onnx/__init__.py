@@ -56,15 +56,17 @@ class OnnxFormat(ModelFormat):
         from . import convert, files, targets
 
         model, external = files.read_model(path)
-        work = convert.checked_working_copy(model, path)
+        targets.refuse_quantized(model, path)
         plan = targets.find_targets(model)
         if not plan.targets:
-            raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
-        converted = convert.convert(model, work, plan, path)
-        del work
+            raise ModelFormatError(targets.nothing_to_initialize(model), path=path)
+        working = convert.prepare_working(model, path, plan)
+        plan = working.plan
+        converted = convert.convert(model, working.model, plan, path)
+        del working.model
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
-        notes = list(plan.notes) + list(converted.notes)
+        notes = list(plan.notes) + list(working.notes) + list(converted.notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
         return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
@@ -95,7 +97,8 @@ class OnnxFormat(ModelFormat):
         from . import fidelity, files, save
 
         state: OnnxState = graph.state
-        out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        out, external, notes = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        graph.notes.extend(n for n in notes if n not in graph.notes)
         # the written weights must mean in onnxruntime what LSUV measured in torch
         fidelity.check(
             graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
@@ -124,6 +127,9 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
     import onnx
     import torch
 
+    from .targets import index_bounds
+
+    bounds = index_bounds(model)
     initializers = {t.name for t in model.graph.initializer}
     specs, dtypes = [], []
     for value in model.graph.input:
@@ -135,7 +141,7 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
             shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
         dtype_name = str(np_dtype) if np_dtype is not None else "float32"
-        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name))
+        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name, high=bounds.get(value.name)))
         dtypes.append(_torch_dtype(torch, np_dtype))
     return specs, dtypes
 

@@ -62,7 +62,7 @@ def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, n
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ConversionError(f"onnxruntime can't run the model: {_first_line(exc)}") from None
+        raise ConversionError(f"onnxruntime can't run the model: {_name_the_node(model, _first_line(exc))}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -75,6 +75,23 @@ def _save_external(model: onnx.ModelProto, folder: Path) -> str:
     path = folder / "model.onnx"
     onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
     return str(path)
+
+
+def _name_the_node(model: onnx.ModelProto, message: str) -> str:
+    """onnxruntime names ops (``Gemm(6)``, ``com.example:Frob(-1)``) but often not the node: add it."""
+    import re
+
+    match = re.search(r"(?:([\w.]+):)?(\w+)\((-?\d+)\)", message)
+    if match is None:
+        return message
+    domain, op = match.group(1) or "", match.group(2)
+    for node in model.graph.node:
+        if node.op_type == op and (not domain or node.domain == domain):
+            label = node.name or (node.output[0] if node.output else op)
+            opset = {o.domain: o.version for o in model.opset_import}.get(node.domain if node.domain != "ai.onnx" else "", "?")
+            where = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
+            return f"node {label!r} ({where}{op}, opset {opset}): {message}"
+    return message
 
 
 def _first_line(exc: BaseException) -> str:

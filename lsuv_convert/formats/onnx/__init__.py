@@ -33,6 +33,7 @@ class OnnxState:
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
+    source_model: Any = None  # the file as read, when ``model`` is it lifted to a newer opset (else None)
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -53,9 +54,10 @@ class OnnxFormat(ModelFormat):
             return False
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from . import convert, files, targets
+        from . import convert, files, runtime, targets
 
-        model, external = files.read_model(path)
+        source_model, external = files.read_model(path)
+        model, lifted = runtime.runnable(source_model)
         targets.refuse_quantized(model, path)
         plan = targets.find_targets(model)
         if not plan.targets:
@@ -65,8 +67,9 @@ class OnnxFormat(ModelFormat):
         converted = convert.convert(model, working.model, plan, path)
         del working.model
         inputs, dtypes = _input_specs(model)
-        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
-        notes = list(plan.notes) + list(working.notes) + list(converted.notes)
+        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes,
+                          source_model=source_model)
+        notes = ([lifted] if lifted else []) + list(plan.notes) + list(working.notes) + list(converted.notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
         return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
@@ -94,14 +97,15 @@ class OnnxFormat(ModelFormat):
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from . import fidelity, files, save
+        from . import fidelity, files, runtime, save
 
         state: OnnxState = graph.state
-        out, external, notes = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        source = state.source_model if state.source_model is not None else state.model
+        out, external, notes = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
         graph.notes.extend(n for n in notes if n not in graph.notes)
         # the written weights must mean in onnxruntime what LSUV measured in torch
         fidelity.check(
-            graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+            graph.module, runtime.runnable(out)[0], state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
             state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
         )
         files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
@@ -111,6 +115,7 @@ class OnnxFormat(ModelFormat):
         from . import files, runtime, targets
 
         model, _ = files.read_model(Path(model_path))
+        model, _ = runtime.runnable(model)
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: runtime.stats(values[t.output]) for n, t in by_label.items()}

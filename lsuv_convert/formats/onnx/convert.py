@@ -6,7 +6,7 @@
    Identity nodes and onnx2torch then fails with ``KeyError: 'onnx::Conv_...'``), a conv's
    ``auto_pad`` (which onnx2torch refuses) is spelled out as explicit pads, and nodes onnx2torch
    refuses or converts wrongly (Reshape allowzero=1; reductions with an ``axes`` attribute,
-   whose negative axes it mishandles) move to a private domain served by our converters.
+   whose negative axes it mishandles; LayerNormalization; Flatten of low-rank inputs) move to a private domain served by our converters.
 2. Missing op versions come from :mod:`.converters` (registered on import).
 3. The GraphModule is adjusted: BatchNorm / Dropout pinned to inference, every target layer
    becomes a module holding its initializer exactly as stored (``.weight``/``.bias``), a
@@ -105,7 +105,7 @@ def needs_fix(node, opset: int) -> bool:
         return False
     if node.op_type == "Reshape":
         return _int_attr(node, "allowzero") == 1
-    if node.op_type == "LayerNormalization":
+    if node.op_type in ("LayerNormalization", "Flatten"):
         return True
     if node.op_type == "Gemm":
         return opset < 9

@@ -505,3 +505,29 @@ def _convert_old_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverter
 
 _register("Gemm", 1, _convert_old_gemm, domain=FIX_DOMAIN)
 _register("Dropout", 1, _convert_old_dropout, domain=FIX_DOMAIN)
+
+
+# ---------------------------------------------------------------- Flatten (always 2-D, any rank)
+
+
+class OnnxFlatten2d(nn.Module):
+    """Flatten as the spec says: (prod(dims[:axis]), prod(dims[axis:])), also for rank < axis + 1
+    (onnx2torch's torch.flatten(start_dim=axis) fails on a 1-D input with axis=1)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        outer = 1
+        for d in x.shape[:axis]:
+            outer *= d
+        return x.reshape(outer, -1) if x.numel() else x.reshape(outer, math.prod(x.shape[axis:]))
+
+
+def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    return OperationConverterResult(OnnxFlatten2d(int(node.attributes.get("axis", 1))), _static_mapping(node, 1))
+
+
+_register("Flatten", 1, _convert_flatten, domain=FIX_DOMAIN)

@@ -1,0 +1,292 @@
+"""ONNX files as other producers write them, through the real CLI (one in-process run per corpus).
+
+Each corpus is converted by ONE `lsuv-convert FOLDER --output-dir ...` run; the tests then check
+every written file with independent readers: onnxruntime measures each initialized layer's output
+variance on the written file, plain onnx compares the node list, node inputs and initializer
+names with the source, and the log must name every layer that was not initialized and why.
+
+Corpora: hand-built files of the Caffe2 / PyTorch 0.3 era (IR 3, opsets 6-9), paddle2onnx-style
+Constant weights, weights behind Transpose / Cast / Reshape, If + LSTM + com.microsoft ops,
+torch exports with detection / segmentation post-processing, transformers (BERT, GPT-2, ViT,
+wav2vec2, SegFormer, Whisper encoder) exported by both of torch's exporters, and the onnx
+package's own backend test models (PyTorch 0.3-era single-layer files).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import invoke
+from onnx_helpers import (
+    LEGACY_BUILDERS,
+    check_values_only,
+    export_postprocessing,
+    export_transformer,
+    ort_layer_variances,
+    quantized_conv,
+)
+
+TOL = 0.02
+
+
+def _convert_folder(folder: Path, *options) -> tuple[int, dict[str, dict], str]:
+    """One CLI run over ``folder``: (exit code, {model file name: JSON line + its log}, stderr)."""
+    out, logs = folder.parent / f"{folder.name}_out", folder.parent / f"{folder.name}_logs"
+    proc = invoke(folder, "--output-dir", out, "--log", logs, "--json", *options)
+    runs = {}
+    for line in filter(None, proc.stdout.splitlines()):
+        entry = json.loads(line)
+        if entry["status"] == "ok":
+            log = logs if logs.is_file() else logs / (Path(entry["output"]).name + ".json")  # one model: a file
+            entry["log"] = json.loads(log.read_text())
+        runs[Path(entry["model"]).name] = entry
+    return proc.returncode, runs, proc.stderr
+
+
+def _feeds(model: onnx.ModelProto, batch_path: Path) -> dict:
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if batch_path.suffix == ".npz":
+        with np.load(batch_path) as data:
+            return {n: data[n] for n in names}
+    return {names[0]: np.load(batch_path)}
+
+
+def _check_written(src_path: Path, entry: dict, feeds: dict, allow_untie: bool = False) -> dict[str, float]:
+    src, out = onnx.load(str(src_path)), onnx.load(entry["output"])
+    check_values_only(src, out, allow_untie=allow_untie)
+    names = [layer["name"] for layer in entry["log"]["layers"]]
+    assert names, entry
+    variances = ort_layer_variances(out, feeds, names)
+    bad = {n: v for n, v in variances.items() if not abs(v - 1.0) < TOL}
+    assert not bad, bad
+    return variances
+
+
+# ---------------------------------------------------------------- hand-built files of other producers
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("legacy") / "models"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, build in LEGACY_BUILDERS.items():
+        model = build()
+        onnx.save(model, str(folder / f"{name}.onnx"))
+        shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        np.save(folder / f"{name}.npy", rng.standard_normal(shape).astype(np.float32))
+    code, runs, stderr = _convert_folder(folder)
+    return folder, code, runs, stderr
+
+
+@pytest.mark.slow
+def test_legacy_corpus_all_initialized(legacy):
+    folder, code, runs, stderr = legacy
+    assert code == 0, stderr
+    assert sorted(runs) == sorted(f"{n}.onnx" for n in LEGACY_BUILDERS)
+    for name in LEGACY_BUILDERS:
+        entry = runs[f"{name}.onnx"]
+        _check_written(folder / f"{name}.onnx", entry, _feeds(onnx.load(str(folder / f"{name}.onnx")), folder / f"{name}.npy"))
+
+
+@pytest.mark.slow
+def test_legacy_layers_and_notes(legacy):
+    folder, _, runs, _ = legacy
+    layers = {name: [layer["name"] for layer in runs[f"{name}.onnx"]["log"]["layers"]] for name in LEGACY_BUILDERS}
+    assert layers["caffe2_opset7"] == ["conv1", "conv2", "fc"]
+    assert layers["pytorch03_opset6"] == ["conv1", "conv2", "fc"]
+    assert layers["paddle_constants"] == ["conv2d_0", "conv2d_1", "linear_0.matmul"]
+    assert layers["chained_weights"] == ["conv_identity", "conv_cast", "matmul_transposed", "gemm_reshaped"]
+    assert layers["if_lstm_contrib"] == ["conv", "fc"]
+    notes = runs["if_lstm_contrib.onnx"]["log"]["notes"]
+    assert any("'lstm'" in n and "not initialized" in n for n in notes), notes
+    assert any("'inner_matmul'" in n and "not initialized" in n for n in notes), notes
+    assert any("onnxruntime runs" in n and "LSTM" in n for n in notes), notes
+    assert any("Softmax" in n and "feed no target" in n for n in runs["caffe2_opset7.onnx"]["log"]["notes"])
+    assert any("lifted to opset 7" in n for n in runs["pytorch03_opset6.onnx"]["log"]["notes"])
+
+
+@pytest.mark.slow
+def test_weights_written_where_the_producer_keeps_them(legacy):
+    """Constant values, float16 behind a Cast, a transposed and a reshaped weight: each stored
+    tensor holds the new values in its own layout and type; folded-BN zero biases stay ONE tensor."""
+    folder, _, runs, _ = legacy
+    src = onnx.load(str(folder / "chained_weights.onnx"))
+    out = onnx.load(runs["chained_weights.onnx"]["output"])
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in src.graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    for name in ("w0", "w1_half", "w2_t", "w3_flat"):
+        assert after[name].dtype == before[name].dtype and after[name].shape == before[name].shape
+        assert not np.array_equal(after[name], before[name]), name
+    paddle_src = onnx.load(str(folder / "paddle_constants.onnx"))
+    paddle_out = onnx.load(runs["paddle_constants.onnx"]["output"])
+    assert not paddle_out.graph.initializer
+    changed = [a.output[0] for a, b in zip(paddle_src.graph.node, paddle_out.graph.node)
+               if a.op_type == "Constant" and a.SerializeToString() != b.SerializeToString()]
+    assert set(changed) == {"conv_w", "conv_b", "conv1_w", "fc_w", "fc_b"}  # the pre-init zeroes biases
+    for node in paddle_out.graph.node:
+        if node.output[0] in ("conv_b", "fc_b"):
+            assert not onnx.numpy_helper.to_array(node.attribute[0].t).any()
+    folded = onnx.load(runs["legacy_opset9_folded_bn.onnx"]["output"])
+    assert [list(n.input) for n in folded.graph.node] == [list(n.input) for n in onnx.load(str(folder / "legacy_opset9_folded_bn.onnx")).graph.node]
+    zero = next(t for t in folded.graph.initializer if t.name == "zero")
+    assert not onnx.numpy_helper.to_array(zero).any()
+
+
+@pytest.mark.slow
+def test_center_unties_only_what_differs(tmp_path):
+    """With --center the folded-BN convs' biases get different values: each conv gets its own
+    initializer, the shared one is left as it was; the README says --center can untie."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(LEGACY_BUILDERS["legacy_opset9_folded_bn"](), str(folder / "folded.onnx"))
+    np.save(folder / "folded.npy", np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    code, runs, stderr = _convert_folder(folder, "--center")
+    assert code == 0, stderr
+    src, out = onnx.load(str(folder / "folded.onnx")), onnx.load(runs["folded.onnx"]["output"])
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in src.graph.node]
+    biases = [n.input[2] for n in out.graph.node if n.op_type == "Conv"]
+    assert len(set(biases)) == 3 and "zero" in {t.name for t in out.graph.initializer}
+    assert any(note.startswith("untied") for note in runs["folded.onnx"]["log"]["notes"])
+    variances = ort_layer_variances(out, {"x": np.load(folder / "folded.npy")}, ["conv1", "conv2", "conv3"])
+    assert all(abs(v - 1) < TOL for v in variances.values()), variances
+
+
+def test_quantized_graph_is_refused_naming_the_node(tmp_path):
+    onnx.save(quantized_conv(), str(tmp_path / "q.onnx"))
+    proc = invoke(tmp_path / "q.onnx")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "quantized" in proc.stderr and "dequant_w" in proc.stderr
+    assert not (tmp_path / "q.lsuv.onnx").exists()
+
+
+# ---------------------------------------------------------------- torch exports with post-processing
+
+
+@pytest.fixture(scope="module")
+def postprocessing(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("post") / "models"
+    folder.mkdir()
+    paths = export_postprocessing(folder)
+    code, runs, stderr = _convert_folder(folder)
+    return paths, code, runs, stderr
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_postprocessing_is_not_converted(postprocessing):
+    paths, code, runs, stderr = postprocessing
+    assert code == 0, stderr
+    for name, path in paths.items():
+        entry = runs[path.name]
+        _check_written(path, entry, _feeds(onnx.load(str(path)), path.with_suffix(".npy")))
+        assert any("feed no target layer" in n for n in entry["log"]["notes"]), entry["log"]["notes"]
+    detector_notes = " ".join(runs["detector_nms.onnx"]["log"]["notes"])
+    assert "NonMaxSuppression" in detector_notes and "TopK" in detector_notes
+    assert len(runs["detector_nms.onnx"]["log"]["layers"]) == 4
+
+
+# ---------------------------------------------------------------- transformers from configs, both exporters
+
+TRANSFORMERS = ["bert", "gpt2", "vit", "wav2vec2", "segformer", "whisper_encoder"]
+DYNAMO = ["bert", "segformer"]  # the dynamo exporter takes ~12 s a model here; the report script runs all of them
+
+
+@pytest.fixture(scope="module")
+def transformers_run(tmp_path_factory):
+    pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tf") / "models"
+    folder.mkdir()
+    made = [export_transformer(name, "ts17", folder) for name in TRANSFORMERS]
+    made += [export_transformer(name, "dy18", folder) for name in DYNAMO]
+    code, runs, stderr = _convert_folder(folder)
+    return made, code, runs, stderr
+
+
+def _projections(model: onnx.ModelProto) -> list[str]:
+    """Every MatMul / Gemm / Conv reading a stored weight: the attention and MLP projections."""
+    stored = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def is_stored(name):
+        while name in producers and producers[name].op_type in ("Identity", "Transpose", "Cast", "Reshape", "Constant"):
+            if producers[name].op_type == "Constant":
+                return True
+            name = producers[name].input[0]
+        return name in stored
+
+    return [n.name or n.output[0] for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and is_stored(n.input[1]) and not is_stored(n.input[0])]
+
+
+@pytest.mark.slow
+def test_transformers_every_projection_initialized(transformers_run):
+    made, code, runs, stderr = transformers_run
+    assert code == 0, stderr
+    for path in made:
+        entry = runs[path.name]
+        src = onnx.load(str(path))
+        variances = _check_written(path, entry, _feeds(src, path.with_suffix(".npz")))
+        # one entry per projection, except layers that read a weight an earlier one reads (used again)
+        assert set(variances) <= set(_projections(src)) and len(variances) >= len(set(_projections(src))) - 1, path.name
+        assert any("fidelity gate passed" in n for n in entry["log"]["notes"])
+
+
+@pytest.mark.slow
+def test_transformers_integer_inputs_fed_as_integers(transformers_run, tmp_path):
+    """BERT's int64 ids and mask are declared with the vocabulary bound found in the graph; the
+    synthetic batch draws valid ids; a float batch for them is refused naming the input."""
+    from lsuv_convert.formats import get_format
+
+    made, _, _, _ = transformers_run
+    bert = next(p for p in made if p.name == "bert_ts17.onnx")
+    loaded = get_format("onnx").load(bert)
+    specs = {s.name: s for s in loaded.inputs}
+    assert specs["input_ids"].dtype == "int64" and specs["input_ids"].high == 100
+    assert specs["attention_mask"].dtype == "int64"
+    with np.load(bert.with_suffix(".npz")) as data:
+        np.savez(tmp_path / "floats.npz", input_ids=data["input_ids"].astype(np.float32), attention_mask=data["attention_mask"])
+    proc = invoke(bert, "--data", tmp_path / "floats.npz", "-o", tmp_path / "x.onnx")
+    assert proc.returncode == 1 and "input_ids" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------- the onnx package's backend test models
+
+
+def _backend_models() -> list[Path]:
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data"
+    return sorted(root.glob("pytorch-*/*/model.onnx"))
+
+
+@pytest.mark.slow
+def test_onnx_backend_pytorch_models(tmp_path):
+    """The PyTorch 0.3-era files (IR 3, opset 6/9) shipped with onnx: every one with a layer is
+    initialized; the others are refused with 'nothing to initialize' only."""
+    folder = tmp_path / "backend"
+    folder.mkdir()
+    for path in _backend_models():
+        shutil.copy(path, folder / f"{path.parent.name}.onnx")
+    code, runs, stderr = _convert_folder(folder)
+    ok = [name for name, e in runs.items() if e["status"] == "ok"]
+    failed = {name: e["error"] for name, e in runs.items() if e["status"] != "ok"}
+    assert len(ok) >= 30, (ok, failed)
+    for name, error in failed.items():
+        assert "nothing to initialize" in error, (name, error)
+    for name in ok:
+        src = onnx.load(str(folder / name))
+        inits = {t.name for t in src.graph.initializer}
+        spec = next(i for i in src.graph.input if i.name not in inits)
+        shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)  # the CLI's synthetic batch (seed 0)
+        out = onnx.load(runs[name]["output"])
+        check_values_only(src, out)
+        if shape[0] * int(np.prod(shape[2:] or [1])) >= 8:  # enough samples for a variance of 1 to be measured as such
+            variances = ort_layer_variances(out, {spec.name: x}, [layer["name"] for layer in runs[name]["log"]["layers"]])
+            assert all(abs(v - 1) < TOL for v in variances.values()), (name, variances)

@@ -498,7 +498,7 @@ def _working_notes(model, plan: TargetPlan, regions: list[dict], pruned: list[tu
                 if stored:
                     notes.append(f"layer {label!r} ({member.op_type}) not initialized: its weights are only used inside "
                                  f"onnxruntime (no torch converter for {member.op_type})")
-            for inner in _subgraph_layers(member):
+            for inner in _subgraph_layers(member, set(g.initializers) | set(g.constants)):
                 notes.append(f"layer {inner!r} inside the subgraph of {member.op_type} {label!r} not initialized: "
                              "subgraphs run in onnxruntime")
     if pruned:
@@ -507,14 +507,17 @@ def _working_notes(model, plan: TargetPlan, regions: list[dict], pruned: list[tu
     return notes
 
 
-def _subgraph_layers(node) -> list[str]:
-    """Conv / ConvTranspose / Gemm / MatMul nodes inside a node's subgraphs (recursively)."""
+def _subgraph_layers(node, outer: set[str] | None = None) -> list[str]:
+    """Conv / ConvTranspose / Gemm / MatMul nodes with a stored weight inside a node's subgraphs
+    (recursively): layers torch never sees."""
     found = []
     for attr in node.attribute:
         graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
         for graph in graphs:
+            stored = set(outer or ()) | {t.name for t in graph.initializer} | {
+                n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
             for inner in graph.node:
-                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(inner.input) > 1 and inner.input[1] in stored:
                     found.append(inner.name or inner.output[0])
-                found.extend(_subgraph_layers(inner))
+                found.extend(_subgraph_layers(inner, stored))
     return found

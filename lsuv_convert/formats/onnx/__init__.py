@@ -1,9 +1,11 @@
 """ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
 
-- read: parse and check the file (external data included), find the target layers
-  (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
+- read: parse and check the file (external data included; opset < 7 lifted for onnxruntime,
+  :mod:`.runtime`), refuse quantized graphs, find the target layers and their stored weights
+  (:mod:`.targets`), convert what leads to them to a torch.fx graph (:mod:`.convert`), nodes torch
+  can't express running in onnxruntime (:mod:`.regions`).
 - build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
-- write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
+- write: the source ModelProto with only the target layers' stored values replaced (:mod:`.save`),
   checked once more against onnxruntime, then written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 

@@ -1,5 +1,9 @@
 """ONNX ModelProto -> torch.fx.GraphModule via onnx2torch, fixed around its gaps (not forked).
 
+0. The working copy holds only what leads to a target layer (:func:`prepare_working`): nodes after
+   the last layer that feed none are dropped; every target weight/bias held by a Constant node or
+   reached through Identity/Transpose/Cast/Reshape becomes a plain initializer with the value the
+   layer sees; runs of nodes onnx2torch can't convert become onnxruntime regions (:mod:`.regions`).
 1. A *working copy* of the model is handed to onnx2torch (the saved model never sees it):
    inputs that are Identity copies of initializers read the initializer itself (onnx2torch
    issue #156: torch's TorchScript-based exporter de-duplicates equal initializers behind
@@ -432,13 +436,17 @@ def _working_for(model: onnx.ModelProto, plan: TargetPlan):
     # only what leads to a target output is converted (post-processing after the last one is not)
     needed = {t.output for t in plan.targets}
     roots = list(dict.fromkeys(t.output for t in plan.targets))
-    kept = []
-    for node in reversed(list(graph.node)):
+    all_nodes = list(graph.node)
+    kept_index = []
+    for k in range(len(all_nodes) - 1, -1, -1):
+        node = all_nodes[k]
         if any(o in needed for o in node.output if o):
-            kept.append(node)
+            kept_index.append(k)
             needed.update(region_mod.node_reads(node))
-    kept.reverse()
-    pruned = [n for n in graph.node if not any(n is k for k in kept)]
+    kept_index.reverse()
+    kept = [all_nodes[k] for k in kept_index]
+    kept_set = set(kept_index)
+    pruned = [n for k, n in enumerate(all_nodes) if k not in kept_set]
     produced = {o for n in kept for o in n.output if o}
     outputs = [o.name for o in model.graph.output if o.name in produced]  # the model's own outputs first
     covered = set(outputs)

@@ -29,7 +29,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_line
 from . import converters
 from .modules import GemmTarget, MatMulTarget, pin_inference
 from .targets import TargetPlan, effective_value, graph_view
@@ -220,7 +220,7 @@ def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, sou
             warnings.simplefilter("always")
             gm = onnx2torch.convert(work)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
-        raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {_first_line(exc)}", path=source) from exc
+        raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {first_line(exc)}", path=source) from exc
     work_nodes = OnnxGraph(work.graph).nodes
     unique = {node.output_values[0]: name for name, node in work_nodes.items() if node.output_values}
     outputs_of = {name: [o for o in node.output_values] for name, node in work_nodes.items()}
@@ -266,11 +266,6 @@ def _tensor_map(gm, model, plan: TargetPlan, outputs_of: dict[str, list[str]], l
     for label, path in paths.items():
         node_names[path] = label
     return tensors, node_names
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
 
 
 def _tensor(model_inits: dict, name: str) -> torch.Tensor:

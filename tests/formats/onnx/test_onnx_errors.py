@@ -111,10 +111,16 @@ def _one_conv_and(node, opsets, extra_inits=()):
 
 
 def test_custom_domain_op_onnxruntime_cannot_run_is_named(tmp_path):
-    """A node torch can't convert runs in onnxruntime; one onnxruntime doesn't know either is refused
-    by name (at the fidelity gate, before anything is written)."""
-    node = helper.make_node("Frobnicate", ["c"], ["y"], name="frob", domain="com.example")
-    onnx.save(_one_conv_and(node, [("", 17), ("com.example", 1)]), str(tmp_path / "custom.onnx"))
+    """A node torch can't convert runs in onnxruntime; one before a layer that onnxruntime doesn't
+    know either is refused by name (at the fidelity gate, before anything is written). After the
+    last layer it would not matter: nothing there is run."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    frob = helper.make_node("Frobnicate", ["x"], ["f"], name="frob", domain="com.example")
+    conv = helper.make_node("Conv", ["f", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([frob, conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [onnx.ValueInfoProto(name="y")], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(tmp_path / "custom.onnx"))
     proc = invoke(tmp_path / "custom.onnx")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert "Frobnicate" in proc.stderr and "com.example" in proc.stderr and "frob" in proc.stderr

@@ -388,3 +388,30 @@ def test_onnx_backend_pytorch_models(tmp_path):
         if shape[0] * int(np.prod(shape[2:] or [1])) >= 8:  # enough samples for a variance of 1 to be measured as such
             variances = ort_layer_variances(out, {spec.name: x}, [layer["name"] for layer in runs[name]["log"]["layers"]])
             assert all(abs(v - 1) < TOL for v in variances.values()), (name, variances)
+
+
+@pytest.mark.parametrize("axis", [-1, -2, 1])
+def test_layer_normalization_with_dynamic_shape(axis):
+    """onnx2torch built nn.LayerNorm from inferred shapes: normalized_shape [0] for a dynamic
+    dimension (SegFormer). Ours normalizes over the input's own trailing dims, scale broadcast."""
+    import onnx2torch
+    import onnxruntime as ort
+    import torch
+
+    from lsuv_convert.formats.onnx import convert as onnx_convert
+
+    h, rng = onnx.helper, np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 6, 8)).astype(np.float32)
+    norm_shape = x.shape[axis:]
+    scale = rng.standard_normal(norm_shape[-1:]).astype(np.float32)  # broadcast over the normalized dims
+    bias = rng.standard_normal(norm_shape).astype(np.float32)
+    node = h.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=axis, epsilon=1e-5)
+    graph = h.make_graph([node], "ln", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "C", "H", "W"])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(scale, "scale"), onnx.numpy_helper.from_array(bias, "bias")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    module = onnx2torch.convert(onnx_convert.working_copy(model)).eval()
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -60,10 +60,8 @@ def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, ex
                 tensor = numpy_helper.from_array(value, name)
                 tensor.doc_string = stored.doc_string
                 graph.initializer.append(tensor)
-                if source in graph_inputs and not slot.chain:  # IR < 4 lists initializers as graph inputs too
-                    entry = graph.input.add()
-                    entry.CopyFrom(graph_inputs[source])
-                    entry.name = name
+                if out.ir_version < 4 or source in graph_inputs:  # IR < 4 lists initializers as graph inputs too
+                    graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
                 if source in external:
                     out_external.add(name)
                 new_names[key] = name

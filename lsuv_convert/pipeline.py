@@ -138,6 +138,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         )
     with stage("save"):
         fmt.save(graph, output)
+    log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
     if log_path is not None:
         write_log(log, log_path)
     return result

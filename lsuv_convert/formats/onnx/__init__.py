@@ -1,13 +1,12 @@
 """ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
 
-- read: parse and check the file (external data included), find the target layers
-  (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
-- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch (one
-  onnxruntime session, freed before LSUV), and a round trip of every target's tensors through
-  save's mapping (:func:`.save.constant_sources`).
-- write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
-  checked once more against onnxruntime only for the layers the gate and the round trip do
-  not already vouch for (rare: see ``_unproven``), then written atomically (:mod:`.files`).
+- read: parse and check the file (external data included; opset < 7 lifted for onnxruntime,
+  :mod:`.runtime`), refuse quantized graphs, find the target layers and their stored weights
+  (:mod:`.targets`), convert what leads to them to a torch.fx graph (:mod:`.convert`), nodes torch
+  can't express running in onnxruntime (:mod:`.regions`).
+- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
+- write: the source ModelProto with only the target layers' stored values replaced (:mod:`.save`),
+  checked once more against onnxruntime, then written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
 Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
@@ -37,8 +36,7 @@ class OnnxState:
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
-    constant: dict | None = None  # target initializer whose source is constant -> that value (None: not gated)
-    untouched: dict | None = None  # non-target tensor -> (identity, version counter) at the gate
+    source_model: Any = None  # the file as read, when ``model`` is it lifted to a newer opset (else None)
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -60,19 +58,23 @@ class OnnxFormat(ModelFormat):
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         with stage("imports"):
-            from . import convert, files, targets
+            from . import convert, files, runtime, targets
         with stage("parse"):
-            model, external = files.read_model(path)
-            work = convert.checked_working_copy(model, path)
+            source_model, external = files.read_model(path)
+            model, lifted = runtime.runnable(source_model)
+            targets.refuse_quantized(model, path)
             plan = targets.find_targets(model)
         if not plan.targets:
-            raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
+            raise ModelFormatError(targets.nothing_to_initialize(model), path=path)
         with stage("conversion"):
-            converted = convert.convert(model, work, plan, path)
-        del work
+            working = convert.prepare_working(model, path, plan)
+            plan = working.plan
+            converted = convert.convert(model, working.model, plan, path)
+        del working.model
         inputs, dtypes = _input_specs(model)
-        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
-        notes = list(plan.notes) + list(converted.notes)
+        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes,
+                          source_model=source_model)
+        notes = ([lifted] if lifted else []) + list(plan.notes) + list(working.notes) + list(converted.notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
         return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
@@ -87,18 +89,13 @@ class OnnxFormat(ModelFormat):
                            format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
                            engine_path="fx")
         if check:
-            from . import save
-
             with stage("fidelity_gate"):
-                constant = save.constant_sources(state.model, state.plan, state.converted.paths, graph.module, graph.source)
                 worst = fidelity.check(
-                    graph.module, state.model, inputs, state.converted.tensors, [t.output for t in state.plan.targets],
-                    state.input_dtypes, state.converted.node_names, graph.source,
+                    graph.module, state.model, inputs, state.converted.tensors,
+                    [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
                 )
             state.batch = list(inputs)
             state.divergence = worst
-            state.constant = constant
-            state.untouched = _fingerprint(graph)
             graph.notes.append(
                 f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
                 f"over {len(state.plan.targets)} target outputs and the model outputs"
@@ -106,38 +103,20 @@ class OnnxFormat(ModelFormat):
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from . import fidelity, files, save
+        from . import fidelity, files, runtime, save
 
         state: OnnxState = graph.state
+        source = state.source_model if state.source_model is not None else state.model
         with stage("serialize"):
-            out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
-        unproven = self._unproven(graph, out)
-        if unproven:
-            with stage("final_check"):  # the written weights must mean in onnxruntime what LSUV measured in torch
-                fidelity.check(
-                    graph.module, out, state.batch, state.converted.tensors, [t.output for t in unproven],
-                    state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
-                )
+            out, external, notes = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
+        graph.notes.extend(n for n in notes if n not in graph.notes)
+        with stage("final_check"):  # the written weights must mean in onnxruntime what LSUV measured in torch
+            fidelity.check(
+                graph.module, runtime.runnable(out)[0], state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+                state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
+            )
         with stage("write"):
             files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
-
-    @staticmethod
-    def _unproven(graph: ModelGraph, out) -> list:
-        """Targets whose written tensors the gate and its round trip (:func:`.save.constant_sources`)
-        do not vouch for: all of them without a gate, or if a tensor besides the targets' changed
-        since; else those with a tensor read from a constant source tensor and written as anything
-        but that constant or zeros (which no mapping gets wrong). A tensor written into a new
-        initializer (an untied shared one) is covered like any other: its values come from the
-        same mapping, and only the node input that reads it changes."""
-        from . import save
-
-        state: OnnxState = graph.state
-        if state.constant is None or _fingerprint(graph) != state.untouched:
-            return list(state.plan.targets)
-        written = {t.name: t for t in out.graph.initializer}
-        return [t for t in state.plan.targets
-                if any(s.dest in state.constant and not save.same_constant(written[s.dest], state.constant[s.dest])
-                       for s in t.slots())]
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
@@ -145,21 +124,10 @@ class OnnxFormat(ModelFormat):
         from ...statistics import population_stats
 
         model, _ = files.read_model(Path(model_path))
+        model, _ = runtime.runnable(model)
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
-
-
-def _fingerprint(graph: ModelGraph) -> dict:
-    """Identity and in-place version counter of every parameter and buffer LSUV may not change
-    (all but the targets' weights and biases): a cheap proof, without reading the data, that
-    the torch graph besides those tensors is still the one the gate checked."""
-    mine = set()
-    for target in graph.targets:
-        layer = graph.module.get_submodule(target.module_path)
-        mine.update(id(getattr(layer, kind, None)) for kind in ("weight", "bias"))
-    tensors = list(graph.module.named_parameters(remove_duplicate=False)) + list(graph.module.named_buffers(remove_duplicate=False))
-    return {name: (id(t), t._version) for name, t in tensors if id(t) not in mine}
 
 
 def _targets(plan, converted) -> list[TargetLayer]:
@@ -174,7 +142,9 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
     import torch
 
     from .runtime import graph_inputs
+    from .targets import index_bounds
 
+    bounds = index_bounds(model)
     specs, dtypes = [], []
     for value in graph_inputs(model):
         tensor_type = value.type.tensor_type
@@ -183,7 +153,7 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
             shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
         dtype_name = str(np_dtype) if np_dtype is not None else "float32"
-        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name))
+        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name, high=bounds.get(value.name)))
         dtypes.append(_torch_dtype(torch, np_dtype))
     return specs, dtypes
 

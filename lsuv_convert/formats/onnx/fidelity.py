@@ -16,7 +16,8 @@ from ...errors import ConversionError, first_line
 from . import runtime
 
 REL_TOL_FLOAT = 1e-3  # float32 / float64: implementation differences stay ~1e-6 of the scale
-REL_TOL_HALF = 3e-2  # float16: rounding at different points, accumulated over the depth
+REL_TOL_HALF = 3e-2
+RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli")  # float16: rounding at different points, accumulated over the depth
 
 
 def tolerance(reference: np.ndarray) -> float:
@@ -111,18 +112,18 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
           dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph") -> float:
     """Raise ConversionError unless ``gm`` matches onnxruntime on ``watch`` and the graph outputs.
 
-    One onnxruntime session, asked only for those tensors. Each torch value is compared as
-    soon as it is computed and dropped, and each reference once compared. Returns the worst relative divergence seen (for the log)."""
+    One onnxruntime run, asked only for those tensors. Each torch value is compared as soon as
+    it is computed and dropped, and each reference once compared, so the watched tensors never
+    exist twice. Returns the worst relative divergence seen (for the log)."""
     outputs = [o.name for o in model.graph.output if o.name in tensors]
     names = [n for n in dict.fromkeys(list(watch) + outputs) if n in tensors]
-    reference = runtime.Session(model, names).run(inputs, names)  # the session is freed on return
-    state = {"worst": 0.0, "bad": False, "seen": set()}
+    reference = runtime.run(model, inputs, names)
+    state = {"worst": 0.0, "bad": False}
 
     def compare(name: str, value) -> None:
         ref = reference.pop(name, None)
         if ref is None:
             return
-        state["seen"].add(name)
         err = divergence(ref, value)
         if err > tolerance(ref):
             state["bad"] = True
@@ -136,7 +137,7 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
             f"{type(failure.exc).__name__}: {first_line(failure.exc)}",
             path=source,
         ) from None
-    for name in list(reference):  # onnxruntime computed it, torch never did
+    for name in [n for n in names if n in reference]:  # onnxruntime computed it, torch never did
         compare(name, None)
     del reference
     if state["bad"]:
@@ -146,6 +147,12 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
 
 def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:
     """Compare every node's outputs to name the first node that diverges."""
+    random = [n for n in model.graph.node if n.op_type in RANDOM_OPS]
+    if random:
+        label = random[0].name or random[0].output[0]
+        return (f"{what} disagrees with onnxruntime on this batch, and the model draws random numbers "
+                f"(node {label!r}, {random[0].op_type}): its outputs change from run to run; export it in "
+                "inference mode (model.eval()) so that it computes a function of its inputs")
     order = [(node, out) for node in model.graph.node for out in node.output if out in tensors]
     reference = runtime.run(model, inputs, [out for _, out in order])
     values = torch_values(gm, inputs, {out: tensors[out] for _, out in order}, dtypes)

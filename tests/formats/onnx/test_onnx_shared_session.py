@@ -1,5 +1,5 @@
-"""Save re-runs onnxruntime only where the gate's round trip of the source tensors through the
-writer's mapping proves nothing; the stages are timed in the log."""
+"""The ONNX plug-in times its stages in the log; the written model is still re-read and
+measured by onnxruntime."""
 
 from __future__ import annotations
 
@@ -26,42 +26,19 @@ class SmallNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _convert(tmp_path, net: nn.Module, *extra: str) -> tuple[dict, np.ndarray]:
-    torch.manual_seed(0)
+def test_every_stage_is_in_the_logs_seconds(tmp_path):
+    torch.manual_seed(1)
     batch = torch.randn(8, 3, 8, 8)
-    src = export_module(net, batch, tmp_path / "net.onnx", "ts13")
+    src = export_module(SmallNet(), batch, tmp_path / "net.onnx", "ts13")
     np.save(tmp_path / "batch.npy", batch.numpy())
-    out, log = tmp_path / "out.onnx", tmp_path / "log.json"
-    done = invoke(src, "--data", tmp_path / "batch.npy", "-o", out, "--log", log, "--device", "cpu", *extra)
+    out, log_path = tmp_path / "out.onnx", tmp_path / "log.json"
+    done = invoke(src, "--data", tmp_path / "batch.npy", "-o", out, "--log", log_path, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     check_written_model(src, out, batch.numpy())  # re-read and measured by onnxruntime
-    return json.loads(log.read_text()), batch.numpy()
-
-
-def test_informative_weights_skip_the_second_onnxruntime_run(tmp_path):
-    torch.manual_seed(1)
-    log, _ = _convert(tmp_path, SmallNet())
-    seconds = log["seconds"]
-    assert "save.final_check" not in seconds
-    for stage in ("imports", "load", "load.parse", "load.conversion", "prepare.fidelity_gate", "pre_init", "lsuv",
-                  "save", "save.serialize", "save.write"):
+    seconds = json.loads(log_path.read_text())["seconds"]
+    for stage in ("imports", "load", "load.imports", "load.parse", "load.conversion", "batch", "prepare",
+                  "prepare.fidelity_gate", "pre_init", "lsuv", "save", "save.serialize", "save.final_check", "save.write"):
         assert seconds[stage] >= 0.0, stage
-
-
-def test_a_constant_source_tensor_written_otherwise_is_checked_at_save(tmp_path):
-    torch.manual_seed(1)
-    net = SmallNet()
-    with torch.no_grad():
-        net.conv2.bias.zero_()  # a zero bias says nothing about the writer's mapping
-    log, _ = _convert(tmp_path, net, "--center")  # and --center makes the written bias non-zero
-    assert "save.final_check" in log["seconds"]
-
-
-def test_zero_biases_written_as_zeros_need_no_second_run(tmp_path):
-    torch.manual_seed(1)
-    net = SmallNet()
-    with torch.no_grad():
-        for layer in (net.conv1, net.conv2, net.fc):
-            layer.bias.zero_()  # as in an untrained export with folded BatchNorm
-    log, _ = _convert(tmp_path, net)  # the orthonormal pre-init writes zeros back
-    assert "save.final_check" not in log["seconds"]
+    top = sum(seconds[k] for k in ("imports", "load", "batch", "prepare", "pre_init", "lsuv", "save"))
+    parts = sum(v for k, v in seconds.items() if k.startswith("save."))
+    assert parts <= seconds["save"] + 1e-6 and top > 0

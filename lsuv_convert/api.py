@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .attention import is_attention, projection_maps
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
@@ -73,10 +74,21 @@ def _eval_mode(module: nn.Module):
 
 
 def find_targets(module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """Target submodules by qualified name: ``names`` if given, else every conv/linear."""
+    """Target submodules by qualified name: ``names`` if given, else every conv / linear and
+    every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is never called)."""
     if names is not None:
         return {n: module.get_submodule(n) for n in names}
-    return {n: m for n, m in module.named_modules() if is_target(m)}
+    found = {n: m for n, m in module.named_modules() if is_target(m) or is_attention(m)}
+    owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
+    return {n: m for n, m in found.items() if n not in owned}
+
+
+def _pre_init_units(targets: dict[str, nn.Module]) -> list:
+    """What the pre-init fills: each target, and each projection of an attention separately."""
+    units = []
+    for m in targets.values():
+        units.extend([lm for _, lm in projection_maps(m)] if is_attention(m) else [m])
+    return units
 
 
 def _is_graph_module(module: nn.Module) -> bool:
@@ -119,7 +131,7 @@ def lsuv_init(
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
-    pre_initialize(list(target_map.values()), pre_init, generator)
+    pre_initialize(_pre_init_units(target_map), pre_init, generator)
     report.seconds["pre_init"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -113,13 +113,14 @@ def main():
 @click.option("--force", is_flag=True, help="Rebuild outputs even when newer than their inputs.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first model that fails.")
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
+@click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, quiet, json_lines, table, debug):
+                    allow_unconverged, strict, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from .data import ImageOptions
     from .runner import Run
@@ -134,7 +135,7 @@ def convert_command(models, data, weights, arch, trust_code, output, output_dir,
                        settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
                        image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
-                       allow_unconverged=allow_unconverged, in_place=in_place)
+                       allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
     sys.exit(_guarded(lambda: run.run(list(models)), debug))

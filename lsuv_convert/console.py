@@ -109,9 +109,15 @@ class Console:
         if self.table:
             self.err.print(layer_table(log))
         layers = log["layers"]
-        bad = sum(1 for layer in layers if not layer["converged"])
+        bad = sum(1 for layer in layers if not layer["converged"] and layer.get("reached", True))
         extra = f", {bad} not converged" if bad else ""
-        self._line(f"ok    {model} -> {output} ({len(layers)} layers{extra}, {log['device']}, {seconds:.2f} s; data: {log['data']})")
+        params = log.get("counts")
+        if params:
+            extra += (f"; parameters: {params['initialized']} initialized, {params['unreached']} unreached, "
+                      f"{params['skipped']} skipped;")
+        else:
+            extra += ","
+        self._line(f"ok    {model} -> {output} ({len(layers)} layers{extra} {log['device']}, {seconds:.2f} s; data: {log['data']})")
 
     def skipped(self, model: Path, output: Path) -> None:
         self._line(f"skip  {model} -> {output} (up to date; --force rebuilds)")

@@ -57,9 +57,26 @@ class LsuvReport:
     walker: str = "fx"
     seconds: dict[str, float] = field(default_factory=dict)
 
+    account: list = field(default_factory=list)  # ParamAccount per parameter tensor (see account.py)
+
     @property
     def unconverged(self) -> list[LayerReport]:
         return [layer for layer in self.layers if not layer.converged]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Parameter tensors initialized / unreached / skipped."""
+        from .account import counts
+
+        return counts(self.account)
+
+    @property
+    def unreached(self) -> list:
+        return [e for e in self.account if e.status == "unreached"]
+
+    @property
+    def skipped(self) -> list:
+        return [e for e in self.account if e.status == "skipped"]
 
 
 def is_target(module: nn.Module) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from .account import IncompleteError, ParamAccount, check_strict, counts, module_account
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
 from .errors import DataError, DeviceError, OutputError, UnconvergedError
@@ -33,6 +34,7 @@ class ConvertOptions:
     image: ImageOptions = field(default_factory=ImageOptions)
     allow_unconverged: bool = False
     in_place: bool = False
+    strict: bool = False  # unreached / skipped conv, linear or attention weights fail the run (exit 3)
 
     @property
     def seed(self) -> int:
@@ -116,6 +118,9 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
         "seconds": seconds,
         "layers": _layer_entries(graph, report),
     }
+    extra = account_log(graph, report, batch)
+    account = extra.pop("_account")
+    log.update(extra)
     if options.weights is not None:
         log["weights"] = str(options.weights)
     result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
@@ -128,6 +133,13 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
             f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
             "(--allow-unconverged writes it anyway)", path=model,
         )
+    if options.strict:
+        try:
+            check_strict(account, path=model)
+        except IncompleteError:
+            if log_path is not None:
+                write_log(log, log_path)
+            raise
     t0 = time.perf_counter()
     fmt.save(graph, output)
     seconds["save"] = time.perf_counter() - t0
@@ -210,6 +222,25 @@ def _layer_entries(graph, report) -> list[dict]:
                             "reached": False, "iterations": 0,
                             "reason": "not reached by the batch: keeps its pre-init, unscaled"})
     return entries
+
+
+def account_log(graph, report, batch) -> dict:
+    """The log's ``batch`` (hash and per-input statistics), ``account`` and ``counts``."""
+    by_path = graph.target_by_path()
+    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
+    account = module_account(graph.module, targets, report.layers,
+                             rename=lambda p: by_path[p].name if p in by_path else p)
+    account += [ParamAccount(p["name"], list(p["shape"]), int(_numel(p["shape"])), "skipped", linear=bool(p.get("linear")),
+                             reason=p.get("reason")) for p in graph.skipped_params]
+    return {"batch": batch.to_log(), "counts": counts(account), "account": [e.to_dict() for e in account],
+            "_account": account}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:

@@ -21,6 +21,7 @@ from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
 from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
+from .usage import skipped_parameters
 
 
 @dataclass
@@ -84,7 +85,7 @@ def load_script(path: Path) -> ModelGraph:
         for mp, calls in program.layers.items()
     ]
     state = ScriptState(script_module, program, info, {k: v for k, v in extra.items()}, training)
-    return ModelGraph(
+    graph = ModelGraph(
         module=module,
         targets=targets,
         inputs=[InputSpec(d.name, None) for d in program.inputs],
@@ -94,6 +95,8 @@ def load_script(path: Path) -> ModelGraph:
         notes=notes,
         engine_path=engine_path,
     )
+    graph.skipped_params = skipped_parameters(script_module, program)
+    return graph
 
 
 def training_flags(script_module) -> dict[str, bool]:

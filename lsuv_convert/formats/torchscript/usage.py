@@ -1,0 +1,77 @@
+"""What the account says about the parameters no target layer of a TorchScript graph holds.
+
+Each such parameter is skipped; the reason names the ops that use it. A matrix used by a
+matrix op the tool does not split (``matmul``, ``bmm``, ``einsum``, a fused attention
+kernel, ``linear`` on a computed weight) is marked ``linear``, which ``--strict`` refuses.
+"""
+
+from __future__ import annotations
+
+from .program import Const, Op, Program
+
+# Ops that pass a tensor on unchanged in value (a view, a slice, a cast): the use behind them counts.
+_PASS_THROUGH = {
+    "aten::t", "aten::transpose", "aten::permute", "aten::slice", "aten::select", "aten::narrow", "aten::view",
+    "aten::reshape", "aten::to", "aten::contiguous", "aten::split", "aten::chunk", "aten::unsafe_chunk",
+    "aten::unflatten", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::type_as", "aten::detach",
+    "prim::ListUnpack", "prim::TupleUnpack", "aten::__getitem__", "aten::split_with_sizes", "aten::unbind",
+}
+_MATRIX_OPS = {
+    "aten::matmul", "aten::mm", "aten::bmm", "aten::einsum", "aten::linear", "aten::addmm", "aten::baddbmm",
+    "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::convolution",
+    "aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd",
+}
+
+
+def _ops(ops: list[Op]):
+    for op in ops:
+        yield op
+        for block in op.blocks:
+            yield from _ops(block.ops)
+
+
+def parameter_uses(program: Program, paths: set[str]) -> dict[str, set[str]]:
+    """Parameter path -> the kinds of the ops that consume it (through views and slices)."""
+    origin: dict[int, str] = {}
+    uses: dict[str, set[str]] = {p: set() for p in paths}
+    for op in _ops(program.body.ops):
+        if op.role == "read" and op.key in paths:
+            for v in op.outputs:
+                origin[v] = op.key
+            continue
+        sources = {origin[a] for a in op.args if not isinstance(a, Const) and a in origin}
+        for path in sources:
+            if op.kind in _PASS_THROUGH:
+                for v in op.outputs:
+                    origin[v] = path
+            else:
+                uses[path].add(op.kind)
+    return uses
+
+
+def skipped_parameters(script_module, program: Program) -> list[dict]:
+    """name / shape / reason / linear of every parameter no target layer holds."""
+    held = set()
+    for calls in program.layers.values():
+        for call in calls:
+            held.add(call.weight_path)
+            if call.bias_path is not None:
+                held.add(call.bias_path)
+    params = [(n, p) for n, p in script_module.named_parameters() if n not in held]
+    uses = parameter_uses(program, {n for n, _ in params})
+    out = []
+    for name, p in params:
+        kinds = sorted(uses.get(name, ()))
+        linear = p.dim() >= 2 and any(k in _MATRIX_OPS for k in kinds)
+        if not kinds:
+            reason = "not used by the inlined forward graph"
+        elif any("embedding" in k for k in kinds):
+            reason = "embedding table: not a linear map"
+        elif any("norm" in k for k in kinds):
+            reason = "normalization parameter: not a linear map"
+        elif linear:
+            reason = f"used by {', '.join(kinds)}, which the tool does not split into linear maps"
+        else:
+            reason = f"not a linear map (used by {', '.join(kinds)})"
+        out.append({"name": name, "shape": list(p.shape), "reason": reason, "linear": linear})
+    return out

@@ -157,6 +157,8 @@ def _synthetic_one(rng, dims: tuple[int, ...], spec: InputSpec) -> np.ndarray:
     if want.kind == "b":
         return np.ones(dims, dtype=bool)  # masks: attend everywhere
     if want.kind in "iu":
+        if spec.high is None and "mask" in spec.name.lower():
+            return np.ones(dims, dtype=want)  # an integer mask: attend everywhere
         high = spec.high if spec.high is not None and spec.high > 0 else SAFE_HIGH
         return rng.integers(0, high, size=dims).astype(want)
     return rng.standard_normal(dims, dtype=np.float32)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .account import IncompleteError, ParamAccount, check_strict, counts, module_account
+from .account import IncompleteError, ParamAccount, check_strict, counts, module_account, rename_layer
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
 from .errors import DataError, DeviceError, OutputError, UnconvergedError
@@ -94,8 +94,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
 
     def layer_done(report):
         if on_layer is not None:
-            target = by_path.get(report.name)
-            on_layer(target.name if target else report.name, report)
+            on_layer(rename_layer(report.name, lambda p: by_path[p].name if p in by_path else p), report)
 
     report = lsuv_init(
         graph.module, tuple(inputs),
@@ -203,25 +202,32 @@ def _batch_for(loaded, data: Path | None, options: ConvertOptions):
 
 
 def _layer_entries(graph, report) -> list[dict]:
-    """Log entries named as in the source file, in execution order; unreached targets last."""
+    """Log entries named as in the source file, in execution order; unreached targets last.
+
+    A slice of a packed weight (q / k / v) is named ``LAYER[q]``; it belongs to ``LAYER``."""
     by_path = graph.target_by_path()
     entries = []
     for layer in report.layers:
-        target = by_path.get(layer.name)
+        target = by_path.get(_target_path(layer.name))
         entry = layer.to_dict()
-        entry.update(name=target.name if target else layer.name, op=target.op if target else layer.op)
+        entry.update(name=rename_layer(layer.name, lambda p: by_path[p].name if p in by_path else p),
+                     op=target.op if target else layer.op)
         if layer.uses > 1:
             entry["note"] = f"used {layer.uses} times; scaled once, at its first use"
         else:
             entry.pop("uses")
         entries.append(entry)
-    reached = {layer.name for layer in report.layers}
+    reached = {_target_path(layer.name) for layer in report.layers}
     for target in graph.targets:
         if target.module_path not in reached:
             entries.append({"index": len(entries), "name": target.name, "op": target.op, "converged": False,
                             "reached": False, "iterations": 0,
                             "reason": "not reached by the batch: keeps its pre-init, unscaled"})
     return entries
+
+
+def _target_path(layer_name: str) -> str:
+    return layer_name.partition("[")[0]
 
 
 def account_log(graph, report, batch) -> dict:

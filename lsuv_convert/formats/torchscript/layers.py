@@ -49,6 +49,7 @@ class LayerCall:
     dynamic: list[Any] = field(default_factory=list)  # graph values passed at call time, in order
     linear_in_weight: bool = True  # output = f(x, W) + module.bias with f linear in W
     bias_arg: Any = None  # the node's bias input, should it have to be passed at call time
+    out_axis: int = 0  # weight axis of the output features: 0 (out, in), 1 for addmm on an (in, out) weight
 
     def signature(self) -> tuple:
         """Calls with the same signature are one variant of the layer module."""
@@ -91,10 +92,14 @@ def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall
             return default
         return args[i].value if is_const(args[i]) else _DYNAMIC
 
+    out_axis = 0
     if kind in ADDMM:
         weight_i, bias_i = index["mat2"], index["self"]
         weight_path = read_of(args[weight_i], through_t=True)
         weight_source = "weight_t"
+        if weight_path is None:  # x @ W + b with W stored (in, out): transformers' Conv1D (GPT-2)
+            weight_path = read_of(args[weight_i])
+            weight_source, out_axis = "weight", 1
     else:
         weight_i, bias_i = index["weight"], index.get("bias")
         weight_path = read_of(args[weight_i])
@@ -147,7 +152,8 @@ def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall
             dynamic.append(arg)
     kw = tuple(a.name for a in schema.arguments if a.kwarg_only)
     bias_arg = args[bias_i] if bias_i is not None else None
-    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight, bias_arg)
+    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight, bias_arg,
+                     out_axis)
 
 
 class _Dynamic:
@@ -176,6 +182,8 @@ class _RunsLayerCall:
         first = variants[0]
         self.groups = first.groups
         self.lsuv_source_kind = first.kind
+        self.lsuv_out_axis = first.out_axis
+        self.lsuv_parts = 1  # set by the reader when the output is split into q / k / v
         self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
 
     def forward(self, *args):
@@ -249,6 +257,8 @@ class ScriptLayer(_RunsLayerCall, nn.Module):
 def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
     """The module for one weight; a conv / linear subclass when every call is ``f(x, W) + bias``."""
     families = {c.family for c in variants}
+    if len({c.out_axis for c in variants}) > 1:
+        return ScriptLayer(variants, weight, bias)
     if len(families) > 1 or not all(c.linear_in_weight for c in variants):
         return ScriptLayer(variants, weight, bias)
     family = families.pop()

@@ -21,7 +21,7 @@ from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
 from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
-from .usage import skipped_parameters
+from .usage import input_types, skipped_parameters
 
 
 @dataclass
@@ -88,7 +88,7 @@ def load_script(path: Path) -> ModelGraph:
     graph = ModelGraph(
         module=module,
         targets=targets,
-        inputs=[InputSpec(d.name, None) for d in program.inputs],
+        inputs=_input_specs(program),
         format="torchscript",
         source=path,
         state=state,
@@ -97,6 +97,16 @@ def load_script(path: Path) -> ModelGraph:
     )
     graph.skipped_params = skipped_parameters(script_module, program)
     return graph
+
+
+def _input_specs(program: Program) -> list[InputSpec]:
+    """Inputs by name; integer ids (an input that indexes an embedding) and masks typed as such."""
+    typed = input_types(program)
+    specs = []
+    for d in program.inputs:
+        dtype, high = typed.get(d.name, ("float32", None))
+        specs.append(InputSpec(d.name, None, dtype=dtype, high=high))
+    return specs
 
 
 def training_flags(script_module) -> dict[str, bool]:

@@ -73,6 +73,7 @@ class Program:
     untouched_params: list[str] = field(default_factory=list)  # matrix-like params no layer uses
     written: set[str] = field(default_factory=set)  # attribute paths the graph writes to
     training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
+    layer_parts: dict[str, int] = field(default_factory=dict)  # module path -> q/k/v slices its output is split into
 
     @property
     def fx_blockers(self) -> list[str]:
@@ -189,6 +190,8 @@ class _Reader:
         self.written: set[int] = set()  # GetAttr outputs the graph writes to (through any alias)
         self.written_paths: set[str] = set()
         self.training_ops: list[str] = []
+        self.layer_parts: dict[str, int] = {}
+        self.call_of: dict[int, LayerCall] = {}  # id(layer Op) -> its call
 
     def read(self) -> Program:
         graph = self.graph
@@ -220,6 +223,7 @@ class _Reader:
             untouched_params=untouched,
             written=self.written_paths,
             training_ops=self.training_ops,
+            layer_parts=self.layer_parts,
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -303,7 +307,35 @@ class _Reader:
             resolved = resolve(node)
         except UnsupportedNode as exc:
             raise ProgramError(f"{exc}{where}") from exc
+        if kind in _SPLITS:
+            self._note_parts(kind, args)
         return Op(kind, "call", args, outputs, call=resolved, where=where)
+
+    def _note_parts(self, kind: str, args: list) -> None:
+        """A linear layer whose output is split into equal slices (q, k, v): each slice is a map."""
+        producer = self.producer.get(args[0]) if args and not isinstance(args[0], Const) else None
+        for _ in range(3):  # Conv1D's addmm output is reshaped back to (..., features) before the split
+            if producer is None or producer.kind not in ("aten::view", "aten::reshape", "aten::contiguous"):
+                break
+            first = producer.args[0] if producer.args else None
+            producer = self.producer.get(first) if first is not None and not isinstance(first, Const) else None
+        call = self.call_of.get(id(producer)) if producer is not None else None
+        if call is None or call.family != "linear" or not all(isinstance(a, Const) for a in args[1:]):
+            return
+        weight = self.params.get(call.weight_path)
+        if weight is None or weight.dim() != 2:
+            return
+        features = weight.shape[call.out_axis]
+        values = [a.value for a in args[1:]]
+        parts = None
+        if kind == "aten::split" and isinstance(values[0], int) and 0 < values[0] < features and features % values[0] == 0:
+            parts = features // values[0]
+        elif kind in ("aten::chunk", "aten::unsafe_chunk") and isinstance(values[0], int) and features % values[0] == 0:
+            parts = values[0]
+        elif kind == "aten::unflatten" and values[0] == -1 and len(values[1]) == 2 and values[1][0] * values[1][1] == features:
+            parts = values[1][0]
+        if parts is not None and 1 < parts <= 4:
+            self.layer_parts[producer.key] = parts
 
     def _constant(self, node, outputs, where) -> Op | None:
         out = node.output()
@@ -388,6 +420,9 @@ class _Reader:
             self.in_control_flow.append(name)
         op = Op(node.kind(), "layer", [], outputs, key=module_path, where=where)
         self.layer_ops.append((op, call))
+        self.call_of[id(op)] = call
+        if call.weight_path.endswith("in_proj_weight") and call.family == "linear":
+            self.layer_parts.setdefault(module_path, 3)  # nn.MultiheadAttention's packed q, k, v
         return op
 
     def _settle_layers(self) -> None:
@@ -432,6 +467,8 @@ class _Reader:
             n += 1
         return f"{path}_{n}"
 
+
+_SPLITS = {"aten::split", "aten::chunk", "aten::unsafe_chunk", "aten::unflatten"}
 
 # op kind -> (its training flag argument, the buffers it updates in place when training)
 _TRAINING_ARG = {

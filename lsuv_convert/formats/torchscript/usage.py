@@ -75,3 +75,40 @@ def skipped_parameters(script_module, program: Program) -> list[dict]:
             reason = f"not a linear map (used by {', '.join(kinds)})"
         out.append({"name": name, "shape": list(p.shape), "reason": reason, "linear": linear})
     return out
+
+
+def input_types(program: Program) -> dict[str, tuple[str, int | None]]:
+    """Input name -> (dtype, exclusive bound) for inputs the graph uses as integer ids.
+
+    TorchScript records no input dtypes in a saved file, but an input that reaches the
+    ``indices`` of ``aten::embedding`` (through views) is an int64 id below the table size.
+    An input named like a mask (``attention_mask``) is an int64 0/1 mask.
+    """
+    from .program import InputDef  # noqa: F401 - documents what program.inputs hold
+
+    origin: dict[int, str] = {d.value_id: d.name for d in program.inputs}
+    reads: dict[int, str] = {}
+    found: dict[str, tuple[str, int | None]] = {}
+    tensors = {**program.tensors, **program.params}
+    for op in _ops(program.body.ops):
+        if op.role == "read":
+            for v in op.outputs:
+                reads[v] = op.key
+            continue
+        args = [a for a in op.args if not isinstance(a, Const)]
+        if op.kind in _PASS_THROUGH:
+            for a in args:
+                if a in origin:
+                    for v in op.outputs:
+                        origin.setdefault(v, origin[a])
+            continue
+        if op.kind == "aten::embedding" and len(op.args) >= 2:
+            weight, indices = op.args[0], op.args[1]
+            name = origin.get(indices) if not isinstance(indices, Const) else None
+            table = tensors.get(reads.get(weight)) if not isinstance(weight, Const) else None
+            if name is not None and name not in found:
+                found[name] = ("int64", int(table.shape[0]) if table is not None else None)
+    for d in program.inputs:
+        if d.name not in found and "mask" in d.name.lower():
+            found[d.name] = ("int64", None)
+    return found

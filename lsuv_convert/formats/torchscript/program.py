@@ -74,6 +74,7 @@ class Program:
     written: set[str] = field(default_factory=set)  # attribute paths the graph writes to
     training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
     layer_parts: dict[str, int] = field(default_factory=dict)  # module path -> q/k/v slices its output is split into
+    param_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # "w[q]" -> (w, first row, end row)
 
     @property
     def fx_blockers(self) -> list[str]:
@@ -191,6 +192,7 @@ class _Reader:
         self.written_paths: set[str] = set()
         self.training_ops: list[str] = []
         self.layer_parts: dict[str, int] = {}
+        self.param_slices: dict[str, tuple[str, int, int]] = {}
         self.call_of: dict[int, LayerCall] = {}  # id(layer Op) -> its call
 
     def read(self) -> Program:
@@ -224,6 +226,7 @@ class _Reader:
             written=self.written_paths,
             training_ops=self.training_ops,
             layer_parts=self.layer_parts,
+            param_slices=self.param_slices,
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -320,20 +323,27 @@ class _Reader:
             first = producer.args[0] if producer.args else None
             producer = self.producer.get(first) if first is not None and not isinstance(first, Const) else None
         call = self.call_of.get(id(producer)) if producer is not None else None
-        if call is None or call.family != "linear" or not all(isinstance(a, Const) for a in args[1:]):
+        if call is None or call.family != "linear":
             return
         weight = self.params.get(call.weight_path)
         if weight is None or weight.dim() != 2:
             return
         features = weight.shape[call.out_axis]
-        values = [a.value for a in args[1:]]
+        values = [a.value if isinstance(a, Const) else None for a in args[1:]]
         parts = None
         if kind == "aten::split" and isinstance(values[0], int) and 0 < values[0] < features and features % values[0] == 0:
             parts = features // values[0]
         elif kind in ("aten::chunk", "aten::unsafe_chunk") and isinstance(values[0], int) and features % values[0] == 0:
             parts = values[0]
-        elif kind == "aten::unflatten" and values[0] == -1 and len(values[1]) == 2 and values[1][0] * values[1][1] == features:
-            parts = values[1][0]
+        elif kind == "aten::unflatten" and values[0] == -1 and len(args) > 2:
+            sizes = args[2]
+            if not isinstance(sizes, Const):  # (2, E) with E a traced size: the leading count is what matters
+                built = self.producer.get(sizes)
+                sizes = built.args[0] if built is not None and built.kind == "prim::ListConstruct" and len(built.args) == 2 else None
+            else:
+                sizes = Const(sizes.value[0]) if len(sizes.value) == 2 else None
+            if isinstance(sizes, Const) and isinstance(sizes.value, int) and sizes.value > 0 and features % sizes.value == 0:
+                parts = sizes.value
         if parts is not None and 1 < parts <= 4:
             self.layer_parts[producer.key] = parts
 
@@ -411,7 +421,7 @@ class _Reader:
             return None
         module_path = self.module_of_weight.get(call.weight_path)
         if module_path is None:
-            module_path = self._module_path(layer_name(call.weight_path))
+            module_path = self._module_path(_identifier_path(layer_name(call.weight_path)))
             self.module_of_weight[call.weight_path] = module_path
             self.layers[module_path] = []
             self.layer_names[module_path] = layer_name(call.weight_path)
@@ -455,7 +465,65 @@ class _Reader:
             return None
         if op.role == "read" and op.key in self.param_paths:
             return op.key
+        return self._slice_of(arg, op)
+
+    def _slice_of(self, arg, op) -> str | None:
+        """``w_q`` of ``w_q, w_kv = in_proj_weight.split([E, 2E])`` (or ``w[a:b]``): a key for
+        those rows of the parameter, whose tensor is a view of it (updates land in the parameter)."""
+        if op.kind == "prim::ListUnpack" and op.args and not isinstance(op.args[0], Const):
+            source = self.producer.get(op.args[0])
+            if source is None or source.kind not in _ROW_SPLITS or len(source.args) < 3:
+                return None
+            base = self._read_of(source.args[0])
+            size, dim = self._constant_arg(source.args[1]), source.args[2]
+            if base is None or base not in self.params or not isinstance(dim, Const) or dim.value != 0:
+                return None
+            rows = self.params[base].shape[0]
+            if size is None and base.endswith(("in_proj_weight", "in_proj_bias")) and rows % 3 == 0 and len(op.outputs) in (2, 3):
+                # nn.MultiheadAttention's w.split([E, 2E]) (q | kv) or w.chunk(3), with E a traced size
+                third = rows // 3
+                size = Const([third, 2 * third] if len(op.outputs) == 2 else [third] * 3)
+            if size is None:
+                return None
+            if source.kind in ("aten::chunk", "aten::unsafe_chunk"):
+                step = -(-rows // size.value)
+                sizes = [min(step, rows - i) for i in range(0, rows, step)]
+            elif isinstance(size.value, int):
+                sizes = [min(size.value, rows - i) for i in range(0, rows, size.value)]
+            else:
+                sizes = list(size.value)
+            index = op.outputs.index(arg)
+            start = sum(sizes[:index])
+            return self._slice_param(base, start, start + sizes[index])
+        if op.kind == "aten::slice" and len(op.args) == 5 and all(isinstance(a, Const) for a in op.args[1:]):
+            base = self._read_of(op.args[0])
+            dim, start, end, step = (a.value for a in op.args[1:])
+            if base is None or base not in self.params or dim != 0 or step != 1:
+                return None
+            rows = self.params[base].shape[0]
+            start, end = max(start or 0, 0), min(rows if end is None else end, rows)
+            return self._slice_param(base, start, end) if start < end else None
         return None
+
+    def _constant_arg(self, arg) -> Const | None:
+        """A constant argument, or a list built from constants (``prim::ListConstruct``)."""
+        if isinstance(arg, Const):
+            return arg
+        op = self.producer.get(arg)
+        if op is not None and op.kind == "prim::ListConstruct" and all(isinstance(a, Const) for a in op.args):
+            return Const([a.value for a in op.args])
+        return None
+
+    def _slice_param(self, base: str, start: int, stop: int) -> str:
+        rows = self.params[base].shape[0]
+        label = f"{start}:{stop}"
+        if base.endswith(("in_proj_weight", "in_proj_bias")) and rows % 3 == 0 and start % (rows // 3) == 0 and stop % (rows // 3) == 0:
+            label = "qkv"[start // (rows // 3): stop // (rows // 3)]  # nn.MultiheadAttention's packed q, k, v
+        key = f"{base}[{label}]"
+        if key not in self.params:
+            self.params[key] = self.params[base].narrow(0, start, stop - start)
+            self.param_slices[key] = (base, start, stop)
+        return key
 
     def _module_path(self, name: str) -> str:
         path = name if not name.startswith("_ts_") else "layer_" + name
@@ -466,6 +534,14 @@ class _Reader:
         while f"{path}_{n}" in taken:
             n += 1
         return f"{path}_{n}"
+
+
+_ROW_SPLITS = {"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unsafe_chunk"}
+
+
+def _identifier_path(name: str) -> str:
+    """``a.in_proj_weight[q]`` -> ``a.in_proj_weight_q``: a module path fx can call."""
+    return name.replace("[", "_").replace(":", "_").replace("]", "")
 
 
 _SPLITS = {"aten::split", "aten::chunk", "aten::unsafe_chunk", "aten::unflatten"}

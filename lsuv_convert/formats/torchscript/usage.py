@@ -57,6 +57,7 @@ def skipped_parameters(script_module, program: Program) -> list[dict]:
             held.add(call.weight_path)
             if call.bias_path is not None:
                 held.add(call.bias_path)
+    held |= {program.param_slices[k][0] for k in held if k in program.param_slices}  # q / kv rows: their layers
     params = [(n, p) for n, p in script_module.named_parameters() if n not in held]
     uses = parameter_uses(program, {n for n, _ in params})
     out = []

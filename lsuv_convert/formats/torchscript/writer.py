@@ -23,6 +23,8 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
     state: ScriptState = graph.state
     module = state.module
     params = dict(module.named_parameters())
+    for key, (base, start, stop) in state.program.param_slices.items():  # rows of a packed weight
+        params[key] = params[base][start:stop]
     updates = []  # (ScriptModule parameter, new value)
     for target in graph.targets:
         layer = graph.module.get_submodule(target.module_path)

@@ -155,6 +155,20 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
     return account
 
 
+def graph_account(graph, reports) -> list[ParamAccount]:
+    """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
+    by_path = graph.target_by_path()
+    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
+    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
+    for p in graph.skipped_params:
+        numel = 1
+        for d in p["shape"]:
+            numel *= int(d)
+        account.append(ParamAccount(p["name"], list(p["shape"]), numel, "skipped", linear=bool(p.get("linear")),
+                                    reason=p.get("reason")))
+    return account
+
+
 def rename_layer(layer: str, rename) -> str:
     """A report name (``path``, ``path[q]``, ``path.out_proj``) with its target part renamed."""
     head, bracket, tail = layer.partition("[")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .account import IncompleteError, ParamAccount, check_strict, counts, module_account, rename_layer
+from .account import IncompleteError, check_strict, counts, graph_account, rename_layer
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
 from .errors import DataError, DeviceError, OutputError, UnconvergedError
@@ -232,21 +232,9 @@ def _target_path(layer_name: str) -> str:
 
 def account_log(graph, report, batch) -> dict:
     """The log's ``batch`` (hash and per-input statistics), ``account`` and ``counts``."""
-    by_path = graph.target_by_path()
-    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
-    account = module_account(graph.module, targets, report.layers,
-                             rename=lambda p: by_path[p].name if p in by_path else p)
-    account += [ParamAccount(p["name"], list(p["shape"]), int(_numel(p["shape"])), "skipped", linear=bool(p.get("linear")),
-                             reason=p.get("reason")) for p in graph.skipped_params]
+    account = graph_account(graph, report.layers)
     return {"batch": batch.to_log(), "counts": counts(account), "account": [e.to_dict() for e in account],
             "_account": account}
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:

@@ -40,6 +40,12 @@ def load_script(path: Path) -> ModelGraph:
     info = inspect_archive(path)
     extra = {name: "" for name in info.extra_files}
     script_module = _jit_load(path, extra)
+    return script_graph(script_module, path, info, extra)
+
+
+def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
+    """The ModelGraph of a loaded ScriptModule (``path`` names it in messages)."""
+    extra = extra or {}
     training = training_flags(script_module)
     set_training(script_module, {name: False for name in training})
     try:

@@ -25,7 +25,8 @@ from .engine import LinearMap, fit_layer
 
 
 def is_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention)
+    """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
+    return isinstance(module, nn.MultiheadAttention) or bool(getattr(module, "lsuv_attention", False))
 
 
 def projection_maps(mha: nn.MultiheadAttention) -> list[tuple[str, LinearMap]]:

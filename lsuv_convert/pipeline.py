@@ -208,7 +208,7 @@ def _layer_entries(graph, report) -> list[dict]:
     by_path = graph.target_by_path()
     entries = []
     for layer in report.layers:
-        target = by_path.get(_target_path(layer.name))
+        target = by_path.get(_target_path(layer.name, by_path))
         entry = layer.to_dict()
         entry.update(name=rename_layer(layer.name, lambda p: by_path[p].name if p in by_path else p),
                      op=target.op if target else layer.op)
@@ -217,7 +217,7 @@ def _layer_entries(graph, report) -> list[dict]:
         else:
             entry.pop("uses")
         entries.append(entry)
-    reached = {_target_path(layer.name) for layer in report.layers}
+    reached = {_target_path(layer.name, by_path) for layer in report.layers}
     for target in graph.targets:
         if target.module_path not in reached:
             entries.append({"index": len(entries), "name": target.name, "op": target.op, "converged": False,
@@ -226,8 +226,12 @@ def _layer_entries(graph, report) -> list[dict]:
     return entries
 
 
-def _target_path(layer_name: str) -> str:
-    return layer_name.partition("[")[0]
+def _target_path(layer_name: str, by_path: dict) -> str:
+    """The target a report entry belongs to: ``a[q]`` and ``a.out_proj`` (attention ``a``) -> ``a``."""
+    path = layer_name.partition("[")[0]
+    while path not in by_path and "." in path:
+        path = path.rpartition(".")[0]
+    return path if path in by_path else layer_name.partition("[")[0]
 
 
 def account_log(graph, report, batch) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .layers import LAYER_KINDS, LayerCall, layer_name, match_layer
+from .layers import ATTENTION, LAYER_KINDS, LayerCall, layer_name, match_attention, match_layer
 from .ops import Resolved, UnsupportedNode, _dispatcher_overload, resolve
 
 
@@ -209,6 +209,7 @@ class _Reader:
         _drop_unused_reads(body, _all_uses(body))
         _annotate_frees(body)
         used = {calls[0].weight_path for calls in self.layers.values()}
+        used |= {path for calls in self.layers.values() for path in calls[0].extra_params.values()}
         untouched = [
             name for name, p in self.sm.named_parameters() if name not in used and p.dim() >= 2
         ]
@@ -302,7 +303,7 @@ class _Reader:
             return Op(kind, "loop", args, outputs, blocks=[self._block(sub, depth + 1, block_inputs)], where=where)
         if any(True for _ in node.blocks()):
             raise ProgramError(f"unsupported TorchScript construct {kind} (a node with blocks){where}")
-        if kind in LAYER_KINDS:
+        if kind in LAYER_KINDS or kind == ATTENTION:
             op = self._layer(node, args, outputs, depth, where)
             if op is not None:
                 return op
@@ -416,15 +417,21 @@ class _Reader:
             self.tensors[path] = self.tensors[path].clone()
 
     def _layer(self, node, args, outputs, depth, where) -> Op | None:
-        call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
+        if node.kind() == ATTENTION:
+            call = match_attention(_dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
+        else:
+            call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
         if call is None:
             return None
         module_path = self.module_of_weight.get(call.weight_path)
         if module_path is None:
-            module_path = self._module_path(_identifier_path(layer_name(call.weight_path)))
+            name = layer_name(call.weight_path)
+            if call.family == "attention":  # named after the MultiheadAttention that owns in_proj_weight
+                name = call.weight_path.rpartition(".")[0] or name
+            module_path = self._module_path(_identifier_path(name))
             self.module_of_weight[call.weight_path] = module_path
             self.layers[module_path] = []
-            self.layer_names[module_path] = layer_name(call.weight_path)
+            self.layer_names[module_path] = name
         name = self.layer_names[module_path]
         if depth > 0 and name not in self.in_control_flow:
             self.in_control_flow.append(name)

@@ -55,6 +55,7 @@ def skipped_parameters(script_module, program: Program) -> list[dict]:
     for calls in program.layers.values():
         for call in calls:
             held.add(call.weight_path)
+            held.update(call.extra_params.values())
             if call.bias_path is not None:
                 held.add(call.bias_path)
     held |= {program.param_slices[k][0] for k in held if k in program.param_slices}  # q / kv rows: their layers

@@ -98,7 +98,7 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
 
     ``rename`` maps a target's qualified name to the name shown (a format's source name).
     """
-    from .attention import is_attention, parameter_names
+    from .attention import is_attention, join, parameter_names
 
     rename = rename or (lambda n: n)
     by_report: dict[str, list] = {}
@@ -117,11 +117,11 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
         if is_attention(target):
             for pname in parameter_names(target):
                 if pname.startswith("out_proj"):
-                    cover = covering([], [f"{name}.out_proj"])
+                    cover = covering([], [join(name, "out_proj")])
                 elif pname.startswith("in_proj"):
-                    cover = covering([f"{name}.in_proj_weight[", f"{name}.q_proj", f"{name}.k_proj", f"{name}.v_proj"], [])
+                    cover = covering([join(name, p) for p in ("in_proj_weight[", "q_proj", "k_proj", "v_proj")], [])
                 else:
-                    cover = covering([], [f"{name}.{pname}"])
+                    cover = covering([], [join(name, pname)])
                 owner[id(target.get_parameter(pname))] = (name, cover)
             continue
         cover = covering([f"{name}["], [name])
@@ -137,7 +137,7 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
         hit = owner.get(id(p))
         if hit is not None:
             target_name, cover = hit
-            shown = rename(target_name) + pname[len(target_name):] if pname.startswith(target_name) else pname
+            shown = rename(target_name) + pname[len(target_name):] if target_name and pname.startswith(target_name) else pname
             is_weight = p.dim() >= 2
             if cover:
                 before = [r.var_before for r in cover]

@@ -24,6 +24,10 @@ from torch import nn
 from .engine import LinearMap, fit_layer
 
 
+def join(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
+
+
 def is_attention(module: nn.Module) -> bool:
     """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
     return isinstance(module, nn.MultiheadAttention) or bool(getattr(module, "lsuv_attention", False))
@@ -89,7 +93,7 @@ class AttentionFit:
             return None  # fitted at an earlier call: runs as it is
         for (suffix, linear_map), x in zip(self.maps[:3], self._inputs(args, kwargs)):
             run = (lambda x=x, m=linear_map: F.linear(x, m.weight, m.bias))
-            self.tracker.fit_map(f"{self.name}.{suffix}", linear_map, run, run(), self.key)
+            self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         out = self.mha.out_proj
         self.saved = (out.weight.detach().clone(), out.bias.detach().clone() if out.bias is not None else None)
         out.weight.copy_(torch.eye(out.weight.shape[0], out.weight.shape[1], dtype=out.weight.dtype, device=out.weight.device))
@@ -110,5 +114,5 @@ class AttentionFit:
         attended, weights = output if isinstance(output, tuple) else (output, None)
         suffix, linear_map = self.maps[3]
         run = lambda: F.linear(attended, linear_map.weight, linear_map.bias)  # noqa: E731
-        projected = self.tracker.fit_map(f"{self.name}.{suffix}", linear_map, run, run(), self.key)
+        projected = self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         return (projected, weights) if isinstance(output, tuple) else projected

@@ -54,6 +54,12 @@ def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
         raise ModelFormatError(f"cannot run this TorchScript graph: {exc}", path=path) from None
     except (RuntimeError, AttributeError) as exc:  # e.g. no forward method
         raise ModelFormatError(f"cannot read the TorchScript forward graph: {_last_line(str(exc))}", path=path) from None
+    fused = _fused_kernels(program)
+    if not program.layers and fused:
+        raise ModelFormatError(
+            f"its layers run inside torch's fused kernel(s) {', '.join(fused)} (traced in eval mode under "
+            "torch.no_grad), which cannot be split into linear maps: trace it again after "
+            "torch.backends.mha.set_fastpath_enabled(False)", path=path)
     if not program.layers:
         raise ModelFormatError(
             "has no conv / linear layer whose weight is a parameter (a torch.jit.freeze'd module keeps its "
@@ -103,6 +109,15 @@ def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
     )
     graph.skipped_params = skipped_parameters(script_module, program)
     return graph
+
+
+_FUSED = ("aten::_transformer_encoder_layer_fwd", "aten::_transformer_decoder_only_layer_fwd")
+
+
+def _fused_kernels(program: Program) -> list[str]:
+    from .usage import _ops
+
+    return sorted({op.kind for op in _ops(program.body.ops) if op.kind in _FUSED})
 
 
 def _input_specs(program: Program) -> list[InputSpec]:

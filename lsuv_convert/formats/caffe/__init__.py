@@ -114,6 +114,7 @@ class CaffeFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         from .build import target_layers
         from .deploy import deploy_text
+        from ...statistics import population_stats
         from .parse import read_model
         from .runtime import load_cv2, opencv_forward, opencv_net
 
@@ -133,8 +134,7 @@ class CaffeFormat(ModelFormat):
         outs = opencv_forward(net, {i.name: a for i, a in zip(parsed.inputs, arrays)}, list(names))
         stats = {}
         for name, out in zip(names, outs):
-            values = out.astype("float64").reshape(-1)
-            stats[name] = (float(values.var()), float(values.mean()))
+            stats[name] = population_stats(out)
         return stats
 
     def in_place_output(self, path: Path, weights: Path | None) -> Path:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .account import check_strict, module_account
-from .attention import is_attention, projection_maps
+from .attention import attention_hooks, is_attention, projection_maps
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
@@ -135,7 +135,7 @@ def lsuv_init(
     a dict of tensors (keyword inputs, e.g. ``{"input_ids": ids, "attention_mask": mask}``);
     ``kwargs`` adds keyword inputs to a positional batch. Integer and bool tensors (token ids,
     masks) are passed as they are; float tensors take the module's float dtype.
-    A ``torch.jit.ScriptModule`` is run through the TorchScript reader (no hooks needed).
+    A ``torch.jit.ScriptModule`` takes :func:`lsuv_convert.lsuv_init`, which reads its graph.
 
     ``device=None`` runs on CUDA when available; the module is returned to its original
     device. ``walker`` is "fx" (walk a torch.fx GraphModule: the module, or its trace),
@@ -148,11 +148,8 @@ def lsuv_init(
     weight is unreached or skipped (the weights are changed all the same).
     """
     if _is_script_module(module):
-        from .formats.torchscript.api import lsuv_init_script
-
-        return lsuv_init_script(module, batch, kwargs=kwargs, pre_init=pre_init, tol=tol, max_iter=max_iter,
-                                target_var=target_var, center=center, device=device, seed=seed, on_layer=on_layer,
-                                strict=strict)
+        raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
+                        "through the TorchScript reader")
     settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
     settings.validate()
     dev = resolve_device(device)
@@ -179,7 +176,7 @@ def lsuv_init(
         with _eval_mode(module):
             report.walker, runner = _choose_walker(module, walker)
             targets_in_runner = {n: runner.get_submodule(n) for n in target_map}
-            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw)
+            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw, attention_hooks)
     finally:
         if moved:
             module.to(home)

@@ -64,6 +64,11 @@ def parameter_names(mha: nn.MultiheadAttention) -> list[str]:
 _ARG_NAMES = ("query", "key", "value")
 
 
+def attention_hooks(name: str, module: nn.Module, tracker) -> list | None:
+    """For :func:`~lsuv_convert.engine.lsuv_walk`: the hooks of an attention target, else None."""
+    return AttentionFit(name, module, tracker).register() if is_attention(module) else None
+
+
 class AttentionFit:
     """The pre-hook / hook pair of one MultiheadAttention target during one walk."""
 

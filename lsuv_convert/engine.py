@@ -66,9 +66,10 @@ class LsuvReport:
     @property
     def counts(self) -> dict[str, int]:
         """Parameter tensors initialized / unreached / skipped."""
-        from .account import counts
-
-        return counts(self.account)
+        out = {"initialized": 0, "unreached": 0, "skipped": 0}
+        for entry in self.account:
+            out[entry.status] += 1
+        return out
 
     @property
     def unreached(self) -> list:
@@ -380,7 +381,7 @@ class _Tracker:
 
 
 def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None,
-              kwargs: dict | None = None):
+              kwargs: dict | None = None, special_hooks: Callable | None = None):
     """LSUV in one forward pass of ``module``, fitting each target at its first call.
 
     A forward hook on every target receives the layer's input and its output with the
@@ -389,12 +390,12 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
     module's own code: for a ``torch.fx.GraphModule`` that is the graph's generated Python,
     which drops every activation after its last use, so the peak stays that of a plain
     forward pass plus the working copies of the current layer, with no per-node
-    interpretation overhead. Attention modules (:mod:`.attention`) get a pre-hook that fits
-    q, k and v on the module's inputs and a hook that fits the output projection. torch's
-    fused attention fast paths are off during the walk, so that every hook sees its call.
+    interpretation overhead. ``special_hooks(name, module, tracker)``, when given, may register
+    a target's hooks itself and return their handles (None: the plain hook), as attention
+    modules do (:mod:`.attention`: q, k, v fitted on the module's inputs, out_proj on the
+    attention output). torch's fused attention fast paths are off during the walk, so that
+    every hook sees its call.
     """
-    from .attention import AttentionFit, is_attention
-
     tracker = _Tracker(targets, settings, on_layer)
     handles = []
 
@@ -408,8 +409,9 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
 
     try:
         for name, mod in targets.items():
-            if is_attention(mod):
-                handles.extend(AttentionFit(name, mod, tracker).register())
+            special = special_hooks(name, mod, tracker) if special_hooks is not None else None
+            if special is not None:
+                handles.extend(special)
             else:
                 handles.append(mod.register_forward_hook(make_hook(name), with_kwargs=True))
         with torch.no_grad(), _fast_path_off():

@@ -39,7 +39,11 @@ def _positional(graph, batch: Any, kwargs: dict | None) -> list[torch.Tensor]:
     return values
 
 
-def lsuv_init_script(script_module, batch: Any, *, kwargs=None, strict: bool = False, on_layer=None, **options):
+def lsuv_init_script(script_module, batch: Any, *, kwargs=None, strict: bool = False, on_layer=None,
+                     targets=None, walker=None, **options):
+    """LSUV of a ScriptModule in place (its parameters); the report names layers as the file would."""
+    if targets is not None or walker is not None:
+        raise TypeError("targets / walker are chosen by the TorchScript reader for a ScriptModule")
     from ...api import lsuv_init
 
     graph = script_graph(script_module, "<ScriptModule>")

@@ -144,6 +144,12 @@ class Console:
         failed = [o for o in outcomes if o.status in ("failed", "unconverged")]
         line = (f"{counts['ok']} converted, {counts['skipped']} up to date, {counts['failed']} failed, "
                 f"{counts['unconverged']} not converged")
+        params = [getattr(o, "log", None) and o.log.get("counts") for o in outcomes]
+        params = [p for p in params if p]
+        if params:
+            total = {k: sum(p[k] for p in params) for k in ("initialized", "unreached", "skipped")}
+            line += (f"; parameters: {total['initialized']} initialized, {total['unreached']} unreached, "
+                     f"{total['skipped']} skipped")
         if failed:
             line += "; failed: " + ", ".join(str(o.model) for o in failed)
         self._line(line)

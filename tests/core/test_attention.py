@@ -28,6 +28,7 @@ def check_account(model, report):
     assert len(report.account) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_transformer_encoder_every_map(batch_first):
     torch.manual_seed(0)
@@ -48,6 +49,7 @@ def test_transformer_encoder_every_map(batch_first):
     assert not report.unreached
 
 
+@pytest.mark.slow
 def test_transformer_decoder_self_and_cross_attention():
     torch.manual_seed(1)
     model = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64, batch_first=True), 2)
@@ -97,6 +99,7 @@ def test_attention_module_runs_once_per_call():
     assert len(attention) == 2 and len(set(map(id, attention))) == 2
 
 
+@pytest.mark.slow
 def test_vision_transformer():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(5)

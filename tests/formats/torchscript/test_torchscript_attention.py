@@ -117,38 +117,6 @@ def test_fused_native_attention_cli(tmp_path):
     assert log["counts"] == {"initialized": 6, "unreached": 0, "skipped": 0}
 
 
-class Branchy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.rare = nn.Linear(8, 8)
-        self.norm = nn.LayerNorm(8)
-
-    def forward(self, x):
-        x = self.norm(self.a(x))
-        if bool(x.sum() > 1e9):
-            x = self.rare(x)
-        return x
-
-
-def test_strict_fails_on_an_unreached_branch_and_writes_nothing(tmp_path):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.script(Branchy()).save(str(tmp_path / "b.pt"))
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
-    r = invoke(tmp_path / "b.pt", "--data", tmp_path / "x.npy", "--strict", "--log", tmp_path / "log.json")
-    assert r.returncode == 3 and "rare.weight" in r.stderr
-    assert not (tmp_path / "b.lsuv.pt").exists()
-    log = json.loads((tmp_path / "log.json").read_text())
-    status = {e["name"]: e["status"] for e in log["account"]}
-    assert status == {"a.weight": "initialized", "a.bias": "initialized", "rare.weight": "unreached",
-                      "rare.bias": "unreached", "norm.weight": "skipped", "norm.bias": "skipped"}
-    r = invoke(tmp_path / "b.pt", "--data", tmp_path / "x.npy")
-    assert r.returncode == 0 and (tmp_path / "b.lsuv.pt").exists()
-
-
 # -- transformers ------------------------------------------------------------------------------
 
 def _bert():

@@ -345,6 +345,15 @@ class _Reader:
                 sizes = Const(sizes.value[0]) if len(sizes.value) == 2 else None
             if isinstance(sizes, Const) and isinstance(sizes.value, int) and sizes.value > 0 and features % sizes.value == 0:
                 parts = sizes.value
+        elif kind in ("aten::reshape", "aten::view") and len(args) > 1:
+            # qkv(x).reshape(B, N, 3, heads, head_dim) (timm, many ViTs): the trailing (3, H, D) split q, k, v
+            built = self.producer.get(args[1]) if not isinstance(args[1], Const) else None
+            dims = list(built.args) if built is not None and built.kind == "prim::ListConstruct" else (
+                [Const(d) for d in args[1].value] if isinstance(args[1], Const) else [])
+            tail = [d.value if isinstance(d, Const) else None for d in dims[-3:]]
+            if len(dims) >= 4 and all(isinstance(d, int) and d > 0 for d in tail) and tail[0] in (2, 3) and (
+                    tail[0] * tail[1] * tail[2] == features):
+                parts = tail[0]
         if parts is not None and 1 < parts <= 4:
             self.layer_parts[producer.key] = parts
 
@@ -551,7 +560,7 @@ def _identifier_path(name: str) -> str:
     return name.replace("[", "_").replace(":", "_").replace("]", "")
 
 
-_SPLITS = {"aten::split", "aten::chunk", "aten::unsafe_chunk", "aten::unflatten"}
+_SPLITS = {"aten::split", "aten::chunk", "aten::unsafe_chunk", "aten::unflatten", "aten::reshape", "aten::view"}
 
 # op kind -> (its training flag argument, the buffers it updates in place when training)
 _TRAINING_ARG = {

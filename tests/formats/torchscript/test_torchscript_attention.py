@@ -117,6 +117,37 @@ def test_fused_native_attention_cli(tmp_path):
     assert log["counts"] == {"initialized": 6, "unreached": 0, "skipped": 0}
 
 
+class TimmStyleAttention(nn.Module):
+    """One qkv Linear reshaped to (B, N, 3, heads, head_dim), then scaled_dot_product_attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.proj = nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_sdpa_with_packed_qkv_reshaped(tmp_path):
+    torch.manual_seed(4)
+    model = TimmStyleAttention().eval()
+    x = torch.randn(4, 10, 32)
+    trace(model, (x,)).save(str(tmp_path / "sdpa.pt"))
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = invoke(tmp_path / "sdpa.pt", "--data", tmp_path / "x.npy", "--strict")
+    assert r.returncode == 0, r.stderr
+    model = load_into(model, tmp_path / "sdpa.lsuv.pt")
+    with torch.no_grad():
+        qkv = model.qkv(x).reshape(4, 10, 3, 32)
+        variances = [float(qkv[:, :, i].double().var(unbiased=False)) for i in range(3)]
+        variances.append(float(model(x).double().var(unbiased=False)))
+    assert all(abs(v - 1) < TOL for v in variances), variances
+
+
 # -- transformers ------------------------------------------------------------------------------
 
 def _bert():

@@ -7,20 +7,18 @@ A ``torch.jit.ScriptModule`` refuses hooks, so it goes through the TorchScript p
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import torch
 
+from . import api
+
+
+@functools.wraps(api.lsuv_init)
 def lsuv_init(module, batch: Any, **options):
-    """Orthonormal pre-init + LSUV of ``module`` in place; see :func:`lsuv_convert.api.lsuv_init`."""
-    import torch
-
     if isinstance(module, torch.jit.ScriptModule):
         from .formats.torchscript.api import lsuv_init_script
 
         return lsuv_init_script(module, batch, **options)
-    from .api import lsuv_init as init_module
-
-    return init_module(module, batch, **options)
-
-
-lsuv_init.__doc__ = (lsuv_init.__doc__ or "") + "\n\nA ``torch.jit.ScriptModule`` is read like a TorchScript file."
+    return api.lsuv_init(module, batch, **options)

@@ -176,7 +176,7 @@ class LinearMap:
         return w.reshape(1, w.shape[0], -1) if w.is_contiguous() else w.unsqueeze(0)
 
 
-def parts_of(module, dim_size: int | None = None) -> int:
+def parts_of(module) -> int:
     """How many separate linear maps a target's weight holds along its outputs (q/k/v: 3)."""
     parts = int(getattr(module, "lsuv_parts", 1) or 1)
     return parts if parts > 1 else 1
@@ -362,7 +362,6 @@ class _Tracker:
         axis = getattr(module, "lsuv_out_axis", 0)
         size = out.shape[dim] // parts
         op = getattr(module, "lsuv_op", None) or type(module).__name__
-        first = None
         for i in range(parts):
             part = LinearMap(
                 weight.narrow(axis, i * size, size),
@@ -374,9 +373,7 @@ class _Tracker:
             fields["weight_shape"] = list(part.weight.shape)
             if part_out.data_ptr() != view.data_ptr():
                 view.copy_(part_out)
-            report = self.record(part_name(name, i, parts), fields, part.weight)
-            first = first or report
-        self.by_weight[id(weight)] = first
+            self.record(part_name(name, i, parts), fields, weight)  # the parameter: a view's id is not stable
         return out
 
 

@@ -11,6 +11,7 @@ Nothing here unpickles: arrays are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import zipfile
@@ -45,9 +46,9 @@ class Batch:
     warnings: list[str]
     names: list[str] | None = None  # the model input each array feeds
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order)."""
+        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order); computed once."""
         digest = hashlib.sha256()
         for a in self.arrays:
             digest.update(f"{a.dtype.str}{tuple(a.shape)}".encode())

@@ -6,6 +6,7 @@ formats and the engine know nothing of each other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -73,7 +74,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     model = Path(model)
     fmt = find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
-    _check_output(model, output, options)
+    _check_output(model, output, options, folder=fmt.claims_directory(model))
     try:
         device = resolve_device(options.device)
     except ValueError as exc:
@@ -120,6 +121,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     extra = account_log(graph, report, batch)
     account = extra.pop("_account")
     log.update(extra)
+    graph.provenance = provenance(options, batch)
+    log["provenance"] = graph.provenance
     if options.weights is not None:
         log["weights"] = str(options.weights)
     result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
@@ -162,7 +165,7 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
     if batch_inputs is not None:
         graph = fmt.prepare(loaded, batch_inputs, check=False)
         targets, module, inputs = graph.targets, graph.module, graph.inputs
-    return {
+    info = {
         "model": str(model), "format": fmt.name,
         "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
                    for s in inputs],
@@ -171,6 +174,29 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
                     for i, t in enumerate(targets)],
         "notes": list(loaded.notes),
     }
+    if loaded.provenance:
+        info["provenance"] = loaded.provenance
+    return info
+
+
+def provenance(options: ConvertOptions, batch) -> dict:
+    """What made an output: formats with a metadata slot that doesn't touch the computation store it."""
+    from . import __version__
+
+    return {"tool": "lsuv-convert", "version": __version__, "seed": options.seed,
+            "settings": options.settings.to_log(), "batch_sha256": batch_sha256(batch)}
+
+
+def batch_sha256(batch) -> str:
+    """SHA-256 over the batch arrays' dtype, shape and bytes, in input order."""
+    known = getattr(batch, "sha256", None)
+    if known:
+        return known
+    digest = hashlib.sha256()
+    for array in batch.arrays:
+        digest.update(f"{array.dtype.str}{tuple(array.shape)}".encode())
+        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+    return digest.hexdigest()
 
 
 def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
@@ -180,9 +206,10 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
     settings = options.settings
     fmt = find_format(model, written=True)
     model, weights = fmt.written_pair(Path(model), options.weights)
-    loaded = fmt.load(model, replace(options.request, weights=weights))
+    request = replace(options.request, weights=weights)
+    loaded = fmt.load(model, request)
     _, inputs = _batch_for(loaded, options.data, options)
-    stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets])
+    stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets], request=request)
     rows = []
     for name, (var, mean) in stats.items():
         ok = abs(var - settings.target_var) < settings.tol
@@ -258,13 +285,27 @@ def sidecar_batch(model: Path) -> Path | None:
     return None
 
 
-def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
+def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
+    """``folder``: the model is a folder (Hugging Face), and so is its output."""
     same = output.resolve() == model.resolve() or (
         options.weights is not None and output.resolve() == Path(options.weights).resolve())
     if same and not options.in_place:
         raise OutputError("output would overwrite the input; pass --in-place to allow that", path=output)
-    if output.exists() and output.is_dir():
+    if folder:
+        if output.exists() and not output.is_dir():
+            raise OutputError("output path is a file; this model is written as a folder", path=output)
+        if not same and _inside(output, model):
+            raise OutputError("output folder would be inside the input folder", path=output)
+    elif output.exists() and output.is_dir():
         raise OutputError("output path is a folder", path=output)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def write_log(log: dict, path: Path | str) -> None:

@@ -131,6 +131,8 @@ class Run:
 
     def _inputs_of(self, model: Path) -> list[Path]:
         paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        if model.is_dir():  # a folder model (Hugging Face): editing a file inside doesn't touch the folder's time
+            paths += [p for p in model.rglob("*") if p.is_file()]
         return [p for p in paths if p is not None]
 
     def _side_path(self, option: Path | None, output: Path, ext: str) -> Path | None:

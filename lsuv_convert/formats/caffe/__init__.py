@@ -7,8 +7,12 @@ graph with Caffe's semantics (``build``, ``layers``, ``modules``), and the blobs
 back by layer name (``write``). ``--weights existing.caffemodel`` starts from trained blobs.
 OpenCV's Caffe importer, when installed, re-measures written files (``measure``).
 
+Only the layers on a path to a target are built and run; the tail (DetectionOutput, PriorBox
+branches, ArgMax, losses ...) is left out, so it may hold types this plug-in doesn't know.
+
 Loading executes nothing from the file: prototxts are data; ``Python`` layers are never run
-(one without bottoms is treated as a data layer, any other is an error).
+(any layer with tops and no bottoms is a data layer replaced by the batch; other Python layers
+are an error).
 """
 
 from __future__ import annotations
@@ -57,14 +61,14 @@ class CaffeFormat(ModelFormat):
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .build import target_layers
-        from .layers import CONVERTERS
+        from .layers import CONVERTERS, unsupported_here
         from .parse import read_model
         from .weights import read_weights
 
-        parsed = read_model(path)
-        for entry in parsed.layers:
+        parsed = read_model(path, tuple(request.stages))
+        for entry in parsed.layers:  # the tail may hold types we don't know: it never runs
             if entry.layer.type not in CONVERTERS:
-                raise ModelFormatError(f"{parsed.where(entry)}: unknown layer type {entry.layer.type!r}",
+                raise ModelFormatError(f"{parsed.where(entry)}: {unsupported_here(entry.layer.type)}",
                                        path=parsed.path)
         weights = request.weights
         stored = read_weights(Path(weights)) if weights is not None else None
@@ -111,7 +115,7 @@ class CaffeFormat(ModelFormat):
             raise ModelFormatError(f"no model definition ({candidate.name}) beside the weights file", path=path)
         return candidate, path
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         from .build import target_layers
         from .deploy import deploy_text
         from ...statistics import population_stats

@@ -103,7 +103,7 @@ class OnnxFormat(ModelFormat):
         )
         files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
         from ...statistics import population_stats

@@ -170,13 +170,22 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
         "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
                    for s in inputs],
         "targets": [{"index": i, "name": t.name, "op": t.op,
-                     "weight_shape": list(module.get_submodule(t.module_path).weight.shape) if module is not None else None}
+                     "weight_shape": _weight_shape(module.get_submodule(t.module_path)) if module is not None else None}
                     for i, t in enumerate(targets)],
         "notes": list(loaded.notes),
     }
     if loaded.provenance:
         info["provenance"] = loaded.provenance
     return info
+
+
+def _weight_shape(layer) -> list[int]:
+    """A target's weight shape (an attention target: its packed or q projection weight)."""
+    for attr in ("weight", "in_proj_weight", "q_proj_weight"):
+        weight = getattr(layer, attr, None)
+        if weight is not None:
+            return list(weight.shape)
+    return []
 
 
 def provenance(options: ConvertOptions, batch) -> dict:

@@ -183,9 +183,12 @@ def _check_complete(graph: ModelGraph, name: str) -> None:
         raise TypeError(f"the {name!r} plug-in built a {graph.format!r} graph")
     for target in graph.targets:
         try:
-            weight = graph.module.get_submodule(target.module_path).weight
+            layer = graph.module.get_submodule(target.module_path)
         except AttributeError:
-            weight = None
+            layer = None
+        # an attention target (nn.MultiheadAttention) holds in_proj_weight or q/k/v_proj_weight
+        weight = next((getattr(layer, a, None) for a in ("weight", "in_proj_weight", "q_proj_weight")
+                       if getattr(layer, a, None) is not None), None)
         if weight is None:
             raise TypeError(f"the {name!r} plug-in's target {target.name!r} has no module with a weight "
                             f"at {target.module_path!r}")

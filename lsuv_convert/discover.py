@@ -10,6 +10,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import is_temporary
 from .errors import LsuvError
 from .formats import model_extensions
 
@@ -23,7 +24,8 @@ class ModelJob:
 
 
 def is_own_output(path: Path) -> bool:
-    return OUTPUT_MARK in path.name
+    """Our outputs (``NAME.lsuv.EXT``) and our temporary files: never models."""
+    return OUTPUT_MARK in path.name or is_temporary(path)
 
 
 def expand(args: list[str]) -> list[ModelJob]:
@@ -49,7 +51,7 @@ def expand(args: list[str]) -> list[ModelJob]:
             add(path, path.parent)  # a missing file is reported by its own job
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            files = [m for m in matches if m.is_file() and not is_own_output(m)]
+            files = [m for m in matches if m.is_file() and not is_own_output(m) and not is_temporary(m)]
             if not files:
                 raise LsuvError("pattern matches no model files", path=arg)
             base = Path(arg.split("*")[0].rsplit("/", 1)[0] if "/" in arg.split("*")[0] else ".")

@@ -15,7 +15,7 @@ from typing import Callable
 
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
-from .errors import DataError, DeviceError, OutputError, UnconvergedError
+from .errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
 from .formats import find_format
 from .formats.base import LoadRequest
 from .settings import DEFAULTS, LsuvSettings
@@ -49,6 +49,7 @@ class Result:
 
     log: dict
     warnings: list[str]
+    read_files: list[Path] = field(default_factory=list)  # every file the conversion read (for the record)
 
     @property
     def unconverged(self) -> list[dict]:
@@ -82,6 +83,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     loaded = fmt.load(model, options.request)
     seconds["load"] = time.perf_counter() - t0
     batch, inputs = _batch_for(loaded, options.data, options)
+    batch_path = options.data if options.data is not None else sidecar_batch(model)
     t0 = time.perf_counter()
     graph = fmt.prepare(loaded, inputs)
     seconds["prepare"] = time.perf_counter() - t0
@@ -118,7 +120,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     }
     if options.weights is not None:
         log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
+    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
+                    read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
     if result.unconverged and not options.allow_unconverged:
         names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
         more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
@@ -230,12 +233,22 @@ def sidecar_batch(model: Path) -> Path | None:
 
 
 def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
-    same = output.resolve() == model.resolve() or (
-        options.weights is not None and output.resolve() == Path(options.weights).resolve())
-    if same and not options.in_place:
-        raise OutputError("output would overwrite the input; pass --in-place to allow that", path=output)
-    if output.exists() and output.is_dir():
-        raise OutputError("output path is a folder", path=output)
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`)."""
+    from .paths import PathPlan
+
+    paths = PathPlan()
+    paths.read(model, f"the input model {model}")
+    paths.read(options.weights, f"the --weights file {options.weights}")
+    paths.read(options.data, f"the data {options.data}")
+    paths.write(output, f"the output of {model}")
+    if options.in_place:
+        paths.allow(output, model)
+        if options.weights is not None:
+            paths.allow(output, options.weights)
+    try:
+        paths.check()
+    except UsageError as exc:
+        raise OutputError(str(exc).replace(" (--in-place", "; pass --in-place to allow that (")) from None
 
 
 def write_log(log: dict, path: Path | str) -> None:

@@ -1,0 +1,88 @@
+"""No path is both read and written: every path of a run, checked before any work starts.
+
+The runner lists, for the whole run, what it will read (models, --weights, --data files and
+image folders, sidecar batches) and what it will write (outputs with every file of their
+format's unit, logs, plots). Paths are compared resolved (``os.path.realpath``) and, for
+files that exist, by (device, inode), so a symlink or a hard link to an input counts as the
+input. Any write that hits a read, or two writes that hit each other, is a usage error
+(exit 2) naming both roles, raised before the first model is touched. ``--in-place`` allows
+exactly one overlap per model: its output over the model file (or, for Caffe, --weights).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Role:
+    path: Path
+    what: str  # "the input model a.onnx", "the --log file of a.onnx", ...
+
+
+@dataclass
+class PathPlan:
+    """What a run reads and writes; ``allowed`` pairs are (write, read) overlaps --in-place permits."""
+
+    reads: list[Role] = field(default_factory=list)
+    writes: list[Role] = field(default_factory=list)
+    allowed: set[tuple[tuple, tuple]] = field(default_factory=set)
+
+    def read(self, path: Path | None, what: str) -> None:
+        if path is not None:
+            self.reads.append(Role(Path(path), what))
+
+    def write(self, path: Path | None, what: str) -> None:
+        if path is not None:
+            self.writes.append(Role(Path(path), what))
+
+    def allow(self, written: Path, read: Path) -> None:
+        self.allowed.add((identity(written), identity(read)))
+
+    def check(self) -> None:
+        """Raise UsageError at the first collision, naming both roles."""
+        read_ids = [(identity(r.path), r) for r in self.reads]
+        seen_writes: dict[tuple, Role] = {}
+        for w in self.writes:
+            wid = identity(w.path)
+            if os.path.isdir(w.path):
+                raise UsageError(f"{w.path} would be written as {w.what}, but it is a folder")
+            for rid, r in read_ids:
+                if same_file(wid, rid) and (wid, rid) not in self.allowed:
+                    hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
+                    raise UsageError(f"{w.path} would be written as {w.what}, but it is {r.what}; "
+                                     f"nothing was done{hint}")
+                if r.path.is_dir() and _inside(w.path, r.path):
+                    raise UsageError(f"{w.path} would be written as {w.what}, inside {r.what}; nothing was done")
+            for key, other in seen_writes.items():
+                if same_file(wid, key):
+                    raise UsageError(f"{w.path} would be written twice: as {other.what} and as {w.what}; "
+                                     "nothing was done (use --output-dir / a --log folder, or fewer models)")
+            seen_writes[wid] = w
+
+
+def identity(path: Path) -> tuple:
+    """(resolved path, (device, inode) when the file exists): equal for links to one file."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        inode = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    return (real, inode)
+
+
+def same_file(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        return True
+    except ValueError:
+        return False

@@ -26,6 +26,13 @@ from .errors import OutputError
 TEMP_MARK = ".lsuv-tmp"
 STALE_SECONDS = 6 * 3600  # a temporary folder this old belongs to a run that was killed
 
+_active: set[Path] = set()  # temporary folders of writes in progress (removed by a hard stop too)
+
+
+def remove_active() -> None:
+    """Remove the temporary folders of unfinished writes (the process is about to end at once)."""
+    _remove_all(list(_active))
+
 
 def is_temporary(path: Path | str) -> bool:
     """Whether ``path`` is (inside) one of our temporary folders."""
@@ -61,6 +68,7 @@ def atomic_paths(dests: list[Path | str]):
                 _make_folder(folder, dest)
                 clean_stale(folder)
                 privates[folder] = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TEMP_MARK, dir=folder))
+                _active.add(privates[folder])
     except OSError as exc:
         _remove_all(privates.values())
         raise OutputError(f"cannot write in {dest.parent}: {exc.strerror or exc}", path=dest) from exc
@@ -148,8 +156,9 @@ def write_bytes_atomic(dest: Path | str, data: bytes) -> None:
 
 
 def _remove_all(folders) -> None:
-    for folder in folders:
+    for folder in list(folders):
         shutil.rmtree(folder, ignore_errors=True)
+        _active.discard(folder)
 
 
 def _remove(path: Path) -> None:

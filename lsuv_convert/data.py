@@ -78,8 +78,53 @@ def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]
                 )
             batch = spec.shape[0] if spec.shape and spec.shape[0] is not None else DEFAULT_BATCH
             dims.append((batch, *spec.shape[1:]))
+    _check_synthetic_budget(dims)
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(d, dtype=np.float32) for d in dims]
+
+
+def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
+    """A declared input of 1M x 1M must be an error, not an allocation of terabytes."""
+    from .budget import check_allocation
+
+    total = sum(int(np.prod(d, dtype=object)) for d in dims) * 4
+    check_allocation(total, f"a synthetic batch of shape {', '.join(str(tuple(d)) for d in dims)}",
+                     hint="pass --input-shape with a smaller shape, or --data")
+
+
+def _check_array_header(path: Path) -> None:
+    """A .npy header declaring more bytes than the file holds (or than memory) is refused
+    before numpy allocates the array it declares."""
+    from .budget import check_allocation
+
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh, max_header_size=1 << 20)
+            data_start = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return  # np.load reports a malformed header itself
+    if dtype.hasobject:
+        return
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = path.stat().st_size - data_start
+    if needed > held:
+        raise DataError(f"its header declares an array of shape {tuple(shape)} ({needed} bytes) but the file holds "
+                        f"{held} bytes (truncated or forged file)", path=path)
+    check_allocation(needed, f"the array of shape {tuple(shape)}", path=path)
+
+
+def _check_npz_members(path: Path) -> None:
+    """Each member of a .npz is unpacked in memory: its unpacked size must fit."""
+    from .budget import check_allocation
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # np.load reports it
+    check_allocation(total, "the arrays of this .npz", path=path)
 
 
 def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
@@ -91,10 +136,12 @@ def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
                 raise DataError(f"not a {suffix} file (numpy's header is missing)", path=path)
     try:
         if suffix == ".npz":
+            _check_npz_members(path)
             with np.load(path, allow_pickle=False) as archive:
                 named = {k: archive[k] for k in archive.files}
             return _match_named(named, specs, path)
         if suffix == ".npy":
+            _check_array_header(path)
             return [np.load(path, allow_pickle=False)]
     except ValueError as exc:
         if "pickle" in str(exc).lower():
@@ -180,11 +227,28 @@ def _read_images(folder: Path, specs: list[InputSpec], options: ImageOptions) ->
     batch = []
     for f in files:
         try:
-            with Image.open(f) as img:
+            with _opened_image(f) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image: {exc}", path=f) from None
         batch.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
     a = np.stack(batch)
     return _normalize(a, options, folder)
+
+
+MAX_IMAGE_PIXELS = 64_000_000  # far above any input size LSUV needs; a bomb is far above it
+
+
+def _opened_image(path: Path):
+    """``Image.open`` that refuses a decompression bomb (an image declaring a huge size) by name,
+    before its pixels are decoded."""
+    from PIL import Image
+
+    img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DataError(f"image of {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS} pixels "
+                        "lsuv-convert decodes (a decompression bomb?); resize it first", path=path)
+    return img

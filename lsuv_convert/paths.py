@@ -22,47 +22,45 @@ from .errors import UsageError
 class Role:
     path: Path
     what: str  # "the input model a.onnx", "the --log file of a.onnx", ...
+    may_overwrite: tuple = ()  # identities of inputs this write is allowed to replace (--in-place)
 
 
 @dataclass
 class PathPlan:
-    """What a run reads and writes; ``allowed`` pairs are (write, read) overlaps --in-place permits."""
+    """What a run reads and writes."""
 
     reads: list[Role] = field(default_factory=list)
     writes: list[Role] = field(default_factory=list)
-    allowed: set[tuple[tuple, tuple]] = field(default_factory=set)
 
     def read(self, path: Path | None, what: str) -> None:
         if path is not None:
             self.reads.append(Role(Path(path), what))
 
-    def write(self, path: Path | None, what: str) -> None:
+    def write(self, path: Path | None, what: str, may_overwrite=()) -> None:
+        """``may_overwrite``: the inputs this one write may replace (--in-place: its own model)."""
         if path is not None:
-            self.writes.append(Role(Path(path), what))
-
-    def allow(self, written: Path, read: Path) -> None:
-        self.allowed.add((identity(written), identity(read)))
+            allowed = tuple(identity(Path(p)) for p in may_overwrite if p is not None)
+            self.writes.append(Role(Path(path), what, allowed))
 
     def check(self) -> None:
-        """Raise UsageError at the first collision, naming both roles."""
+        """Raise UsageError at the first collision, naming both roles (inputs first)."""
         read_ids = [(identity(r.path), r) for r in self.reads]
-        seen_writes: dict[tuple, Role] = {}
-        for w in self.writes:
-            wid = identity(w.path)
+        write_ids = [(identity(w.path), w) for w in self.writes]
+        for wid, w in write_ids:
             if os.path.isdir(w.path):
                 raise UsageError(f"{w.path} would be written as {w.what}, but it is a folder")
             for rid, r in read_ids:
-                if same_file(wid, rid) and (wid, rid) not in self.allowed:
+                if same_file(wid, rid) and not any(same_file(rid, a) for a in w.may_overwrite):
                     hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
                     raise UsageError(f"{w.path} would be written as {w.what}, but it is {r.what}; "
                                      f"nothing was done{hint}")
                 if r.path.is_dir() and _inside(w.path, r.path):
                     raise UsageError(f"{w.path} would be written as {w.what}, inside {r.what}; nothing was done")
-            for key, other in seen_writes.items():
-                if same_file(wid, key):
+        for k, (wid, w) in enumerate(write_ids):
+            for oid, other in write_ids[:k]:
+                if same_file(wid, oid):
                     raise UsageError(f"{w.path} would be written twice: as {other.what} and as {w.what}; "
                                      "nothing was done (use --output-dir / a --log folder, or fewer models)")
-            seen_writes[wid] = w
 
 
 def identity(path: Path) -> tuple:

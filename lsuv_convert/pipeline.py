@@ -240,11 +240,7 @@ def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
     paths.read(model, f"the input model {model}")
     paths.read(options.weights, f"the --weights file {options.weights}")
     paths.read(options.data, f"the data {options.data}")
-    paths.write(output, f"the output of {model}")
-    if options.in_place:
-        paths.allow(output, model)
-        if options.weights is not None:
-            paths.allow(output, options.weights)
+    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else ())
     try:
         paths.check()
     except UsageError as exc:

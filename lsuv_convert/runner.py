@@ -124,14 +124,15 @@ class Run:
             if plan.output is None:
                 continue
             model = plan.job.path
+            own = (model, weights) if self.options.in_place else ()
             for k, path in enumerate(plan.fmt.output_files(plan.output)):
-                paths.write(path, f"the output of {model}" if k == 0 else f"a side file of the output of {model}")
+                if k == 0:
+                    paths.write(path, f"the output of {model}", may_overwrite=own)
+                else:
+                    paths.write(path, f"a side file of the output of {model}")
             paths.write(plan.log, f"the --log file of {model}")
             paths.write(plan.plot, f"the --plot file of {model}")
             if self.options.in_place:
-                paths.allow(plan.output, model)
-                if weights is not None:
-                    paths.allow(plan.output, weights)
                 named = [identity(model)] + ([identity(weights)] if weights is not None else [])
                 if not any(same_file(identity(plan.output), n) for n in named) and plan.output.exists():
                     raise UsageError(f"--in-place would overwrite {plan.output}, which was not named; nothing was "

@@ -8,7 +8,8 @@ sources (``code/**/*.py``, the TorchScript subset of Python that ``torch.jit.sav
 are parsed here with :mod:`ast`, never executed, and every operator they name must be on an
 allowlist of pure tensor operators (:mod:`.allowlist`):
 
-- ``torch.NAME`` is ``aten::NAME`` (or a TorchScript builtin such as ``torch.len``),
+- ``torch.NAME`` is ``aten::NAME`` (or a TorchScript builtin such as ``torch.len``); a name
+  this torch doesn't register can't run, and is left to ``torch.jit.load`` to report,
 - ``ops.NS.NAME`` / ``torch.ops.NS.NAME`` is ``NS::NAME``; an unknown namespace is a custom op,
 - ``__torch__.…`` names the archive's own classes and functions (checked here too), except
   ``__torch__.torch.classes.…`` (custom C++ classes, refused),
@@ -182,7 +183,17 @@ def _check_reference(dotted: str) -> str | None:
         if len(parts) > 2:
             return dotted
         name = parts[1]
-        if name in ALLOWED_TORCH_NAMES or f"aten::{name}" in ALLOWED_OPS:
-            return None
+        if name in ALLOWED_TORCH_NAMES or f"aten::{name}" in ALLOWED_OPS or not _registered(f"aten::{name}"):
+            return None  # an operator this torch doesn't have can't run: torch.jit.load says it doesn't compile
         return f"aten::{name}"
     return None
+
+
+def _registered(op: str) -> bool:
+    """Whether this torch knows ``op`` (so that TorchScript code naming it would compile and run)."""
+    import torch
+
+    try:
+        return bool(torch._C._jit_get_schemas_for_operator(op))
+    except (RuntimeError, AttributeError):
+        return True  # can't tell: treat it as real

@@ -1,0 +1,107 @@
+"""TorchScript code is checked before torch.jit.load: file, print and custom ops are refused
+with one line naming the op, nothing runs; --trust-code loads anyway; stdout stays JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import invoke, run_cli
+from safety_helpers import HolderNet, rewrite_code, scripted_bytes, snapshot
+
+from lsuv_convert.formats.torchscript.codecheck import first_disallowed, read_sources
+
+SETSTATE = "self.b = (state)[0]"
+FORWARD_RETURN = "    d = self.d\n"
+
+
+@pytest.fixture(scope="module")
+def base() -> bytes:
+    return scripted_bytes(HolderNet())
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    np.save(tmp_path / "batch.npy", np.random.default_rng(0).standard_normal((4, 2, 8, 8)).astype(np.float32))
+    (tmp_path / "secret.txt").write_bytes(b"\0" * 12)
+    return tmp_path
+
+
+def hostile(base: bytes, work: Path, kind: str) -> tuple[Path, Path, str]:
+    """(model, file its code would write or None, op the refusal names)."""
+    side = work / "side_effect.bin"
+    cases = {
+        "from_file": (SETSTATE, f'self.b = torch.from_file("{work / "secret.txt"}", None, 3)', "aten::from_file"),
+        "save": (SETSTATE, f'{SETSTATE}\n    torch.save(self.b, "{side}")', "aten::save"),
+        "ops_save": (SETSTATE, f'{SETSTATE}\n    ops.aten.save(self.b, "{side}")', "aten::save"),
+        "print": (FORWARD_RETURN, f'{FORWARD_RETURN}    print("HELLO FROM THE MODEL")\n', "prim::Print"),
+        "custom_op": (FORWARD_RETURN, f'{FORWARD_RETURN}    _9 = ops.mylib.launch(x)\n', "mylib::launch"),
+        "alias": (SETSTATE, f'_f = torch.from_file\n    self.b = _f("{work / "secret.txt"}", None, 3)', "aten::from_file"),
+    }
+    old, new, op = cases[kind]
+    return rewrite_code(base, work / f"{kind}.pt", old, new), side, op
+
+
+@pytest.mark.parametrize("kind", ["from_file", "save", "ops_save", "print", "custom_op", "alias"])
+def test_refused_by_inspect_and_convert_with_no_side_effect(base, work, kind):
+    model, side, op = hostile(base, work, kind)
+    before = snapshot(work)
+    for args in (["inspect", model], [model, "--data", work / "batch.npy"]):
+        proc = invoke(*args)
+        assert proc.returncode == 1, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and op in lines[0] and "--trust-code" in lines[0] and ".py" in lines[0], proc.stderr
+        assert "HELLO" not in proc.stdout + proc.stderr
+    assert snapshot(work) == before and not side.exists()
+
+
+def test_the_checks_are_real_torch_hazards(base, work):
+    """Without the check (--trust-code), the same archive does write a file at load time."""
+    model, side, _ = hostile(base, work, "save")
+    proc = invoke("inspect", model, "--trust-code")
+    assert proc.returncode == 0, proc.stderr
+    assert side.is_file()
+
+
+@pytest.mark.slow
+def test_trusted_model_prints_but_json_stays_clean(base, work):
+    model, _, _ = hostile(base, work, "print")
+    proc = run_cli(model, "--data", work / "batch.npy", "--trust-code", "--json", "--allow-unconverged")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["status"] == "ok"
+    assert "HELLO FROM THE MODEL" in proc.stderr
+    torch.jit.load(str(work / "print.lsuv.pt"))  # a valid TorchScript file
+
+
+def test_common_architectures_pass_the_check():
+    import torchvision
+
+    for model in (torchvision.models.resnet18(num_classes=4), torchvision.models.mobilenet_v3_small(num_classes=4)):
+        model.eval()
+        for archive in (scripted_bytes(model), _traced_bytes(model)):
+            zf = zipfile.ZipFile(io.BytesIO(archive))
+            prefix = zf.namelist()[0].split("/")[0]
+            assert first_disallowed(read_sources(zf, prefix, Path("m.pt"))) is None
+
+
+def test_large_extra_files_are_refused(work, monkeypatch):
+    from lsuv_convert.formats.torchscript import archive
+
+    model = work / "extra.pt"
+    torch.jit.save(torch.jit.script(HolderNet()), str(model), _extra_files={"notes.txt": b"x" * 4096})
+    monkeypatch.setattr(archive, "MAX_EXTRA_BYTES", 1024)
+    proc = invoke("inspect", model)
+    assert proc.returncode == 1 and "extra files" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _traced_bytes(model) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 32, 32)), buf)
+    return buf.getvalue()

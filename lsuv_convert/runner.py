@@ -257,7 +257,10 @@ def inspect_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_inspection
     from .pipeline import inspect
 
-    info = inspect(model, options)
+    from .streams import model_stdout_to_stderr
+
+    with model_stdout_to_stderr():
+        info = inspect(model, options)
     if as_json:
         print(json.dumps(info))
     else:
@@ -270,7 +273,10 @@ def verify_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_verification
     from .pipeline import verify
 
-    result = verify(model, options)
+    from .streams import model_stdout_to_stderr
+
+    with model_stdout_to_stderr():
+        result = verify(model, options)
     rows = result["layers"]
     settings = options.settings
     if as_json:

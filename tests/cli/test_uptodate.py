@@ -34,8 +34,8 @@ def test_same_run_is_skipped_and_a_touch_changes_nothing(work):
     assert status(work) == "skipped"
 
 
-@pytest.mark.parametrize("args", [["--seed", "3"], ["--tol", "0.05"], ["--data", "other.npy"], ["--center"],
-                                  ["--target-var", "2"], ["--pre-init", "gaussian"]])
+@pytest.mark.parametrize("args", [["--seed", "3"], ["--tol", "0.05"], ["--data", "other.npy"],
+                                  pytest.param(["--pre-init", "gaussian"], marks=pytest.mark.slow)])
 def test_other_settings_rebuild(work, args):
     assert status(work, *args) == "ok"
     assert status(work, *args) == "skipped"

@@ -71,6 +71,7 @@ def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
                 raise ModelFormatError(f"is a zip file but not a TorchScript archive (no code/ folder): {_EXPORT_HINT}", path=path)
             version = _read_version(zf, prefix, names)
             _check_sizes(zf, prefix, path)
+            _check_root_object(zf, prefix, path)
             if check_code:
                 from .codecheck import check_archive_code
 
@@ -79,6 +80,36 @@ def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
         raise ModelFormatError(f"is not a TorchScript archive (not a zip file, or truncated): {_EXPORT_HINT}", path=path) from None
     extra = sorted(n[len(prefix) + len("/extra/"):] for n in names if n.startswith(f"{prefix}/extra/") and not n.endswith("/"))
     return ArchiveInfo(prefix, version, extra)
+
+
+def _check_root_object(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
+    """A TorchScript archive's data.pkl starts by naming its module class (``__torch__.…``); a
+    ``torch.save`` pickle put into a TorchScript-shaped zip starts otherwise. Read with
+    :mod:`pickletools` (opcodes only, nothing is unpickled)."""
+    import io
+    import pickletools
+
+    name = f"{prefix}/data.pkl"
+    try:
+        with zf.open(name) as fh:
+            head = fh.read(512)
+    except KeyError:
+        raise ModelFormatError(f"is not a complete TorchScript archive (no data.pkl): {_EXPORT_HINT}", path=path) from None
+    first = None
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name in ("PROTO", "FRAME"):
+                continue
+            first = (op.name, arg)
+            break
+    except (ValueError, EOFError):
+        pass
+    if first is None or first[0] not in ("GLOBAL", "STACK_GLOBAL") or not str(first[1] or "").startswith("__torch__"):
+        raise ModelFormatError(
+            "holds a TorchScript-like layout but its data.pkl is an ordinary pickle (a torch.save checkpoint), "
+            f"not a TorchScript module; lsuv-convert does not unpickle checkpoints: {_EXPORT_HINT}",
+            path=path,
+        )
 
 
 def _check_sizes(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:

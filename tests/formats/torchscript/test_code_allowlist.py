@@ -80,6 +80,7 @@ def test_trusted_model_prints_but_json_stays_clean(base, work):
     torch.jit.load(str(work / "print.lsuv.pt"))  # a valid TorchScript file
 
 
+@pytest.mark.slow
 def test_common_architectures_pass_the_check():
     import torchvision
 
@@ -105,3 +106,22 @@ def _traced_bytes(model) -> bytes:
     buf = io.BytesIO()
     torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 32, 32)), buf)
     return buf.getvalue()
+
+
+def test_a_checkpoint_pickle_in_a_torchscript_layout_is_named_as_such(base, work):
+    """A torch.save pickle dressed as TorchScript (code/ and constants.pkl beside it) is not
+    "written by a newer PyTorch": it is a checkpoint, refused without unpickling."""
+    buf = io.BytesIO()
+    torch.save({"weight": torch.zeros(2)}, buf)
+    checkpoint = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    real = zipfile.ZipFile(io.BytesIO(base))
+    prefix = real.namelist()[0].split("/")[0]
+    fake = work / "fake.pt"
+    with zipfile.ZipFile(fake, "w") as out:
+        for name in checkpoint.namelist():
+            out.writestr(f"{prefix}/{name.split('/', 1)[1]}", checkpoint.read(name))
+        for name in real.namelist():
+            if "/code/" in name or name.endswith("constants.pkl"):
+                out.writestr(name, real.read(name))
+    proc = invoke("inspect", fake)
+    assert proc.returncode == 1 and "ordinary pickle" in proc.stderr and "newer" not in proc.stderr, proc.stderr

@@ -243,9 +243,16 @@ MAX_IMAGE_PIXELS = 64_000_000  # far above any input size LSUV needs; a bomb is 
 def _opened_image(path: Path):
     """``Image.open`` that refuses a decompression bomb (an image declaring a huge size) by name,
     before its pixels are decoded."""
+    import warnings
+
     from PIL import Image
 
-    img = Image.open(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # one error line, not a warning too
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombWarning as exc:
+            raise DataError(f"image refused (a decompression bomb?): {exc}", path=path) from None
     width, height = img.size
     if width * height > MAX_IMAGE_PIXELS:
         img.close()

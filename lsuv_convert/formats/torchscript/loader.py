@@ -138,7 +138,8 @@ def _code_location(text: str) -> str:
     if found is None:
         return ""
     marker = next((i for i, line in enumerate(lines) if "<--- HERE" in line), None)
-    source = f": {lines[marker - 1].strip()}" if marker else ""
+    line = lines[marker - 1].strip() if marker else ""
+    source = f": {line[:60]}{'...' if len(line) > 60 else ''}" if marker else ""  # a short piece of the file only
     return f" (at {found.group(1)} line {found.group(2)}{source})"
 
 

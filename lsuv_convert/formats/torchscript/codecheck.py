@@ -176,7 +176,9 @@ def _check_reference(dotted: str) -> str | None:
         if len(parts) < 3:
             return dotted  # a namespace handed around as a value
         op = f"{parts[1]}::{parts[2]}"
-        return None if op in ALLOWED_OPS else op
+        if op in ALLOWED_OPS or (parts[1] in ("aten", "prim") and not _registered(op)):
+            return None  # allowed, or an aten/prim op this torch doesn't have (it can't compile)
+        return op
     if root == "torch":
         if len(parts) == 1:
             return "torch"  # the namespace itself, handed around as a value

@@ -244,7 +244,7 @@ def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
     try:
         paths.check()
     except UsageError as exc:
-        raise OutputError(str(exc).replace(" (--in-place", "; pass --in-place to allow that (")) from None
+        raise OutputError(str(exc)) from None
 
 
 def write_log(log: dict, path: Path | str) -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import SHARED, fmt_seconds, machine_summary, markdown_table, median, timed
+import _nets
+from _common import fmt_seconds, machine_summary, markdown_table, median, timed
 
 LSUV_MODELS = ("resnet50", "densenet121", "mobilenet_v3_small", "vgg11", "plain50")
 ORTHO_MODELS = ("vgg11", "resnet50")
@@ -246,9 +247,8 @@ def _make_cli_inputs(case: str, tmp: Path, sizes: Sizes) -> tuple[Path, tuple[in
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
         return path, (sizes.batch, 3, 224, 224)
     if case == "CaffeNet prototxt":
-        source = SHARED / "models" / "caffe" / "caffenet_deploy.prototxt"
         path = tmp / "caffenet.prototxt"
-        shutil.copyfile(source, path)
+        path.write_text(_nets.caffenet())
         return path, (sizes.batch, 3, 227, 227)
     if case == "resnet18 TorchScript":
         path = tmp / "resnet18.pt"

@@ -102,6 +102,7 @@ def main():
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist (runs that code).")
+@click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one model only). Default: NAME.lsuv.EXT beside the input.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Write outputs here, mirroring the input folders.")
 @click.option("--in-place", is_flag=True, help="Allow overwriting the input model file.")
@@ -125,7 +126,7 @@ def main():
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def convert_command(models, data, weights, arch, trust_code, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
+def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
                     allow_unconverged, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
@@ -138,7 +139,7 @@ def convert_command(models, data, weights, arch, trust_code, output, output_dir,
         if len(dims) not in (1, 2):
             raise click.BadParameter("use H,W or S", param_hint="--image-size")
         size = (dims[0], dims[-1])
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, seed=seed,
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
                        image=ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True)),
@@ -153,15 +154,16 @@ def convert_command(models, data, weights, arch, trust_code, output, output_dir,
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights (Caffe .caffemodel).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("--data", type=click.Path(path_type=Path), help="A batch to build the net for (default: the declared input shape).")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape to build the net for, e.g. 1,3,224,224 (repeat per input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def inspect_command(model, weights, arch, trust_code, data, input_shapes, as_json, debug):
+def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes, as_json, debug):
     """List MODEL's target layers (name, op, weight shape) and its declared inputs; changes nothing."""
     from .runner import inspect_model
 
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code,
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages,
                        input_shapes=[_shape(s) for s in input_shapes] or None)
     sys.exit(_guarded(lambda: inspect_model(model, options, as_json), debug))
 
@@ -189,14 +191,15 @@ def verify_command(model, data, weights, arch, trust_code, input_shapes, tol, ta
     sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))
 
 
-def _options(*, data=None, weights=None, arch=None, trust_code=False, seed=0, settings=None, **rest):
+def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), seed=0, settings=None, **rest):
     """The pipeline's ConvertOptions from option values (one place for every command)."""
     from dataclasses import replace
 
     from .formats.base import LoadRequest
     from .pipeline import ConvertOptions
 
-    return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code),
+    return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code,
+                                                         stages=tuple(stages)),
                           settings=replace(DEFAULTS, seed=seed, **(settings or {})), **rest)
 
 

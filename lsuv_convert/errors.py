@@ -6,6 +6,8 @@ is raised as an :class:`LsuvError` subclass; anything else is a bug and keeps it
 
 from __future__ import annotations
 
+import re
+
 
 class LsuvError(Exception):
     """Base class of expected failures; ``exit_code`` is what the CLI returns."""
@@ -52,3 +54,20 @@ class UnconvergedError(LsuvError):
     """Some layer could not be scaled to the target variance (zero or non-finite output)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The line of an exception's text that says what went wrong, for a one-line error.
+
+    Library errors often carry a traceback of their own (TorchScript's interpreter, onnxruntime):
+    the last ``SomeError: message`` line is the cause; otherwise the first non-empty line is.
+    """
+    text = exc if isinstance(exc, str) else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.match(r"^[A-Za-z_.]*(?:Error|Exception):\s*(.+)$", line)
+        if found and len(lines) > 1:
+            return found.group(1)
+    if lines:
+        return lines[0]
+    return type(exc).__name__ if not isinstance(exc, str) else "unknown error"

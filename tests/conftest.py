@@ -25,8 +25,11 @@ def shared_dir() -> Path:
     return SHARED
 
 
-def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
-    """Run the real console script (as installed) and capture its output."""
+def run_cli(*args, cwd=None, env=None, timeout=900, process=False) -> subprocess.CompletedProcess:
+    """Run the CLI and capture its output: in this process (:func:`invoke`) unless ``process``,
+    which runs the real console script (as installed) where a process boundary matters."""
+    if not process:
+        return invoke(*args, cwd=cwd, env=env)
     cmd = [CONSOLE_SCRIPT, *[str(a) for a in args]]
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

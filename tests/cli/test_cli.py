@@ -109,6 +109,7 @@ def test_outputs_are_byte_identical_across_runs(zoo, tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+@pytest.mark.slow  # real processes under make -j
 def test_makefile_with_parallel_make(zoo, tmp_path):
     work = tmp_path / "make"
     work.mkdir()

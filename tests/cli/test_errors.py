@@ -230,8 +230,8 @@ main()
 """
 
 
-@pytest.mark.parametrize("src,data", [("fitnet1.onnx", "fitnet1.npy"), ("fitnet_mnist.prototxt", "fitnet_mnist.npy"),
-                                      ("small_tanh.pt", "fitnet1.npy")])
+@pytest.mark.parametrize("src,data", [pytest.param("fitnet1.onnx", "fitnet1.npy", marks=pytest.mark.slow),
+                                      ("fitnet_mnist.prototxt", "fitnet_mnist.npy"), ("small_tanh.pt", "fitnet1.npy")])
 def test_disk_full_leaves_nothing(work, src, data):
     before = snapshot(work)
     proc = subprocess.run([sys.executable, "-c", DISK_FULL, str(work / src), "--data", str(work / data)],
@@ -239,6 +239,7 @@ def test_disk_full_leaves_nothing(work, src, data):
     assert_clean_failure(proc, work, before, 1, "disk full")
 
 
+@pytest.mark.slow  # a real process
 def test_interrupt_during_save_leaves_nothing(work):
     before = snapshot(work)
     proc = subprocess.run([sys.executable, "-c", INTERRUPT_IN_SAVE, str(work / "fitnet1.onnx")],
@@ -246,6 +247,7 @@ def test_interrupt_during_save_leaves_nothing(work):
     assert_clean_failure(proc, work, before, 130, "interrupted")
 
 
+@pytest.mark.slow  # a real process and a large model
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_in_the_middle_of_a_large_model(tmp_path, sig):
     """A real signal while a large model is being initialized: no output, no temp file."""
@@ -288,9 +290,10 @@ def test_cuda_asked_for(work):
         assert_clean_failure(proc, work, before, 1, "CUDA is not available")
 
 
+@pytest.mark.slow  # a real process
 def test_debug_shows_the_traceback(work):
     (work / "bad.onnx").write_bytes(b"")
-    proc = run_cli(work / "bad.onnx", "--debug")
+    proc = run_cli(work / "bad.onnx", "--debug", process=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

@@ -31,7 +31,10 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+SLOW = {"vgg11"}  # 130 M parameters: the pre-init alone takes seconds
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(MODELS)])
 def test_every_layer_has_unit_variance(name):
     torch.manual_seed(0)
     build, shape = MODELS[name]

@@ -7,8 +7,12 @@ graph with Caffe's semantics (``build``, ``layers``, ``modules``), and the blobs
 back by layer name (``write``). ``--weights existing.caffemodel`` starts from trained blobs.
 OpenCV's Caffe importer, when installed, re-measures written files (``measure``).
 
+Only the layers on a path to a target are built and run; the tail (DetectionOutput, PriorBox
+branches, ArgMax, losses ...) is left out, so it may hold types this plug-in doesn't know.
+
 Loading executes nothing from the file: prototxts are data; ``Python`` layers are never run
-(one without bottoms is treated as a data layer, any other is an error).
+(any layer with tops and no bottoms is a data layer replaced by the batch; other Python layers
+are an error).
 """
 
 from __future__ import annotations
@@ -57,14 +61,14 @@ class CaffeFormat(ModelFormat):
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .build import target_layers
-        from .layers import CONVERTERS
+        from .layers import CONVERTERS, unsupported_here
         from .parse import read_model
         from .weights import read_weights
 
-        parsed = read_model(path)
-        for entry in parsed.layers:
+        parsed = read_model(path, tuple(request.stages))
+        for entry in parsed.layers:  # the tail may hold types we don't know: it never runs
             if entry.layer.type not in CONVERTERS:
-                raise ModelFormatError(f"{parsed.where(entry)}: unknown layer type {entry.layer.type!r}",
+                raise ModelFormatError(f"{parsed.where(entry)}: {unsupported_here(entry.layer.type)}",
                                        path=parsed.path)
         weights = request.weights
         stored = read_weights(Path(weights)) if weights is not None else None
@@ -114,6 +118,7 @@ class CaffeFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         from .build import target_layers
         from .deploy import deploy_text
+        from ...statistics import population_stats
         from .parse import read_model
         from .runtime import load_cv2, opencv_forward, opencv_net
 
@@ -133,8 +138,7 @@ class CaffeFormat(ModelFormat):
         outs = opencv_forward(net, {i.name: a for i, a in zip(parsed.inputs, arrays)}, list(names))
         stats = {}
         for name, out in zip(names, outs):
-            values = out.astype("float64").reshape(-1)
-            stats[name] = (float(values.var()), float(values.mean()))
+            stats[name] = population_stats(out)
         return stats
 
     def read_files(self, loaded: LoadedModel) -> list[Path]:

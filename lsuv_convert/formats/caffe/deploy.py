@@ -15,7 +15,8 @@ def deploy_net(parsed: ParsedNet, input_shapes: dict[str, tuple[int, ...]], *, f
     """The deploy NetParameter; ``input_shapes`` gives each input's full shape (batch included).
 
     ``for_opencv`` spells Pooling's rounding as OpenCV's ``ceil_mode`` (OpenCV's schema has no
-    ``round_mode`` and stops reading a layer at a field it doesn't know).
+    ``round_mode`` and stops reading a layer at a field it doesn't know) and writes the depthwise
+    forks' layers as the grouped Convolution they are.
     """
     net = caffe_pb.NetParameter(name=parsed.net.name)
     taken = {e.layer.name for e in parsed.layers}
@@ -37,6 +38,12 @@ def deploy_net(parsed: ParsedNet, input_shapes: dict[str, tuple[int, ...]], *, f
         for name in ("include", "exclude"):
             layer.ClearField(name)
         layer.ClearField("phase")
+        if for_opencv and layer.type in ("ConvolutionDepthwise", "DepthwiseConvolution"):
+            # OpenCV knows only Convolution: the same blob with group = channels (= num_output
+            # for the common channel multiplier 1, when the prototxt leaves group out).
+            layer.type = "Convolution"
+            if not layer.convolution_param.HasField("group") or layer.convolution_param.group == 1:
+                layer.convolution_param.group = layer.convolution_param.num_output
         if for_opencv and layer.HasField("pooling_param"):
             p = layer.pooling_param
             if p.HasField("round_mode"):

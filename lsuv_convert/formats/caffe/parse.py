@@ -20,7 +20,11 @@ from .upgrade import UpgradeError, upgrade_v1_layer
 TRAIN, TEST = 0, 1
 
 DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData", "WindowData",
-                              "AnnotatedData", "VideoData"})
+                              "AnnotatedData", "VideoData", "DenseImageData"})
+# Layers without bottoms that compute (all others without bottoms are data layers, by role).
+SOURCE_LAYER_TYPES = frozenset({"Input", "Parameter"})
+# Layer types whose weight LSUV scales (depthwise forks store their weight as Convolution's).
+TARGET_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "ConvolutionDepthwise", "DepthwiseConvolution")
 SINK_LAYER_TYPES = frozenset({"Accuracy", "Silence", "HDF5Output"})
 
 _SOLVER_ONLY_FIELDS = frozenset({"net", "net_param", "train_net", "test_net", "train_net_param",
@@ -47,7 +51,8 @@ class LayerEntry:
 
 @dataclass
 class ParsedNet:
-    """The TEST-phase net, ready to build: executable layers in order, inputs, outputs."""
+    """The TEST-phase net, ready to build: the layers on a path to a target in order, inputs,
+    outputs; ``tail`` holds the layers no target depends on (never run)."""
 
     path: Path  # the file the layers were read from
     source: Path  # the file the user named (a solver, maybe)
@@ -58,6 +63,7 @@ class ParsedNet:
     kind: str  # "deploy", "train_val" or "solver"
     phase: int = TEST
     notes: list[str] = field(default_factory=list)
+    tail: list[LayerEntry] = field(default_factory=list)
 
     def where(self, entry: LayerEntry) -> str:
         return f"layer {entry.layer.name!r}" + (f" (line {entry.line})" if entry.line else "")
@@ -91,9 +97,10 @@ def is_solver(tree: list[Field]) -> bool:
 MAX_OUTPUTS = 1 << 24  # num_output beyond this is no real net: refused before any weight is allocated
 
 
-def read_model(path: Path) -> ParsedNet:
-    """Parse ``path`` (net or solver) into the TEST-phase net."""
-    parsed = _read_model(path)
+def read_model(path: Path, stages: tuple[str, ...] = ()) -> ParsedNet:
+    """Parse ``path`` (net or solver) into the TEST-phase net; ``stages`` (``--stage``) are added
+    to the net state's stages, as Caffe's ``caffe test -stage`` does."""
+    parsed = _read_model(path, stages)
     _check_declared_sizes(parsed)
     return parsed
 
@@ -120,15 +127,16 @@ def _check_declared_sizes(parsed: ParsedNet) -> None:
                              path=parsed.path, error=ModelFormatError)
 
 
-def _read_model(path: Path) -> ParsedNet:
+def _read_model(path: Path, stages: tuple[str, ...] = ()) -> ParsedNet:
     tree = parse_tree(path)
     if not tree:
         raise ModelFormatError("empty prototxt: no layers", path=path)
     if is_solver(tree):
-        return _from_solver(path, tree)
+        return _from_solver(path, tree, stages)
     net, lines = _bind_net(tree, path)
-    kind = "train_val" if any(e.layer.type in DATA_LAYER_TYPES for e in _all_entries(net, lines)) else "deploy"
-    return select(net, lines, path=path, source=path, kind=kind, phase=TEST, state=net.state if net.HasField("state") else None)
+    kind = "train_val" if any(is_data_layer(e.layer) for e in _all_entries(net, lines)) else "deploy"
+    return select(net, lines, path=path, source=path, kind=kind, phase=TEST,
+                  state=net.state if net.HasField("state") else None, stages=stages)
 
 
 def _bind_net(tree: list[Field], path: Path):
@@ -157,7 +165,7 @@ def _all_entries(net, lines) -> list[LayerEntry]:
     return [LayerEntry(layer, lines[i] if i < len(lines) else None) for i, layer in enumerate(net.layer)]
 
 
-def _from_solver(path: Path, tree: list[Field]) -> ParsedNet:
+def _from_solver(path: Path, tree: list[Field], stages: tuple[str, ...] = ()) -> ParsedNet:
     solver = caffe_pb.SolverParameter()
     try:
         bind(solver, tree, BindContext())
@@ -193,7 +201,7 @@ def _from_solver(path: Path, tree: list[Field]) -> ParsedNet:
         if is_solver(sub_tree):
             raise ModelFormatError("the solver's net file is itself a solver", path=net_path)
         net, lines = _bind_net(sub_tree, net_path)
-    parsed = select(net, lines, path=net_path, source=path, kind="solver", phase=phase, state=state)
+    parsed = select(net, lines, path=net_path, source=path, kind="solver", phase=phase, state=state, stages=stages)
     if phase == TRAIN:
         parsed.notes.append("the solver defines only a train net: its TRAIN-phase layers are used "
                             "(dropout is still off while LSUV measures)")
@@ -253,17 +261,22 @@ def included(layer, phase: int, level: int = 0, stages: set[str] | None = None) 
 
 
 def is_data_layer(layer) -> bool:
-    return layer.type in DATA_LAYER_TYPES or (layer.type == "Python" and not len(layer.bottom))
+    """A data layer by role: tops and no bottoms (DenseImageData, WindowData, Python, any fork's),
+    unless it is an Input or a Parameter layer, which compute."""
+    if layer.type in DATA_LAYER_TYPES:
+        return True
+    return not len(layer.bottom) and len(layer.top) > 0 and layer.type not in SOURCE_LAYER_TYPES
 
 
 def is_sink_layer(layer) -> bool:
     return layer.type.endswith("Loss") or layer.type in SINK_LAYER_TYPES
 
 
-def select(net, lines, *, path: Path, source: Path, kind: str, phase: int, state=None) -> ParsedNet:
+def select(net, lines, *, path: Path, source: Path, kind: str, phase: int, state=None,
+           stages: tuple[str, ...] = ()) -> ParsedNet:
     """The layers a Caffe net built in ``phase`` runs, with data layers turned into inputs."""
     level = state.level if state is not None else 0
-    stages = set(state.stage) if state is not None else set()
+    stages = (set(state.stage) if state is not None else set()) | set(stages)
     entries = [e for e in _all_entries(net, lines) if included(e.layer, phase, level, stages)]
     notes: list[str] = []
     inputs = _declared_inputs(net, path)
@@ -328,9 +341,41 @@ def select(net, lines, *, path: Path, source: Path, kind: str, phase: int, state
                      + (" ..." if len(dropped_sinks) > 5 else ""))
     if dropped_dependents:
         notes.append("dropped layer(s) that only consume labels or losses: " + ", ".join(dropped_dependents))
+    if stages:
+        notes.append("stage(s) " + ", ".join(sorted(stages)) + " select the layers")
+    kept, tail = split_tail(kept)
+    if tail:
+        notes.append(_tail_note(tail))
     outputs = _net_outputs(kept)
     return ParsedNet(path=path, source=source, net=net, layers=kept, inputs=inputs, outputs=outputs,
-                     kind=kind, phase=phase, notes=notes)
+                     kind=kind, phase=phase, notes=notes, tail=tail)
+
+
+def _tail_note(tail: list[LayerEntry]) -> str:
+    """What was left out: every type with its count, and the first and last layers by name."""
+    counts: dict[str, int] = {}
+    for e in tail:
+        counts[e.layer.type] = counts.get(e.layer.type, 0) + 1
+    names = [f"{e.layer.name} ({e.layer.type})" for e in tail]
+    shown = ", ".join(names) if len(names) <= 6 else ", ".join(names[:3]) + ", ..., " + ", ".join(names[-3:])
+    types = ", ".join(f"{n} {t}" for t, n in counts.items())
+    return f"left out {len(tail)} layer(s) no target depends on ({types}): {shown}"
+
+
+def split_tail(kept: list[LayerEntry]) -> tuple[list[LayerEntry], list[LayerEntry]]:
+    """(layers on a path to a target, the rest): walking back from the targets through the
+    blobs they read. A net without targets is kept whole (inspect shows it; convert refuses it)."""
+    if not any(e.layer.type in TARGET_TYPES for e in kept):
+        return kept, []
+    needed_blobs: set[str] = set()
+    needed = [False] * len(kept)
+    for i in range(len(kept) - 1, -1, -1):
+        layer = kept[i].layer
+        if layer.type in TARGET_TYPES or any(t in needed_blobs for t in layer.top):
+            needed[i] = True
+            needed_blobs.difference_update(layer.top)
+            needed_blobs.update(layer.bottom)
+    return ([e for e, n in zip(kept, needed) if n], [e for e, n in zip(kept, needed) if not n])
 
 
 def _transforms(layer) -> bool:

@@ -16,7 +16,7 @@ V1_TYPE_NAMES = {
     "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold", "BN": "BN",
 }
 
 # Parameter blocks that keep their name (and message type) from V1 to the current format.

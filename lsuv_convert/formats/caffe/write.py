@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ...errors import ConversionError
-from .build import BlobRef, BuiltNet
+from .build import BuiltNet
+from .context import BlobRef
 from .schema import caffe_pb
 
 _LAYER_FIELD = 100  # NetParameter.layer

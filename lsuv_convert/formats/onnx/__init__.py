@@ -114,11 +114,12 @@ class OnnxFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
+        from ...statistics import population_stats
 
         model, _ = files.read_model(Path(model_path))
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
-        return {n: runtime.stats(values[t.output]) for n, t in by_label.items()}
+        return {n: population_stats(values[t.output]) for n, t in by_label.items()}
 
 
 def _targets(plan, converted) -> list[TargetLayer]:
@@ -132,11 +133,10 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
     import onnx
     import torch
 
-    initializers = {t.name for t in model.graph.initializer}
+    from .runtime import graph_inputs
+
     specs, dtypes = [], []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
+    for value in graph_inputs(model):
         tensor_type = value.type.tensor_type
         shape = None
         if tensor_type.HasField("shape"):

@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_line
 from . import converters
 from .modules import GemmTarget, MatMulTarget, pin_inference
 from .targets import TargetPlan
@@ -198,7 +198,7 @@ def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, sou
             warnings.simplefilter("always")
             gm = onnx2torch.convert(work)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
-        raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {_first_line(exc)}", path=source) from exc
+        raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {first_line(exc)}", path=source) from exc
     unique = {node.output_values[0]: name for name, node in OnnxGraph(work.graph).nodes.items() if node.output_values}
     del work
     notes = [f"onnx2torch: {text}" for text in dict.fromkeys(str(w.message) for w in caught)]
@@ -232,11 +232,6 @@ def _tensor_map(gm, model, plan: TargetPlan, unique: dict[str, str], paths: dict
             if out:
                 tensors[out] = (path, k)
     return tensors, node_names
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
 
 
 def _tensor(model_inits: dict, name: str) -> torch.Tensor:

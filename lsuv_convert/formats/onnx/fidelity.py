@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from ...errors import ConversionError
+from ...errors import ConversionError, first_line
 from . import runtime
 
 REL_TOL_FLOAT = 1e-3  # float32 / float64: implementation differences stay ~1e-6 of the scale
@@ -102,7 +102,7 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
     except _NodeFailure as failure:
         raise ConversionError(
             f"{what} fails to run at node {labels.get(failure.module_path, failure.module_path)!r}: "
-            f"{type(failure.exc).__name__}: {runtime._first_line(failure.exc)}",
+            f"{type(failure.exc).__name__}: {first_line(failure.exc)}",
             path=source,
         ) from None
     worst = 0.0

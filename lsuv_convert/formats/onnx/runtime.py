@@ -12,18 +12,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ...errors import ConversionError, DataError
+from ...errors import ConversionError, DataError, first_line
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds: graph inputs that aren't initializers (IR < 4 lists weights as inputs too)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
 
 
 def input_names(model: onnx.ModelProto) -> list[str]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
+    return [i.name for i in graph_inputs(model)]
 
 
 def feeds_for(model: onnx.ModelProto, inputs: list) -> dict[str, np.ndarray]:
     """Arrays for the model's inputs, in declaration order, cast to the declared element types."""
-    initializers = {t.name for t in model.graph.initializer}
-    specs = [i for i in model.graph.input if i.name not in initializers]
+    specs = graph_inputs(model)
     if len(specs) != len(inputs):
         raise DataError(f"model has {len(specs)} input(s) but {len(inputs)} array(s) were given")
     feeds = {}
@@ -62,7 +66,7 @@ def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, n
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ConversionError(f"onnxruntime can't run the model: {_first_line(exc)}") from None
+        raise ConversionError(f"onnxruntime can't run the model: {first_line(exc)}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -77,15 +81,3 @@ def _save_external(model: onnx.ModelProto, folder: Path) -> str:
     return str(path)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def stats(array: np.ndarray) -> tuple[float, float]:
-    """Population variance and mean over all elements, in float64."""
-    values = np.asarray(array, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        return float("nan"), float("nan")
-    mean = float(values.mean())
-    return float(np.mean((values - mean) ** 2)), mean

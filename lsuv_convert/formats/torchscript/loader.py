@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ...errors import ConversionError, DataError, ModelFormatError
+from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ...graph import InputSpec, ModelGraph, TargetLayer
 from .archive import ArchiveInfo, inspect_archive
 from .interpreter import ProgramModule
@@ -171,7 +171,7 @@ def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
             expected = script_module(*args)
     except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-        raise DataError(f"the model cannot run on the batch of shape {shapes}: {_error_line(exc)}", path=graph.source) from None
+        raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)}", path=graph.source) from None
     finally:
         restore()
     try:
@@ -179,18 +179,10 @@ def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
             torch.manual_seed(seed)
             actual = graph.module(*args)
     except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"the translated graph fails where TorchScript runs: {_error_line(exc)}", path=graph.source) from exc
+        raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(exc)}", path=graph.source) from exc
     problem = _compare(expected, actual)
     if problem:
         raise ConversionError(f"the translated graph disagrees with TorchScript on the batch: {problem}", path=graph.source)
-
-
-def _error_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception):", line):
-            return line.split(":", 1)[1].strip() or line
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _snapshot_mutable(state: ScriptState):

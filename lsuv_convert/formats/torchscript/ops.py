@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from ...errors import first_line
+
 
 class UnsupportedNode(Exception):
     """A node that neither path can run (e.g. it mutates a list through an op we don't model)."""
@@ -291,7 +293,7 @@ def node_function(node) -> Callable[..., Any]:
     try:
         function = torch._C._create_function_from_graph("ts_node", sub)
     except RuntimeError as exc:
-        raise UnsupportedNode(f"cannot run {node.kind()} outside its graph: {_first_line(exc)}") from exc
+        raise UnsupportedNode(f"cannot run {node.kind()} outside its graph: {first_line(exc)}") from exc
 
     def run(*args):
         return function(*args)
@@ -301,6 +303,3 @@ def node_function(node) -> Callable[..., Any]:
     return run
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ...errors import DataError
+from ...statistics import population_stats
 from .layers import LAYER_KINDS, layer_name
 from .quiet import jit_deprecation_silenced
 
@@ -24,8 +25,7 @@ _recording: dict[str, tuple[float, float]] | None = None
 
 def _record(x: torch.Tensor, name: str) -> torch.Tensor:
     if _recording is not None and name not in _recording:
-        var, mean = torch.var_mean(x.detach().to(torch.float64), unbiased=False)
-        _recording[name] = (float(var), float(mean))
+        _recording[name] = population_stats(x)
     return x
 
 

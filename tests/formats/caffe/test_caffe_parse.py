@@ -103,7 +103,8 @@ def test_unknown_parameter_blocks_and_training_fields_are_skipped(tmp_path):
             loss_param { ignore_label: 255 normalization: VALID } loss_weight: 1 }
     """
     parsed = read_model(write_text(tmp_path, "n.prototxt", text))
-    assert [e.layer.name for e in parsed.layers] == ["conv", "fork"]
+    assert [e.layer.name for e in parsed.layers] == ["conv"]
+    assert [e.layer.name for e in parsed.tail] == ["fork"]  # after the last target: left out
     assert parsed.net.layer[1].convolution_param.weight_filler.variance_norm == 2
 
 
@@ -223,7 +224,7 @@ def test_data_layer_shapes_and_dependent_layers(tmp_path):
     """
     parsed = read_model(write_text(tmp_path, "n.prototxt", text))
     assert [(i.name, i.shape) for i in parsed.inputs] == [("data", (None, 3, 10, 12))]
-    assert [e.layer.name for e in parsed.layers] == ["conv", "prob"]
+    assert [e.layer.name for e in parsed.layers + parsed.tail] == ["conv", "prob"]
     assert any("loss_scaled" in n for n in parsed.notes)
 
 
@@ -289,7 +290,7 @@ layers { name: "prob" type: SOFTMAX bottom: "ip1" top: "prob" include: { phase: 
 
 def test_v1_layers_are_upgraded(tmp_path):
     parsed = read_model(write_text(tmp_path, "v1.prototxt", V1_NET))
-    assert [(e.layer.name, e.layer.type) for e in parsed.layers] == [
+    assert [(e.layer.name, e.layer.type) for e in parsed.layers + parsed.tail] == [
         ("conv1", "Convolution"), ("relu1", "ReLU"), ("pool1", "Pooling"), ("ip1", "InnerProduct"), ("prob", "Softmax")]
     conv = parsed.layers[0].layer
     assert [(p.name, p.lr_mult, p.decay_mult) for p in conv.param] == [("shared_w", 1, 1), ("", 2, 0)]

@@ -35,7 +35,7 @@ MODELS = {
     "fitnet4-tanh-scripted": (FitNet4Like, "script", (16, 3, 32, 32), "fx"),
     "control-flow-scripted": (ControlFlowNet, "script", (8, 3, 32, 32), "hooks"),
 }
-SLOW = {"densenet121-traced", "convnext_tiny-traced"}
+SLOW = {"densenet121-traced", "convnext_tiny-traced", "resnet18-traced"}
 
 
 def export(model, mode: str, shape, path: Path) -> torch.jit.ScriptModule:

@@ -90,6 +90,7 @@ def test_fx_path_equals_naive_oracle(tmp_path):
     assert_params_match(dict(oracle.named_parameters()), script_params(graph))
 
 
+@pytest.mark.slow
 def test_fx_and_interpreter_paths_agree_on_resnet18(tmp_path):
     path = save_script(torchvision.models.resnet18(weights=None).eval(), tmp_path / "r18.pt")
     batch = torch.randn(4, 3, 32, 32)

@@ -49,6 +49,9 @@ class PathPlan:
         for wid, w in write_ids:
             if os.path.isdir(w.path):
                 raise UsageError(f"{w.path} would be written as {w.what}, but it is a folder")
+            blocking = next((p for p in Path(w.path).parents if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                raise UsageError(f"{w.path} can't be written as {w.what}: {blocking} is a file, not a folder")
             for rid, r in read_ids:
                 if same_file(wid, rid) and not any(same_file(rid, a) for a in w.may_overwrite):
                     hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"

@@ -44,6 +44,7 @@ def assert_usage_error(proc, folder, before, *needles):
     (["-o", "out.onnx", "--plot", "out.onnx.data"], ["written twice", "side file"]),
     (["-o", "m.onnx"], ["input model", "--in-place"]),
     (["--in-place", "--log", "m.onnx"], ["--log file", "input model"]),
+    (["-o", "m.npy/out.onnx"], ["m.npy is a file, not a folder"]),
 ])
 def test_collisions_are_usage_errors(work, args, needles):
     before = snapshot(work)

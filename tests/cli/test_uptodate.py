@@ -64,10 +64,17 @@ def test_a_newly_requested_log_or_plot_is_written(work):
     assert status(work, "--log", "m.json", "--plot", "m.png") == "skipped"
 
 
-def test_a_log_that_failed_after_the_model_is_retried(work):
-    (work / "logs").write_bytes(b"a file where a folder is needed")
-    proc = invoke("m.onnx", "--force", "--log", "logs/m.json", cwd=work)
-    assert proc.returncode == 1 and "is a file, not a folder" in proc.stderr
-    (work / "logs").unlink()
-    assert status(work, "--log", "logs/m.json") == "ok"
-    assert (work / "logs" / "m.json").is_file()
+def test_a_log_that_failed_after_the_model_is_retried(work, monkeypatch):
+    from lsuv_convert import pipeline
+    from lsuv_convert.errors import OutputError
+
+    def disk_full(log, path):
+        raise OutputError("disk full while writing; nothing was written", path=path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "write_log", disk_full)
+        proc = invoke("m.onnx", "--force", "--log", "m.json", cwd=work)
+    assert proc.returncode == 1 and "disk full" in proc.stderr
+    assert (work / "m.lsuv.onnx").is_file() and not (work / "m.json").exists()  # the model was written first
+    assert status(work, "--log", "m.json") == "ok"
+    assert (work / "m.json").is_file()

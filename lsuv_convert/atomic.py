@@ -34,6 +34,9 @@ def remove_active() -> None:
     _remove_all(list(_active))
 
 
+interrupt.at_hard_stop(remove_active)
+
+
 def is_temporary(path: Path | str) -> bool:
     """Whether ``path`` is (inside) one of our temporary folders."""
     return any(part.startswith(".") and part.endswith(TEMP_MARK) for part in Path(path).parts)

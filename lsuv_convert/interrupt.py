@@ -23,7 +23,14 @@ import threading
 import time
 
 _received: list[int] = []
+_cleanups: list = []  # run before a hard stop (atomic.py registers the removal of unfinished writes)
 TERM_GRACE_SECONDS = 3.0
+
+
+def at_hard_stop(cleanup) -> None:
+    """Run ``cleanup()`` if the process is ended at once (a second Ctrl-C)."""
+    if cleanup not in _cleanups:
+        _cleanups.append(cleanup)
 
 
 def check() -> None:
@@ -38,10 +45,9 @@ def _handler(signum, frame):
 
 
 def _stop_now() -> None:
-    from .atomic import remove_active
-
-    with contextlib.suppress(Exception):
-        remove_active()
+    for cleanup in list(_cleanups):
+        with contextlib.suppress(Exception):
+            cleanup()
     with contextlib.suppress(OSError):
         os.write(2, b"lsuv-convert: error: interrupted again; stopped at once, no partial output was left\n")
     os._exit(130)

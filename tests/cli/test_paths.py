@@ -71,6 +71,7 @@ def test_writing_into_a_data_folder_is_refused(work):
     assert_usage_error(proc, work, before, "--data folder")
 
 
+@pytest.mark.slow
 def test_two_models_with_one_name_do_not_share_an_output(tmp_path):
     tiny_onnx(tmp_path / "zoo" / "a" / "m.onnx", seed=1)
     tiny_onnx(tmp_path / "zoo" / "b" / "m.onnx", seed=2)

@@ -54,6 +54,7 @@ def test_changed_contents_rebuild(work):
     assert status(work) == "ok"
 
 
+@pytest.mark.slow
 def test_a_newly_requested_log_or_plot_is_written(work):
     assert status(work, "--log", "m.json") == "ok"
     assert (work / "m.json").is_file()

@@ -95,36 +95,44 @@ def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
 def _check_array_header(path: Path) -> None:
     """A .npy header declaring more bytes than the file holds (or than memory) is refused
     before numpy allocates the array it declares."""
+    with open(path, "rb") as fh:
+        _check_declared_array(fh, path.stat().st_size, path, "")
+
+
+def _check_npz_members(path: Path) -> None:
+    """Each member of a .npz is unpacked in memory: its header, like a .npy's, must match its
+    size, and all of them together must fit."""
     from .budget import check_allocation
 
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(fh, max_header_size=1 << 20)
-            data_start = fh.tell()
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                with zf.open(info) as fh:
+                    _check_declared_array(fh, info.file_size, path, f"member {info.filename}: ")
+    except (zipfile.BadZipFile, OSError):
+        return  # np.load reports it
+    check_allocation(sum(info.file_size for info in infos), "the arrays of this .npz", path=path)
+
+
+def _check_declared_array(fh, size: int, path: Path, label: str) -> None:
+    from .budget import check_allocation
+
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh, max_header_size=10000)
+        data_start = fh.tell()
     except (ValueError, OSError, EOFError, SyntaxError, TypeError):
         return  # np.load reports a malformed header itself
     if dtype.hasobject:
         return
     needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    held = path.stat().st_size - data_start
+    held = size - data_start
     if needed > held:
-        raise DataError(f"its header declares an array of shape {tuple(shape)} ({needed} bytes) but the file holds "
-                        f"{held} bytes (truncated or forged file)", path=path)
-    check_allocation(needed, f"the array of shape {tuple(shape)}", path=path)
-
-
-def _check_npz_members(path: Path) -> None:
-    """Each member of a .npz is unpacked in memory: its unpacked size must fit."""
-    from .budget import check_allocation
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            total = sum(info.file_size for info in zf.infolist())
-    except (zipfile.BadZipFile, OSError):
-        return  # np.load reports it
-    check_allocation(total, "the arrays of this .npz", path=path)
+        raise DataError(f"{label}its header declares an array of shape {tuple(shape)} ({needed} bytes) but the file "
+                        f"holds {held} bytes (truncated or forged file)", path=path)
+    check_allocation(needed, f"{label}the array of shape {tuple(shape)}", path=path)
 
 
 def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:

@@ -95,3 +95,14 @@ def test_bad_option_values_are_usage_errors(tmp_path, args, option):
     assert proc.returncode == 2 and option in proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_npz_member_header_declaring_terabytes(tmp_path):
+    import zipfile
+
+    tiny_onnx(tmp_path / "m.onnx")
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1024, 1024, 1024, 1024), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as zf:
+        zf.writestr("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 64)
+    one_error(invoke("m.onnx", "--data", "big.npz", cwd=tmp_path), 1, "big.npz", "member x.npy", "forged")

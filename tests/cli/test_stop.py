@@ -47,7 +47,8 @@ class Spinner(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_second_ctrl_c_stops_a_stuck_torchscript_call(tmp_path):
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)], ids=["ctrl-c-twice", "sigterm"])
+def test_second_ctrl_c_stops_a_stuck_torchscript_call(tmp_path, signals):
     model = tmp_path / "spin.pt"
     torch.jit.save(torch.jit.script(Spinner()), str(model))
     tiny_batch(tmp_path / "spin.npy")
@@ -64,11 +65,12 @@ def test_second_ctrl_c_stops_a_stuck_torchscript_call(tmp_path):
                 pass
             time.sleep(0.2)
         assert "ENTERED" in seen, seen
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signals[0])
         time.sleep(1.0)
         assert child.poll() is None  # the first one can't interrupt the native loop
-        child.send_signal(signal.SIGINT)
-        child.wait(timeout=30)
+        for signum in signals[1:]:
+            child.send_signal(signum)
+        child.wait(timeout=30)  # a SIGTERM nobody answered ends it after a few seconds
     finally:
         if child.poll() is None:
             child.kill()

@@ -125,3 +125,18 @@ def test_a_checkpoint_pickle_in_a_torchscript_layout_is_named_as_such(base, work
                 out.writestr(name, real.read(name))
     proc = invoke("inspect", fake)
     assert proc.returncode == 1 and "ordinary pickle" in proc.stderr and "newer" not in proc.stderr, proc.stderr
+
+
+def test_an_extra_file_that_expands_a_thousandfold_is_refused(work):
+    plain = work / "plain.pt"
+    torch.jit.save(torch.jit.script(HolderNet()), str(plain), _extra_files={"blob.bin": b"\0" * (4 << 20)})
+    bomb = work / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():
+            compress = zipfile.ZIP_DEFLATED if info.filename.endswith("extra/blob.bin") else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info.filename), compress_type=compress)
+    assert bomb.stat().st_size < 200_000
+    before = snapshot(work)
+    proc = invoke(bomb, "--data", work / "batch.npy")
+    assert proc.returncode == 1 and "expands" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert snapshot(work) == before

@@ -85,7 +85,7 @@ def _device(ctx, param, value: str) -> str:
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="lsuv-convert")
 def main():
-    """Orthonormal + LSUV initialization of ONNX, Caffe and TorchScript models.
+    """Orthonormal + LSUV initialization of ONNX, Caffe, TorchScript, torch.export, checkpoint and Hugging Face models.
 
     \b
       lsuv-convert MODEL... [--data BATCH] [options]   initialize models (default command)

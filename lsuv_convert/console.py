@@ -7,6 +7,7 @@ per-layer table after each model. Elsewhere (CI, Make): one line per model. ``qu
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -159,6 +160,8 @@ def print_inspection(info: dict) -> None:
     console.print(table)
     for note in info["notes"]:
         console.print(f"note: {note}", markup=False)
+    for key, value in (info.get("provenance") or {}).items():
+        console.print(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False)
 
 
 def print_verification(model: Path, rows: list[dict], tol: float, target: float) -> None:

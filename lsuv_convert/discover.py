@@ -12,9 +12,10 @@ from pathlib import Path
 
 from .atomic import is_temporary
 from .errors import LsuvError
-from .formats import model_extensions
+from .formats import directory_format, model_extensions
 
 OUTPUT_MARK = ".lsuv."
+OUTPUT_FOLDER_SUFFIX = ".lsuv"  # a folder-format model's output: NAME.lsuv/
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class ModelJob:
 
 
 def is_own_output(path: Path) -> bool:
-    """Our outputs (``NAME.lsuv.EXT``) and our temporary files: never models."""
-    return OUTPUT_MARK in path.name or is_temporary(path)
+    """Our outputs (``NAME.lsuv.EXT``, ``NAME.lsuv/``) and our temporary files: never models."""
+    return OUTPUT_MARK in path.name or path.name.endswith(OUTPUT_FOLDER_SUFFIX) or is_temporary(path)
 
 
 def expand(args: list[str]) -> list[ModelJob]:
@@ -41,8 +42,10 @@ def expand(args: list[str]) -> list[ModelJob]:
 
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if _is_model_file(p))
+        if path.is_dir() and directory_format(path) is not None:
+            add(path, path.parent)  # a folder that is one model (Hugging Face)
+        elif path.is_dir():
+            found = _models_below(path)
             if not found:
                 raise LsuvError(f"no model files ({', '.join(sorted(model_extensions()))}) in folder", path=path)
             for p in found:
@@ -51,13 +54,29 @@ def expand(args: list[str]) -> list[ModelJob]:
             add(path, path.parent)  # a missing file is reported by its own job
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            files = [m for m in matches if m.is_file() and not is_own_output(m) and not is_temporary(m)]
+            files = [m for m in matches if (m.is_file() or directory_format(m) is not None) and not is_own_output(m)]
             if not files:
                 raise LsuvError("pattern matches no model files", path=arg)
             base = Path(arg.split("*")[0].rsplit("/", 1)[0] if "/" in arg.split("*")[0] else ".")
             for m in files:
                 add(m, base)
     return jobs
+
+
+def _models_below(folder: Path) -> list[Path]:
+    """Model files below ``folder``, and folders that are one model (not searched further)."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or is_own_output(entry):
+            continue
+        if entry.is_dir():
+            if directory_format(entry) is not None:
+                found.append(entry)
+            elif not entry.is_symlink():  # no walk into linked folders (loops)
+                found += _models_below(entry)
+        elif _is_model_file(entry):
+            found.append(entry)
+    return sorted(found)
 
 
 def _is_model_file(path: Path) -> bool:

@@ -6,6 +6,7 @@ formats and the engine know nothing of each other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -72,7 +73,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     model = Path(model)
     fmt = find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
-    _check_output(model, output, options)
+    _check_output(model, output, options, folder=fmt.claims_directory(model))
     try:
         device = resolve_device(options.device)
     except ValueError as exc:
@@ -118,6 +119,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
         "seconds": seconds,
         "layers": _layer_entries(graph, report),
     }
+    graph.provenance = provenance(options, batch)
+    log["provenance"] = graph.provenance
     if options.weights is not None:
         log["weights"] = str(options.weights)
     result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
@@ -154,7 +157,7 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
     if batch_inputs is not None:
         graph = fmt.prepare(loaded, batch_inputs, check=False)
         targets, module, inputs = graph.targets, graph.module, graph.inputs
-    return {
+    info = {
         "model": str(model), "format": fmt.name,
         "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
                    for s in inputs],
@@ -163,6 +166,29 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
                     for i, t in enumerate(targets)],
         "notes": list(loaded.notes),
     }
+    if loaded.provenance:
+        info["provenance"] = loaded.provenance
+    return info
+
+
+def provenance(options: ConvertOptions, batch) -> dict:
+    """What made an output: formats with a metadata slot that doesn't touch the computation store it."""
+    from . import __version__
+
+    return {"tool": "lsuv-convert", "version": __version__, "seed": options.seed,
+            "settings": options.settings.to_log(), "batch_sha256": batch_sha256(batch)}
+
+
+def batch_sha256(batch) -> str:
+    """SHA-256 over the batch arrays' dtype, shape and bytes, in input order."""
+    known = getattr(batch, "sha256", None)
+    if known:
+        return known
+    digest = hashlib.sha256()
+    for array in batch.arrays:
+        digest.update(f"{array.dtype.str}{tuple(array.shape)}".encode())
+        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+    return digest.hexdigest()
 
 
 def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
@@ -172,9 +198,10 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
     settings = options.settings
     fmt = find_format(model, written=True)
     model, weights = fmt.written_pair(Path(model), options.weights)
-    loaded = fmt.load(model, replace(options.request, weights=weights))
+    request = replace(options.request, weights=weights)
+    loaded = fmt.load(model, request)
     _, inputs = _batch_for(loaded, options.data, options)
-    stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets])
+    stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets], request=request)
     rows = []
     for name, (var, mean) in stats.items():
         ok = abs(var - settings.target_var) < settings.tol
@@ -232,15 +259,16 @@ def sidecar_batch(model: Path) -> Path | None:
     return None
 
 
-def _check_output(model: Path, output: Path, options: ConvertOptions) -> None:
-    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`)."""
+def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
+    ``folder``: the model is a folder (Hugging Face), and so is its output."""
     from .paths import PathPlan
 
     paths = PathPlan()
     paths.read(model, f"the input model {model}")
     paths.read(options.weights, f"the --weights file {options.weights}")
     paths.read(options.data, f"the data {options.data}")
-    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else ())
+    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
     try:
         paths.check()
     except UsageError as exc:

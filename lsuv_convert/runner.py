@@ -125,9 +125,10 @@ class Run:
                 continue
             model = plan.job.path
             own = (model, weights) if self.options.in_place else ()
+            folder = plan.fmt.claims_directory(model)
             for k, path in enumerate(plan.fmt.output_files(plan.output)):
                 if k == 0:
-                    paths.write(path, f"the output of {model}", may_overwrite=own)
+                    paths.write(path, f"the output of {model}", may_overwrite=own, folder=folder)
                 else:
                     paths.write(path, f"a side file of the output of {model}")
             paths.write(plan.log, f"the --log file of {model}")

@@ -18,6 +18,9 @@ _PLUGIN_MODULES = (
     "lsuv_convert.formats.onnx",
     "lsuv_convert.formats.caffe",
     "lsuv_convert.formats.torchscript",
+    "lsuv_convert.formats.state_dict",  # after TorchScript: both take .pt/.pth, their sniffs exclude each other
+    "lsuv_convert.formats.pt2",
+    "lsuv_convert.formats.huggingface",
 )
 
 FORMATS: dict[str, ModelFormat] = {}
@@ -30,7 +33,8 @@ def register_format(cls: F) -> F:
     """Class decorator: check the class honours the contract, instantiate it, add it to the registry."""
     if not (isinstance(cls, type) and issubclass(cls, ModelFormat)):
         raise TypeError(f"{cls!r} is not a ModelFormat")
-    if not cls.name or not cls.extensions or any(e != e.lower() or not e.startswith(".") for e in cls.extensions):
+    folder_only = not cls.extensions and cls.claims_directory.__func__ is not ModelFormat.claims_directory.__func__
+    if not cls.name or not (cls.extensions or folder_only) or any(e != e.lower() or not e.startswith(".") for e in cls.extensions):
         raise TypeError(f"{cls.__name__} needs a name and lower-case extensions starting with a dot")
     if cls.name in FORMATS and type(FORMATS[cls.name]) is not cls:
         raise TypeError(f"two format plug-ins are named {cls.name!r}")
@@ -61,13 +65,26 @@ def known_extensions() -> set[str]:
     return set(model_extensions())
 
 
+def directory_format(path: Path | str) -> ModelFormat | None:
+    """The format that takes the folder ``path`` as one model (a Hugging Face folder), if any."""
+    path = Path(path)
+    return next((f for f in all_formats().values() if f.claims_directory(path)), None)
+
+
 def find_format(path: Path | str, *, written: bool = False) -> ModelFormat:
     """The format of the model file ``path``: by extension first, confirmed (or found) by sniffing.
 
     ``written=True`` (``verify``) also accepts a format's output extension (a written weights
     file). Every command starts here, so this is also where a missing model file is reported.
+    A folder is a model only when a format claims it (:meth:`ModelFormat.claims_directory`).
     """
     path = Path(path)
+    if path.is_dir():
+        fmt = directory_format(path)
+        if fmt is None:
+            raise LsuvError("is a folder that holds no single model (a Hugging Face model folder has config.json "
+                            "and model.safetensors or model.safetensors.index.json)", path=path)
+        return fmt
     if not path.is_file():
         raise LsuvError("model file not found" if not path.exists() else "not a file", path=path)
     formats = list(all_formats().values())

@@ -55,6 +55,7 @@ class LoadedModel:
     targets: list[TargetLayer] = field(default_factory=list)  # declared targets (for inspect), may lack modules
     notes: list[str] = field(default_factory=list)
     request: LoadRequest = field(default_factory=LoadRequest)
+    provenance: dict = field(default_factory=dict)  # what a written file records about its making (inspect shows it)
 
 
 class ModelFormat(ABC):
@@ -66,6 +67,12 @@ class ModelFormat(ABC):
     companion_extensions: ClassVar[tuple[str, ...]] = ()  # files this format reads beside the model (not models)
 
     # ---- hooks a plug-in implements -------------------------------------------------------------
+    @classmethod
+    def claims_directory(cls, path: Path) -> bool:
+        """Whether the folder ``path`` is one model of this format (a Hugging Face model folder),
+        rather than a zoo to search. Must be cheap: only file names are looked at."""
+        return False
+
     @abstractmethod
     def sniff(self, path: Path) -> bool:
         """Cheap check (a few bytes) that ``path`` is a file of this format."""
@@ -82,8 +89,10 @@ class ModelFormat(ABC):
     def write(self, graph: ModelGraph, out_path: Path) -> None:
         """Write ``graph``'s weights back in this format, atomically."""
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]) -> dict[str, tuple[float, float]]:
-        """Every target's (variance, mean) in the written file, by the format's own runtime."""
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any],
+                    request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
+        """Every target's (variance, mean) in the written file, by the format's own runtime;
+        ``request`` is what the user said about reading it (``--arch`` for a state_dict)."""
         raise ModelFormatError(f"{self.name} has no independent runtime to verify with", path=model_path)
 
     # ---- template methods the pipeline calls ------------------------------------------------------
@@ -118,9 +127,10 @@ class ModelFormat(ABC):
         self.write(graph, Path(out_path))
 
     def measure(self, model_path: Path | str, weights_path: Path | str | None, inputs: list[Any],
-                names: list[str] | None = None) -> dict[str, tuple[float, float]]:
+                names: list[str] | None = None, request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
         """``{name: (variance, mean)}`` for ``names`` (None: every target), by the format's runtime."""
-        stats = self.measure_all(Path(model_path), Path(weights_path) if weights_path is not None else None, inputs)
+        stats = self.measure_all(Path(model_path), Path(weights_path) if weights_path is not None else None, inputs,
+                                 request=request)
         if names is None:
             return stats
         unknown = [n for n in names if n not in stats]

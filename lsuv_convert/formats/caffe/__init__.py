@@ -115,7 +115,7 @@ class CaffeFormat(ModelFormat):
             raise ModelFormatError(f"no model definition ({candidate.name}) beside the weights file", path=path)
         return candidate, path
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         from .build import target_layers
         from .deploy import deploy_text
         from ...statistics import population_stats

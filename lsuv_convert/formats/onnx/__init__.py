@@ -111,7 +111,7 @@ class OnnxFormat(ModelFormat):
         out_path = Path(out_path)
         return [out_path, out_path.with_name(out_path.name + ".data")]
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any]):
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
         from ...statistics import population_stats

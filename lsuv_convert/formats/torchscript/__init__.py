@@ -50,7 +50,7 @@ class TorchScriptFormat(ModelFormat):
 
         save_script(graph, Path(out_path))
 
-    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list) -> dict[str, tuple[float, float]]:
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None) -> dict[str, tuple[float, float]]:
         from .archive import inspect_archive
         from .probe import measure_file
 

@@ -107,7 +107,7 @@ def _check_root_object(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
     if first is None or first[0] not in ("GLOBAL", "STACK_GLOBAL") or not str(first[1] or "").startswith("__torch__"):
         raise ModelFormatError(
             "holds a TorchScript-like layout but its data.pkl is an ordinary pickle (a torch.save checkpoint), "
-            f"not a TorchScript module; lsuv-convert does not unpickle checkpoints: {_EXPORT_HINT}",
+            f"not a TorchScript module; refused without unpickling it: {_EXPORT_HINT}",
             path=path,
         )
 

@@ -120,8 +120,8 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, cli):
     # 1 channel where the model takes 3: only running the model can tell.
     np.save(tmp_path / "wrong_shape.npy", np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32))
     expected = {
-        "state_dict.pt": "is a torch.save checkpoint",
-        "legacy.pth": "is a pickled torch.save checkpoint",
+        "state_dict.pt": "--arch",  # taken by the state_dict plug-in, which needs the architecture
+        "legacy.pth": "--arch",
         "random.pt": "not a TorchScript archive",
         "newer.pt": "written by a newer PyTorch",
         "future_op.pt": "does not compile with torch",

@@ -327,10 +327,12 @@ def test_checkpoints_are_refused_without_unpickling(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "Unpickler", forbidden)
     for name in ("sd.pt", "whole.pth", "legacy.pt"):
         path = tmp_path / name
-        assert find_format(path) is TS  # by extension: the TorchScript plug-in explains the refusal
+        assert find_format(path).name == "state_dict"  # torch.save files belong to the state_dict plug-in
         assert not TS.sniff(path)
         with pytest.raises(ModelFormatError, match="checkpoint"):
             TS.load(path)
+        with pytest.raises(ModelFormatError, match="--arch"):
+            find_format(path).load(path)
 
 
 def test_forward_with_a_non_tensor_argument_is_refused(tmp_path):

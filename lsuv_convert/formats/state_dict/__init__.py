@@ -1,0 +1,116 @@
+"""state_dict checkpoints: ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` (``torch.save``) and ``.safetensors``.
+
+A checkpoint holds tensors but no code, so the architecture is named with ``--arch``
+(:mod:`.arch`) and built by its library (or the user's factory); the file's weights are found
+however they are nested (:mod:`.locate`) and loaded into it; the engine walks the module's own
+forward. The output is the checkpoint itself with only the initialized tensors' values changed
+(:mod:`.checkpoint`). ``torch.save`` files are only ever read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import ModelFormatError
+from ...graph import ModelGraph
+from .. import register_format
+from ..base import LoadedModel, LoadRequest, ModelFormat
+
+_TORCH_SAVE_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class StateDictState:
+    checkpoint: Any  # checkpoint.Checkpoint
+    located: Any  # locate.Located
+    model: Any  # the architecture, with the file's weights
+
+
+@register_format
+class StateDictFormat(ModelFormat):
+    name = "state_dict"
+    extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
+
+    def sniff(self, path: Path) -> bool:
+        from ...safetensors_io import is_safetensors
+        from .checkpoint import torch_save_kind
+
+        if path.name.lower().endswith(".safetensors"):
+            return is_safetensors(path)
+        return torch_save_kind(path) is not None
+
+    def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from ...module_graph import module_target_layers
+        from ...safetensors_io import provenance_of
+        from .arch import build_architecture
+        from .checkpoint import read_checkpoint
+
+        if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
+            folder = " (or give its folder, which has a config.json: a Hugging Face model folder)" if (
+                path.parent / "config.json").is_file() else ""
+            raise ModelFormatError(
+                "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
+                f"--arch torchvision:NAME, timm:NAME or package.module:factory{folder}", path=path)
+        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
+        arch = build_architecture(request.arch, path)
+        located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+        targets, tied = module_target_layers(arch.module)
+        notes += tied
+        return LoadedModel(format=self.name, source=path, inputs=arch.inputs,
+                           state=StateDictState(checkpoint, located, arch.module), targets=targets, notes=notes,
+                           provenance=provenance_of(checkpoint.metadata))
+
+    def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
+        from ...module_graph import check_runs, model_args
+
+        state: StateDictState = loaded.state
+        args = model_args(inputs, loaded.inputs)
+        inputs[:] = args  # token ids as the module takes them
+        if check:
+            check_runs(state.model, args, loaded.source)
+        return ModelGraph(module=state.model, targets=list(loaded.targets), inputs=loaded.inputs, format=self.name,
+                          source=loaded.source, state=state, notes=list(loaded.notes), engine_path="hooks")
+
+    def write(self, graph: ModelGraph, out_path: Path) -> None:
+        from ...module_graph import copy_targets_into
+        from .checkpoint import write_checkpoint
+
+        state: StateDictState = graph.state
+        copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
+        write_checkpoint(state.checkpoint, out_path, graph.provenance)
+
+    def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
+        """The named architecture built afresh with the written weights, measured with hooks."""
+        from ...module_graph import measure_module, model_args
+
+        loaded = self.read(model_path, request or LoadRequest())
+        stats = measure_module(loaded.state.model, model_args(inputs, loaded.inputs), [t.module_path for t in loaded.targets])
+        return {t.name: stats[t.module_path] for t in loaded.targets}
+
+
+def load_into(model, obj, arch: str, path: Path):
+    """Find the weights in ``obj`` and load them into ``model``; (Located, notes)."""
+    import torch
+
+    from .locate import locate
+
+    model_keys = list(model.state_dict().keys())
+    located = locate(obj, model_keys, arch, path)
+    weights = {k: located.mapping[located.file_key(k)] for k in model_keys}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        shown = "; ".join(lines[:3]) + (f" and {len(lines) - 3} more" if len(lines) > 3 else "")
+        raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
+                               path=path) from None
+    notes = [located.describe()]
+    if located.others:
+        notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()
+                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
+    if dtypes:
+        notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
+    return located, notes

@@ -1,0 +1,125 @@
+"""A plain ``torch.nn.Module`` as the engine's graph: for formats that store weights but no code
+(state_dict checkpoints, Hugging Face folders), whose architecture is built by Python code.
+Shared by those plug-ins, so it lives outside ``formats/`` (plug-ins import no other plug-in).
+
+The engine walks the module's own forward with hooks; the target layers are the modules the
+engine itself takes as targets. A target whose weight is also held by a module that is *not* a
+target (an output projection tied to the input embedding) is left out: scaling it would change
+a layer that already ran, which breaks LSUV's order. Statistics of a written model are measured
+here too, with forward hooks on a freshly built module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConversionError, DataError, first_line
+from .graph import InputSpec, ModelGraph, TargetLayer
+
+
+def module_targets(model) -> tuple[list[str], list[str]]:
+    """(target module paths in registration order, notes about targets left out)."""
+    from .api import find_targets
+
+    targets = find_targets(model)
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(name)
+    kept, notes = [], []
+    for path, module in targets.items():
+        weight = getattr(module, "weight", None)
+        others = [o for o in owners.get(id(weight), []) if o != path and o not in targets]
+        if others:
+            notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
+            continue
+        kept.append(path)
+    return kept, notes
+
+
+def model_args(inputs: list, specs: list[InputSpec]) -> list:
+    """The batch as the module takes it: integer inputs (token ids) as int64 even when the data
+    path delivered them as floats, floating inputs in the module's float dtype."""
+    import torch
+
+    args = []
+    for tensor, spec in zip(inputs, specs):
+        if spec.dtype.startswith(("int", "uint")) and tensor.is_floating_point():
+            if not bool(torch.equal(tensor, tensor.round())):
+                raise DataError(f"input {spec.name!r} takes integer ids, but the batch holds fractional values")
+            tensor = tensor.to(torch.int64)
+        args.append(tensor)
+    return args
+
+
+def check_runs(model, args: list, source: Path) -> None:
+    """One forward pass on the batch, so that a batch that doesn't fit is a clear DataError."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
+                        path=source) from None
+
+
+def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float, float]]:
+    """``{path: (variance, mean)}`` of each target's first output, by forward hooks, in eval mode."""
+    import torch
+
+    from .statistics import population_stats
+
+    stats: dict[str, tuple[float, float]] = {}
+    handles = []
+
+    def hook_for(path):
+        def hook(module, inputs, output):
+            if path not in stats and isinstance(output, torch.Tensor):
+                stats[path] = population_stats(output)
+
+        return hook
+
+    model.eval()
+    try:
+        for path in paths:
+            handles.append(model.get_submodule(path).register_forward_hook(hook_for(path)))
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {path: stats.get(path, (float("nan"), float("nan"))) for path in paths}
+
+
+def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:
+    """Target layers named by module path, and notes about targets left out."""
+    paths, notes = module_targets(model)
+    return [TargetLayer(name=p, op=type(model.get_submodule(p)).__name__, module_path=p) for p in paths], notes
+
+
+def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path) -> list[str]:
+    """Copy every target's own parameters into ``tensors`` (the file's, by key), in place and in
+    the file's dtype; returns the keys written. A parameter tied under several names is written
+    under each name the file has; ``file_key`` maps the module's key to the file's."""
+    import torch
+
+    model = graph.module
+    names_of: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(tensor), []).append(key)
+    written = []
+    with torch.no_grad():
+        for target in graph.targets:
+            layer = model.get_submodule(target.module_path)
+            for param in layer.parameters(recurse=False):
+                if not bool(torch.isfinite(param).all()):
+                    raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
+                for key in names_of.get(id(param), []):
+                    dest = tensors.get(file_key(key))
+                    if dest is None:
+                        continue  # a tied name the file does not store
+                    dest.copy_(param.detach().to(dest.device, dest.dtype))
+                    written.append(file_key(key))
+    return written

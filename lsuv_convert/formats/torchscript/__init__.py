@@ -54,5 +54,5 @@ class TorchScriptFormat(ModelFormat):
         from .archive import inspect_archive
         from .probe import measure_file
 
-        inspect_archive(Path(model_path), check_code=False)  # verify loaded (and checked) it first
+        inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
         return measure_file(Path(model_path), inputs)

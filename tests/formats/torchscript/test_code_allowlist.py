@@ -140,3 +140,12 @@ def test_an_extra_file_that_expands_a_thousandfold_is_refused(work):
     proc = invoke(bomb, "--data", work / "batch.npy")
     assert proc.returncode == 1 and "expands" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert snapshot(work) == before
+
+
+def test_verify_refuses_too_and_trust_code_lets_it_measure(base, work):
+    model, _, op = hostile(base, work, "print")
+    proc = invoke("verify", model, "--data", work / "batch.npy")
+    assert proc.returncode == 1 and op in proc.stderr, proc.stderr
+    trusted = invoke("verify", model, "--data", work / "batch.npy", "--trust-code", "--json")
+    assert trusted.returncode in (0, 1) and "refused" not in trusted.stderr, trusted.stderr
+    assert json.loads(trusted.stdout.splitlines()[-1])["layers"]

@@ -56,7 +56,8 @@ def load_batch(path: Path | None, specs: list[InputSpec], *, seed: int = 0, imag
     else:
         arrays = _read_array_file(path, specs)
         desc = f"{path} {', '.join(str(tuple(a.shape)) for a in arrays)}"
-    arrays = [_to_float(a, path) for a in arrays]
+    arrays = [_to_declared(a, spec, path) for a, spec in zip(arrays, specs)] if len(arrays) == len(specs) else \
+        [_to_float(a, path) for a in arrays]
     if image is not None and (image.mean is not None or image.std is not None) and not path.is_dir():
         arrays = [_normalize(a, image, path) for a in arrays]
     return Batch(arrays, desc, _check_values(arrays, path))
@@ -80,7 +81,27 @@ def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]
             dims.append((batch, *spec.shape[1:]))
     _check_synthetic_budget(dims)
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(d, dtype=np.float32) for d in dims]
+    return [_synthetic_one(rng, d, spec) for d, spec in zip(dims, specs)]
+
+
+def _synthetic_one(rng, shape: tuple, spec: InputSpec) -> np.ndarray:
+    """N(0,1) for float inputs; valid ids in [0, high) (or [0, 2)) for integer inputs; all-True masks."""
+    kind = np.dtype(spec.dtype).kind if spec.dtype else "f"
+    if kind == "b":
+        return np.ones(shape, dtype=bool)
+    if kind in "iu":
+        return rng.integers(0, spec.high if spec.high else 2, size=shape).astype(spec.dtype)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _to_declared(a: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
+    """Integer / bool inputs keep integer / bool data (never through float); float inputs as before."""
+    kind = np.dtype(spec.dtype).kind if spec.dtype else "f"
+    if kind not in "biu":
+        return _to_float(a, path)
+    if a.dtype.kind not in "biu":
+        raise DataError(f"input {spec.name!r} takes {spec.dtype} values (ids, masks) but the data holds {a.dtype}", path=path)
+    return np.ascontiguousarray(a.astype(spec.dtype))
 
 
 def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
@@ -206,6 +227,8 @@ def _check_values(arrays: list[np.ndarray], path: Path) -> list[str]:
     for a in arrays:
         if a.size == 0:
             raise DataError("the data array is empty", path=path)
+        if a.dtype.kind in "biu":  # ids and masks: any value can be right, a constant mask too
+            continue
         if not np.isfinite(a).all():
             raise DataError("the data contains NaN or Inf values", path=path)
         if float(a.max()) == float(a.min()):

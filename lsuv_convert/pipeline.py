@@ -137,6 +137,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     t0 = time.perf_counter()
     fmt.save(graph, output)
     seconds["save"] = time.perf_counter() - t0
+    log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
     if log_path is not None:
         write_log(log, log_path)
     return result

@@ -20,8 +20,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import torch
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 EXPORTERS = {
     "ts13": dict(dynamo=False, opset_version=13),
@@ -317,3 +318,381 @@ def _slot_nodes(model, layers: dict[str, str]) -> set[tuple[int, int]]:
             add = model.graph.node[add_k]
             slots.add((add_k, 1 - list(add.input).index(node.output[0])))
     return slots
+
+
+# ------------------------------------------------------------------ files as other producers write them
+# Hand-built with onnx.helper where the producer itself can't run here (Caffe2 / PyTorch 0.3-era
+# exporters, paddle2onnx, tf2onnx): the same IR versions, opsets, node versions and weight layouts.
+
+
+def _init(rng, name, shape, dtype=np.float32, scale=0.5):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(dtype), name)
+
+
+def _as_graph_inputs(graph: onnx.GraphProto) -> None:
+    """IR 3 files list every initializer as a graph input too."""
+    for t in graph.initializer:
+        graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+
+
+def _legacy(graph, opset: int) -> onnx.ModelProto:
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="pytorch",
+                                   producer_version="0.3")
+    model.ir_version = 3
+    return model
+
+
+def legacy_opset7_classifier() -> onnx.ModelProto:
+    """Caffe2 / PyTorch 0.3 style, IR 3 / opset 7: Conv, BatchNormalization-7, Dropout-7, Gemm-7,
+    a Softmax after the last layer, initializers listed as graph inputs."""
+    h, rng = onnx.helper, np.random.default_rng(7)
+    nodes = [
+        h.make_node("Conv", ["data", "c1_w", "c1_b"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        h.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn1"], name="bn1", epsilon=1e-5),
+        h.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        h.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Conv", ["p1", "c2_w", "c2_b"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        h.make_node("Dropout", ["r2"], ["d2"], name="drop2", ratio=0.5),
+        h.make_node("Flatten", ["d2"], ["f2"], name="flatten", axis=1),
+        h.make_node("Gemm", ["f2", "fc_w", "fc_b"], ["fc"], name="fc", transB=1),
+        h.make_node("Softmax", ["fc"], ["prob"], name="prob"),
+    ]
+    inits = [_init(rng, "c1_w", (8, 3, 3, 3)), _init(rng, "c1_b", (8,)), _init(rng, "bn_s", (8,)), _init(rng, "bn_b", (8,)),
+             _init(rng, "bn_m", (8,), scale=0.1), numpy_helper.from_array(np.full(8, 1.5, np.float32), "bn_v"),
+             _init(rng, "c2_w", (8, 8, 3, 3)), _init(rng, "c2_b", (8,)), _init(rng, "fc_w", (10, 8 * 4 * 4)), _init(rng, "fc_b", (10,))]
+    graph = h.make_graph(nodes, "caffe2_net", [h.make_tensor_value_info("data", TensorProto.FLOAT, [4, 3, 8, 8])],
+                         [h.make_tensor_value_info("prob", TensorProto.FLOAT, [4, 10])], inits)
+    _as_graph_inputs(graph)
+    return _legacy(graph, 7)
+
+
+def legacy_opset6_dropout_is_test() -> onnx.ModelProto:
+    """IR 3 / opset 6: BatchNormalization-6 and Dropout-6 with ``is_test``, AveragePool-1, Gemm-6
+    with ``broadcast`` (onnxruntime runs none of them at opset 6)."""
+    h, rng = onnx.helper, np.random.default_rng(6)
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        h.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["n1"], name="bn", is_test=1, epsilon=1e-5),
+        h.make_node("Relu", ["n1"], ["r1"]),
+        h.make_node("Dropout", ["r1"], ["d1"], name="dropout", is_test=1, ratio=0.3),
+        h.make_node("AveragePool", ["d1"], ["a1"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+        h.make_node("Flatten", ["c2"], ["f2"], name="flatten", axis=1),
+        h.make_node("Gemm", ["f2", "fc_w", "fc_b"], ["y"], name="fc", broadcast=1, transB=1),
+    ]
+    inits = [_init(rng, "w1", (6, 3, 3, 3)), _init(rng, "b1", (6,)), _init(rng, "s", (6,)), _init(rng, "b", (6,)),
+             _init(rng, "m", (6,), scale=0.1), numpy_helper.from_array(np.ones(6, np.float32), "v"), _init(rng, "w2", (5, 6, 1, 1)),
+             _init(rng, "fc_w", (3, 80)), _init(rng, "fc_b", (3,))]
+    graph = h.make_graph(nodes, "opset6", [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
+    _as_graph_inputs(graph)
+    return _legacy(graph, 6)
+
+
+def legacy_opset9_folded_bn() -> onnx.ModelProto:
+    """IR 3 / opset 9, a legacy export with BatchNorm folded into the convs: every conv bias is
+    zero, de-duplicated into ONE initializer all convs read; Upsample-9 with a scales input."""
+    h, rng = onnx.helper, np.random.default_rng(9)
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "zero"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Upsample", ["r1", "scales"], ["u1"], name="up", mode="nearest"),
+        h.make_node("Conv", ["u1", "w2", "zero"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c2"], ["r2"]),
+        h.make_node("Conv", ["r2", "w3", "zero"], ["y"], name="conv3", kernel_shape=[1, 1]),
+    ]
+    inits = [_init(rng, "w1", (8, 3, 3, 3)), _init(rng, "w2", (8, 8, 3, 3)), _init(rng, "w3", (8, 8, 1, 1)),
+             numpy_helper.from_array(np.zeros(8, np.float32), "zero"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    graph = h.make_graph(nodes, "folded", [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 8, 8])], inits)
+    _as_graph_inputs(graph)
+    return _legacy(graph, 9)
+
+
+def _constant(name, array):
+    return onnx.helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array, name))
+
+
+def paddle_style_constants() -> onnx.ModelProto:
+    """paddle2onnx style (opset 11): every weight in a Constant node, none in an initializer;
+    conv + batch-norm constants, a matmul + bias head, and a post-processing Softmax + ArgMax."""
+    h, rng = onnx.helper, np.random.default_rng(11)
+    arr = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
+    nodes = [
+        _constant("conv_w", arr(8, 3, 3, 3)), _constant("conv_b", arr(8)),
+        h.make_node("Conv", ["image", "conv_w", "conv_b"], ["c1"], name="conv2d_0", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu_0"),
+        _constant("conv1_w", arr(8, 8, 3, 3)),
+        h.make_node("Conv", ["r1", "conv1_w"], ["c2"], name="conv2d_1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        h.make_node("GlobalAveragePool", ["c2"], ["g"], name="pool"),
+        h.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        _constant("fc_w", arr(8, 6)), _constant("fc_b", arr(6)),
+        h.make_node("MatMul", ["f", "fc_w"], ["m"], name="linear_0.matmul"),
+        h.make_node("Add", ["m", "fc_b"], ["logits"], name="linear_0.add"),
+        h.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1),
+        h.make_node("ArgMax", ["prob"], ["label"], name="argmax", axis=1, keepdims=0),
+    ]
+    graph = h.make_graph(nodes, "paddle", [h.make_tensor_value_info("image", TensorProto.FLOAT, [4, 3, 8, 8])],
+                         [h.make_tensor_value_info("label", TensorProto.INT64, [4])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 11)], producer_name="PaddlePaddle")
+
+
+def chained_weights() -> onnx.ModelProto:
+    """Weights reached through nodes (tf2onnx / older exporters): MatMul(x, Transpose(W)),
+    Conv(x, Cast(W float16)), Gemm(x, Reshape(flat W)), Conv(x, Identity(W))."""
+    h, rng = onnx.helper, np.random.default_rng(13)
+    nodes = [
+        h.make_node("Identity", ["w0"], ["w0_id"], name="w0_identity"),
+        h.make_node("Conv", ["x", "w0_id"], ["c0"], name="conv_identity", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c0"], ["r0"]),
+        h.make_node("Cast", ["w1_half"], ["w1"], name="w1_cast", to=TensorProto.FLOAT),
+        h.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv_cast", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("GlobalAveragePool", ["r1"], ["g"]),
+        h.make_node("Flatten", ["g"], ["f"]),
+        h.make_node("Transpose", ["w2_t"], ["w2"], name="w2_transpose", perm=[1, 0]),
+        h.make_node("MatMul", ["f", "w2"], ["m"], name="matmul_transposed"),
+        h.make_node("Tanh", ["m"], ["t"]),
+        h.make_node("Reshape", ["w3_flat", "w3_shape"], ["w3"], name="w3_reshape"),
+        h.make_node("Gemm", ["t", "w3", "b3"], ["y"], name="gemm_reshaped", transB=1),
+    ]
+    inits = [_init(rng, "w0", (6, 3, 3, 3)), _init(rng, "w1_half", (6, 6, 3, 3), np.float16), _init(rng, "b1", (6,)),
+             _init(rng, "w2_t", (7, 6)), _init(rng, "w3_flat", (35,)), numpy_helper.from_array(np.array([5, 7], np.int64), "w3_shape"),
+             _init(rng, "b3", (5,))]
+    graph = h.make_graph(nodes, "chains", [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+def if_lstm_contrib() -> onnx.ModelProto:
+    """Ops onnx2torch can't convert between the layers: LSTM, an If whose branches read an outer
+    value (one holds its own MatMul layer), and com.microsoft Gelu."""
+    h, rng = onnx.helper, np.random.default_rng(14)
+    hidden = 8
+    then_branch = h.make_graph(
+        [h.make_node("MatMul", ["pooled", "inner_w"], ["then_out"], name="inner_matmul")], "then", [],
+        [h.make_tensor_value_info("then_out", TensorProto.FLOAT, None)], [_init(rng, "inner_w", (hidden, hidden))])
+    else_branch = h.make_graph([h.make_node("Relu", ["pooled"], ["else_out"])], "else", [],
+                               [h.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+    nodes = [
+        h.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c"], ["r"]),
+        h.make_node("Reshape", ["r", "seq_shape"], ["s"], name="to_sequence"),
+        h.make_node("Transpose", ["s"], ["st"], perm=[2, 0, 1], name="time_major"),
+        h.make_node("LSTM", ["st", "W", "R", "B"], ["Y"], name="lstm", hidden_size=hidden),
+        h.make_node("Squeeze", ["Y", "axis1"], ["ys"], name="squeeze"),
+        h.make_node("ReduceMean", ["ys"], ["pooled"], name="mean_over_time", axes=[0], keepdims=0),
+        h.make_node("If", ["flag"], ["branch"], name="if", then_branch=then_branch, else_branch=else_branch),
+        h.make_node("Gelu", ["branch"], ["act"], name="gelu", domain="com.microsoft"),
+        h.make_node("Gemm", ["act", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init(rng, "cw", (4, 3, 3, 3)), _init(rng, "cb", (4,)), numpy_helper.from_array(np.array([4, 4, 16], np.int64), "seq_shape"),
+             _init(rng, "W", (1, 4 * hidden, 4)), _init(rng, "R", (1, 4 * hidden, hidden)), _init(rng, "B", (1, 8 * hidden)),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.array(True), "flag"),
+             _init(rng, "fw", (5, hidden)), _init(rng, "fb", (5,))]
+    graph = h.make_graph(nodes, "if_lstm", [h.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 4, 4])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 14), h.make_opsetid("com.microsoft", 1)])
+
+
+def quantized_conv() -> onnx.ModelProto:
+    """A QDQ-quantized conv: DequantizeLinear of int8 weights."""
+    h, rng = onnx.helper, np.random.default_rng(15)
+    nodes = [
+        h.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dequant_w"),
+        h.make_node("Conv", ["x", "w"], ["y"], name="qconv"),
+    ]
+    inits = [numpy_helper.from_array(rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"), numpy_helper.from_array(np.array(0, np.int8), "wz")]
+    graph = h.make_graph(nodes, "q", [h.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+LEGACY_BUILDERS = {
+    "caffe2_opset7": legacy_opset7_classifier,
+    "pytorch03_opset6": legacy_opset6_dropout_is_test,
+    "legacy_opset9_folded_bn": legacy_opset9_folded_bn,
+    "paddle_constants": paddle_style_constants,
+    "chained_weights": chained_weights,
+    "if_lstm_contrib": if_lstm_contrib,
+}
+
+
+# ------------------------------------------------------------------ independent checks for any producer's file
+
+
+def layer_output(model: onnx.ModelProto, name: str) -> str:
+    """The tensor LSUV sets for the layer named ``name`` in the log: the node's output, or for a
+    MatMul read only by an Add of a stored bias, that Add's output."""
+    nodes = list(model.graph.node)
+    node = next(n for n in nodes if (n.name or n.output[0]) == name.split("#")[0])
+    out = node.output[0]
+    if node.op_type == "MatMul":
+        readers = [n for n in nodes if out in n.input]
+        stored = {t.name for t in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+        if len(readers) == 1 and readers[0].op_type == "Add" and any(i in stored for i in readers[0].input if i != out):
+            out = readers[0].output[0]
+    return out
+
+
+def node_shape(node: onnx.NodeProto) -> tuple:
+    """A node without its Constant ``value`` bytes (the one place a weight may live inside a node)."""
+    attrs = tuple(a.SerializeToString() for a in node.attribute if not (node.op_type == "Constant" and a.name == "value"))
+    return node.op_type, node.name, node.domain, tuple(node.input), tuple(node.output), attrs
+
+
+def check_values_only(src: onnx.ModelProto, out: onnx.ModelProto, allow_untie: bool = False) -> None:
+    """The written model is the source with only stored values changed: node list, node inputs,
+    initializer names and order, inputs, outputs, opsets all as they were; Constant values keep
+    their shape and type."""
+    assert out.ir_version == src.ir_version and list(out.opset_import) == list(src.opset_import)
+    assert [i.SerializeToString() for i in out.graph.input] == [i.SerializeToString() for i in src.graph.input] or allow_untie
+    assert [o.SerializeToString() for o in out.graph.output] == [o.SerializeToString() for o in src.graph.output]
+    if not allow_untie:
+        assert [node_shape(n) for n in out.graph.node] == [node_shape(n) for n in src.graph.node]
+        assert [t.name for t in out.graph.initializer] == [t.name for t in src.graph.initializer]
+    for a, b in zip(src.graph.initializer, out.graph.initializer):
+        assert (a.name, a.data_type, list(a.dims)) == (b.name, b.data_type, list(b.dims))
+    for a, b in zip(src.graph.node, out.graph.node):
+        if a.op_type == "Constant":
+            ta, tb = (next(x.t for x in n.attribute if x.name == "value") for n in (a, b))
+            assert (ta.data_type, list(ta.dims)) == (tb.data_type, list(tb.dims))
+
+
+def ort_layer_variances(model: onnx.ModelProto, feeds_: dict, names: list[str]) -> dict[str, float]:
+    """Each named layer's output variance, by onnxruntime (opset < 7 lifted by onnx's converter first)."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    runnable = onnx.version_converter.convert_version(model, 7) if opset < 7 else model
+    outputs = {n: layer_output(model, n) for n in names}
+    values = ort_values(runnable, feeds_, list(outputs.values()))
+    return {n: float(np.var(values[t].astype(np.float64))) for n, t in outputs.items()}
+
+
+# ------------------------------------------------------------------ torch models with post-processing
+
+
+class TinyDetector(torch.nn.Module):
+    """A detection head with torchvision's post-processing: box decoding, NMS, TopK (all after the
+    last layer, so none of it is converted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.boxes = torch.nn.Conv2d(8, 4, 1)
+        self.scores = torch.nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        import torchvision
+
+        f = torch.relu(self.body(torch.relu(self.stem(x))))
+        b = self.boxes(f)[0].flatten(1).t()
+        s = torch.sigmoid(self.scores(f)[0].flatten())
+        boxes = torch.cat([b[:, :2], b[:, :2] + torch.exp(b[:, 2:])], dim=1)
+        keep = torchvision.ops.nms(boxes, s, 0.7)
+        top, order = torch.topk(s[keep], 3)
+        return boxes[keep][order], top
+
+
+def tiny_segmenter():
+    """torchvision's LR-ASPP MobileNetV3 (random weights) with an ArgMax over classes after it."""
+    import torchvision
+
+    class Segmenter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+
+        def forward(self, x):
+            return self.net(x)["out"].argmax(1)
+
+    return Segmenter()
+
+
+def export_postprocessing(folder: Path) -> dict[str, Path]:
+    """Detection and segmentation exports with post-processing (TorchScript exporter, opset 17)."""
+    torch.manual_seed(0)
+    made = {}
+    for name, module, x in (("detector_nms", TinyDetector(), torch.randn(1, 3, 16, 16)),
+                            ("lraspp_argmax", tiny_segmenter(), torch.randn(2, 3, 64, 64))):
+        path = export_module(module, x, folder / f"{name}.onnx", "ts17")
+        np.save(path.with_suffix(".npy"), x.numpy())
+        made[name] = path
+    return made
+
+
+# ------------------------------------------------------------------ transformers from configs (random weights, no hub)
+
+
+def transformer_models() -> dict[str, Callable]:
+    """name -> () -> (model, example inputs by name). Tiny configs: 2 layers, hidden 16-32."""
+    def bert():
+        import transformers as T
+        cfg = T.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64)
+        return T.BertModel(cfg), {"input_ids": torch.randint(0, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+
+    def gpt2():
+        import transformers as T
+        cfg = T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0)
+        return T.GPT2Model(cfg), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+    def vit():
+        import transformers as T
+        cfg = T.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        return T.ViTModel(cfg), {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+    def wav2vec2():
+        import transformers as T
+        cfg = T.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+                               conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                               feat_extract_norm="layer", do_stable_layer_norm=True)
+        return T.Wav2Vec2Model(cfg), {"input_values": torch.randn(2, 400)}
+
+    def segformer():
+        import transformers as T
+        cfg = T.SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                                patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                                decoder_hidden_size=32, num_labels=3)
+        return T.SegformerForSemanticSegmentation(cfg), {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+    def whisper_encoder():
+        import transformers as T
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+        cfg = T.WhisperConfig(vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                              num_mel_bins=16, encoder_layers=2, decoder_layers=1, d_model=32, encoder_attention_heads=2,
+                              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+                              max_target_positions=16)
+        return WhisperEncoder(cfg), {"input_features": torch.randn(2, 16, 32)}
+
+    return {"bert": bert, "gpt2": gpt2, "vit": vit, "wav2vec2": wav2vec2, "segformer": segformer, "whisper_encoder": whisper_encoder}
+
+
+class _FirstOutput(torch.nn.Module):
+    """Positional inputs -> the model's keyword inputs; its first output (last hidden state / logits)."""
+
+    def __init__(self, model, names):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args)))[0]
+
+
+def export_transformer(name: str, exporter: str, folder: Path) -> Path:
+    """Export one of :func:`transformer_models` with ``exporter`` ("ts17" or "dy18"); the inputs
+    are saved beside it as NAME.npz (integer ids and masks as integers). Raises what torch raises."""
+    torch.manual_seed(0)
+    model, inputs = transformer_models()[name]()
+    wrapper = _FirstOutput(model.eval(), inputs).eval()
+    path = folder / f"{name}_{exporter}.onnx"
+    kwargs = dict(EXPORTERS[exporter], input_names=list(inputs))
+    if kwargs.get("dynamo"):
+        kwargs["verbose"] = False
+    with quiet():
+        torch.onnx.export(wrapper, tuple(inputs.values()), str(path), **kwargs)
+    np.savez(path.with_suffix(".npz"), **{k: v.numpy() for k, v in inputs.items()})
+    return path

@@ -92,9 +92,15 @@ def test_onnx_custom_domain_op(work):
     import onnx
     from onnx import TensorProto, helper
 
-    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    import numpy as np
+    from onnx import numpy_helper
+
+    # a node neither torch nor onnxruntime can run, before the layer (after it, it would never run)
+    node = helper.make_node("Frobnicate", ["x"], ["f"], domain="com.example")
+    conv = helper.make_node("Conv", ["f", "w"], ["y"])
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([node, conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     onnx.save(model, str(work / "custom.onnx"))
     before = snapshot(work)

@@ -1,9 +1,11 @@
 """ONNX format plug-in: load with onnx + onnx2torch, check against onnxruntime, write back weights only.
 
-- read: parse and check the file (external data included), find the target layers
-  (:mod:`.targets`), convert to a torch.fx graph (:mod:`.convert`).
+- read: parse and check the file (external data included; opset < 7 lifted for onnxruntime,
+  :mod:`.runtime`), refuse quantized graphs, find the target layers and their stored weights
+  (:mod:`.targets`), convert what leads to them to a torch.fx graph (:mod:`.convert`), nodes torch
+  can't express running in onnxruntime (:mod:`.regions`).
 - build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
-- write: the source ModelProto with only the target initializers replaced (:mod:`.save`),
+- write: the source ModelProto with only the target layers' stored values replaced (:mod:`.save`),
   checked once more against onnxruntime, then written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
@@ -33,6 +35,7 @@ class OnnxState:
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
     batch: list | None = None  # the batch prepare() checked, for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
+    source_model: Any = None  # the file as read, when ``model`` is it lifted to a newer opset (else None)
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -53,18 +56,22 @@ class OnnxFormat(ModelFormat):
             return False
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from . import convert, files, targets
+        from . import convert, files, runtime, targets
 
-        model, external = files.read_model(path)
-        work = convert.checked_working_copy(model, path)
+        source_model, external = files.read_model(path)
+        model, lifted = runtime.runnable(source_model)
+        targets.refuse_quantized(model, path)
         plan = targets.find_targets(model)
         if not plan.targets:
-            raise ModelFormatError("no Conv, ConvTranspose, Gemm or MatMul layer with an initializer weight: nothing to initialize", path=path)
-        converted = convert.convert(model, work, plan, path)
-        del work
+            raise ModelFormatError(targets.nothing_to_initialize(model), path=path)
+        working = convert.prepare_working(model, path, plan)
+        plan = working.plan
+        converted = convert.convert(model, working.model, plan, path)
+        del working.model
         inputs, dtypes = _input_specs(model)
-        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes)
-        notes = list(plan.notes) + list(converted.notes)
+        state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes,
+                          source_model=source_model)
+        notes = ([lifted] if lifted else []) + list(plan.notes) + list(working.notes) + list(converted.notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
         return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
@@ -92,13 +99,15 @@ class OnnxFormat(ModelFormat):
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from . import fidelity, files, save
+        from . import fidelity, files, runtime, save
 
         state: OnnxState = graph.state
-        out, external = save.build_output(state.model, state.plan, state.converted.paths, graph.module, set(state.external))
+        source = state.source_model if state.source_model is not None else state.model
+        out, external, notes = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
+        graph.notes.extend(n for n in notes if n not in graph.notes)
         # the written weights must mean in onnxruntime what LSUV measured in torch
         fidelity.check(
-            graph.module, out, state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
+            graph.module, runtime.runnable(out)[0], state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
             state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
         )
         files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
@@ -117,6 +126,7 @@ class OnnxFormat(ModelFormat):
         from ...statistics import population_stats
 
         model, _ = files.read_model(Path(model_path))
+        model, _ = runtime.runnable(model)
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
@@ -134,7 +144,9 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
     import torch
 
     from .runtime import graph_inputs
+    from .targets import index_bounds
 
+    bounds = index_bounds(model)
     specs, dtypes = [], []
     for value in graph_inputs(model):
         tensor_type = value.type.tensor_type
@@ -143,7 +155,7 @@ def _input_specs(model) -> tuple[list[InputSpec], list]:
             shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) if tensor_type.elem_type else None
         dtype_name = str(np_dtype) if np_dtype is not None else "float32"
-        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name))
+        specs.append(InputSpec(name=value.name, shape=shape, dtype=dtype_name, high=bounds.get(value.name)))
         dtypes.append(_torch_dtype(torch, np_dtype))
     return specs, dtypes
 

@@ -443,3 +443,91 @@ _SAME_SEMANTICS = {  # new version -> onnx2torch's converter for the previous ve
 }
 for (_op, _version), _previous in _SAME_SEMANTICS.items():
     _register(_op, _version, get_converter(operation_type=_op, version=_previous))
+
+
+# ---------------------------------------------------------------- LayerNormalization-17 (any axis, broadcast scale)
+
+
+class OnnxLayerNormalization(nn.Module):
+    """LayerNormalization-17: normalize over the axes from ``axis`` on, whatever the input shape
+    (onnx2torch builds nn.LayerNorm from inferred shapes, ``[0]`` for a dynamic dimension);
+    statistics in float32 at least (``stash_type``), scale and bias broadcast as in the spec."""
+
+    def __init__(self, axis: int, epsilon: float):
+        super().__init__()
+        self.axis = axis
+        self.epsilon = epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        dims = list(range(axis, x.dim()))
+        work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = work.mean(dim=dims, keepdim=True)
+        var = ((work - mean) ** 2).mean(dim=dims, keepdim=True)
+        out = ((work - mean) / torch.sqrt(var + self.epsilon)).to(x.dtype) * scale
+        return out + bias if bias is not None else out
+
+
+def _convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    attrs = node.attributes
+    module = OnnxLayerNormalization(int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5)))
+    return OperationConverterResult(module, OnnxMapping(inputs=tuple(node.input_values[:3]), outputs=node.output_values[:1]))
+
+
+_register("LayerNormalization", 1, _convert_layer_norm, domain=FIX_DOMAIN)
+
+
+# ---------------------------------------------------------------- Gemm-1..7 and Dropout-1..9 (old exporters)
+
+
+def _convert_old_gemm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Gemm before opset 9: ``broadcast`` only allowed what torch broadcasting does anyway."""
+    return get_converter(operation_type="Gemm", version=9)(node, graph)
+
+
+class OnnxDropoutInference(nn.Module):
+    """Dropout in inference (what ``is_test`` and onnxruntime mean): the input, and an all-true mask."""
+
+    def __init__(self, with_mask: bool):
+        super().__init__()
+        self.with_mask = with_mask
+
+    def forward(self, x: torch.Tensor):
+        if self.with_mask:
+            return x, torch.ones_like(x, dtype=torch.bool)
+        return x
+
+
+def _convert_old_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    outputs = tuple(o for o in node.output_values if o)
+    return OperationConverterResult(OnnxDropoutInference(len(outputs) > 1), OnnxMapping(inputs=node.input_values[:1], outputs=outputs))
+
+
+_register("Gemm", 1, _convert_old_gemm, domain=FIX_DOMAIN)
+_register("Dropout", 1, _convert_old_dropout, domain=FIX_DOMAIN)
+
+
+# ---------------------------------------------------------------- Flatten (always 2-D, any rank)
+
+
+class OnnxFlatten2d(nn.Module):
+    """Flatten as the spec says: (prod(dims[:axis]), prod(dims[axis:])), also for rank < axis + 1
+    (onnx2torch's torch.flatten(start_dim=axis) fails on a 1-D input with axis=1)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        outer = 1
+        for d in x.shape[:axis]:
+            outer *= d
+        return x.reshape(outer, -1) if x.numel() else x.reshape(outer, math.prod(x.shape[axis:]))
+
+
+def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+    return OperationConverterResult(OnnxFlatten2d(int(node.attributes.get("axis", 1))), _static_mapping(node, 1))
+
+
+_register("Flatten", 1, _convert_flatten, domain=FIX_DOMAIN)

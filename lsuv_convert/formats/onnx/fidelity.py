@@ -16,7 +16,8 @@ from ...errors import ConversionError, first_line
 from . import runtime
 
 REL_TOL_FLOAT = 1e-3  # float32 / float64: implementation differences stay ~1e-6 of the scale
-REL_TOL_HALF = 3e-2  # float16: rounding at different points, accumulated over the depth
+REL_TOL_HALF = 3e-2
+RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli")  # float16: rounding at different points, accumulated over the depth
 
 
 def tolerance(reference: np.ndarray) -> float:
@@ -122,6 +123,12 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
 
 def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:
     """Compare every node's outputs to name the first node that diverges."""
+    random = [n for n in model.graph.node if n.op_type in RANDOM_OPS]
+    if random:
+        label = random[0].name or random[0].output[0]
+        return (f"{what} disagrees with onnxruntime on this batch, and the model draws random numbers "
+                f"(node {label!r}, {random[0].op_type}): its outputs change from run to run; export it in "
+                "inference mode (model.eval()) so that it computes a function of its inputs")
     order = [(node, out) for node in model.graph.node for out in node.output if out in tensors]
     reference = runtime.run(model, inputs, [out for _, out in order])
     values = torch_values(gm, inputs, {out: tensors[out] for _, out in order}, dtypes)

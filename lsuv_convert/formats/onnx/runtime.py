@@ -21,6 +21,33 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
+ORT_MIN_OPSET = 7  # onnxruntime has no kernels for the standard ops of opsets 1-6
+
+
+def runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The model as onnxruntime (and the torch conversion) should see it, and a note if it differs.
+
+    Files of opset < 7 (PyTorch 0.3 / Caffe2 era: Gemm-6 with ``broadcast``, BatchNormalization-6
+    and Dropout-6 with ``is_test``) are lifted to opset 7 with onnx's version converter, when that
+    keeps every node in place (same count and outputs), so values map back one to one. The file
+    written is always the source, with its own opset and nodes."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= ORT_MIN_OPSET or opset == 0:
+        return model, None
+    try:
+        from onnx import version_converter
+
+        lifted = version_converter.convert_version(model, ORT_MIN_OPSET)
+    except Exception:  # noqa: BLE001 - the converter can't lift it: onnxruntime will say what it can't run
+        return model, None
+    same = len(lifted.graph.node) == len(model.graph.node) and all(
+        list(a.output) == list(b.output) for a, b in zip(lifted.graph.node, model.graph.node))
+    if not same:
+        return model, None
+    return lifted, (f"opset {opset} lifted to opset {ORT_MIN_OPSET} with onnx's version converter for onnxruntime "
+                    f"and the torch conversion (onnxruntime runs opset {ORT_MIN_OPSET}+); the written file keeps opset {opset}")
+
+
 def input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in graph_inputs(model)]
 
@@ -41,10 +68,15 @@ def feeds_for(model: onnx.ModelProto, inputs: list) -> dict[str, np.ndarray]:
 
 
 def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, np.ndarray]:
-    """Values of ``tensors`` (any intermediate names) and of the graph outputs, by name."""
+    """Values of ``tensors`` (any intermediate names) by name; with no ``tensors``, the graph outputs.
+
+    Only the nodes ``tensors`` depend on run: post-processing after them (NMS, TopK, decoding)
+    is neither run nor allowed to fail on a batch it was not made for."""
     import onnxruntime as ort
 
     feeds = feeds_for(model, inputs)
+    if tensors:
+        model = _only_what_leads_to(model, set(tensors))
     existing = {o.name for o in model.graph.output}
     added = [n for n in dict.fromkeys(tensors) if n not in existing]
     model.graph.output.extend([onnx.ValueInfoProto(name=n) for n in added])
@@ -66,11 +98,40 @@ def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, n
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ConversionError(f"onnxruntime can't run the model: {first_line(exc)}") from None
+        raise ConversionError(f"onnxruntime can't run the model: {_name_the_node(model, first_line(exc))}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
     return dict(zip(names, values))
+
+
+def _only_what_leads_to(model: onnx.ModelProto, wanted: set[str]) -> onnx.ModelProto:
+    """A model computing ``wanted`` (as outputs) with only the nodes they depend on."""
+    from .regions import node_reads
+
+    needed, kept = set(wanted), []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output if o):
+            kept.append(node)
+            needed.update(node_reads(node))
+    if len(kept) == len(model.graph.node) and wanted <= {o.name for o in model.graph.output}:
+        return model
+    out = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(out, field, getattr(model, field))
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    graph = out.graph
+    graph.name = model.graph.name
+    graph.input.extend(model.graph.input)
+    listed = {i.name for i in model.graph.input}  # IR < 4 lists initializers as inputs: keep those
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed or t.name in listed)
+    graph.sparse_initializer.extend(model.graph.sparse_initializer)
+    graph.node.extend(reversed(kept))
+    graph.value_info.extend(model.graph.value_info)
+    by_name = {o.name: o for o in model.graph.output}
+    graph.output.extend(by_name[n] if n in by_name else onnx.ValueInfoProto(name=n) for n in wanted)
+    return out
 
 
 def _save_external(model: onnx.ModelProto, folder: Path) -> str:
@@ -81,3 +142,18 @@ def _save_external(model: onnx.ModelProto, folder: Path) -> str:
     return str(path)
 
 
+def _name_the_node(model: onnx.ModelProto, message: str) -> str:
+    """onnxruntime names ops (``Gemm(6)``, ``com.example:Frob(-1)``) but often not the node: add it."""
+    import re
+
+    match = re.search(r"(?:([\w.]+):)?(\w+)\((-?\d+)\)", message)
+    if match is None:
+        return message
+    domain, op = match.group(1) or "", match.group(2)
+    for node in model.graph.node:
+        if node.op_type == op and (not domain or node.domain == domain):
+            label = node.name or (node.output[0] if node.output else op)
+            opset = {o.domain: o.version for o in model.opset_import}.get(node.domain if node.domain != "ai.onnx" else "", "?")
+            where = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
+            return f"node {label!r} ({where}{op}, opset {opset}): {message}"
+    return message

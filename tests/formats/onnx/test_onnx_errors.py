@@ -17,7 +17,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 from lsuv_convert.errors import ConversionError, LsuvError, ModelFormatError
 from lsuv_convert.formats import get_format
 from onnx_helpers import export_module
@@ -110,18 +110,29 @@ def _one_conv_and(node, opsets, extra_inits=()):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
 
 
-def test_custom_domain_op_is_named(tmp_path):
-    node = helper.make_node("Frobnicate", ["c"], ["y"], name="frob", domain="com.example")
-    onnx.save(_one_conv_and(node, [("", 17), ("com.example", 1)]), str(tmp_path / "custom.onnx"))
-    message = _load_error(tmp_path / "custom.onnx")
-    assert "Frobnicate" in message and "com.example" in message and "frob" in message
+def test_custom_domain_op_onnxruntime_cannot_run_is_named(tmp_path):
+    """A node torch can't convert runs in onnxruntime; one before a layer that onnxruntime doesn't
+    know either is refused by name (at the fidelity gate, before anything is written). After the
+    last layer it would not matter: nothing there is run."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    frob = helper.make_node("Frobnicate", ["x"], ["f"], name="frob", domain="com.example")
+    conv = helper.make_node("Conv", ["f", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([frob, conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [onnx.ValueInfoProto(name="y")], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    proc = invoke(tmp_path / "custom.onnx")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Frobnicate" in proc.stderr and "com.example" in proc.stderr and "frob" in proc.stderr
+    assert not (tmp_path / "custom.lsuv.onnx").exists()
 
 
-def test_standard_op_without_converter_is_named(tmp_path):
+def test_standard_op_without_converter_after_the_last_layer_is_not_converted(tmp_path):
     node = helper.make_node("Hardmax", ["c"], ["y"], name="hm")
     onnx.save(_one_conv_and(node, [("", 17)]), str(tmp_path / "hardmax.onnx"))
-    message = _load_error(tmp_path / "hardmax.onnx")
-    assert "Hardmax" in message and "hm" in message
+    loaded = ONNX.load(tmp_path / "hardmax.onnx")
+    assert [t.name for t in loaded.targets] == ["conv"]
+    assert any("feed no target layer" in note and "Hardmax" in note for note in loaded.notes)
 
 
 def test_nothing_to_initialize(tmp_path):

@@ -7,6 +7,7 @@ do, so ``--help`` and ``--version`` are instant.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -40,13 +41,20 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _floats(text: str | None) -> tuple[float, ...] | None:
+def _floats(text: str | None, option: str = "", *, positive: bool = False) -> tuple[float, ...] | None:
+    """Comma-separated finite numbers (``positive``: each > 0, e.g. --std, which divides)."""
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option or None) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"{text!r}: use finite numbers", param_hint=option or None)
+    if positive and not all(v > 0 for v in values):
+        raise click.BadParameter(f"{text!r}: every value must be > 0 (the data is divided by it)",
+                                 param_hint=option or None)
+    return values
 
 
 class _Positive(click.ParamType):
@@ -135,7 +143,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
     options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
-                       image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
+                       image=ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True)),
                        allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)

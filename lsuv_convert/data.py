@@ -146,6 +146,7 @@ def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]
                 )
             batch = spec.shape[0] if spec.shape and spec.shape[0] is not None else DEFAULT_BATCH
             dims.append((batch, *spec.shape[1:]))
+    _check_synthetic_budget(dims)
     rng = np.random.default_rng(seed)
     return [_synthetic_one(rng, d, spec) for d, spec in zip(dims, specs)]
 
@@ -165,6 +166,58 @@ def _synthetic_one(rng, dims: tuple[int, ...], spec: InputSpec) -> np.ndarray:
     return rng.standard_normal(dims, dtype=np.float32)
 
 
+def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
+    """A declared input of 1M x 1M must be an error, not an allocation of terabytes."""
+    from .budget import check_allocation
+
+    total = sum(int(np.prod(d, dtype=object)) for d in dims) * 4
+    check_allocation(total, f"a synthetic batch of shape {', '.join(str(tuple(d)) for d in dims)}",
+                     hint="pass --input-shape with a smaller shape, or --data")
+
+
+def _check_array_header(path: Path) -> None:
+    """A .npy header declaring more bytes than the file holds (or than memory) is refused
+    before numpy allocates the array it declares."""
+    with open(path, "rb") as fh:
+        _check_declared_array(fh, path.stat().st_size, path, "")
+
+
+def _check_npz_members(path: Path) -> None:
+    """Each member of a .npz is unpacked in memory: its header, like a .npy's, must match its
+    size, and all of them together must fit."""
+    from .budget import check_allocation
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                with zf.open(info) as fh:
+                    _check_declared_array(fh, info.file_size, path, f"member {info.filename}: ")
+    except (zipfile.BadZipFile, OSError):
+        return  # np.load reports it
+    check_allocation(sum(info.file_size for info in infos), "the arrays of this .npz", path=path)
+
+
+def _check_declared_array(fh, size: int, path: Path, label: str) -> None:
+    from .budget import check_allocation
+
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh, max_header_size=10000)
+        data_start = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return  # np.load reports a malformed header itself
+    if dtype.hasobject:
+        return
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - data_start
+    if needed > held:
+        raise DataError(f"{label}its header declares an array of shape {tuple(shape)} ({needed} bytes) but the file "
+                        f"holds {held} bytes (truncated or forged file)", path=path)
+    check_allocation(needed, f"{label}the array of shape {tuple(shape)}", path=path)
+
+
 def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
     suffix = path.suffix.lower()
     magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}.get(suffix)
@@ -174,10 +227,12 @@ def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
                 raise DataError(f"not a {suffix} file (numpy's header is missing)", path=path)
     try:
         if suffix == ".npz":
+            _check_npz_members(path)
             with np.load(path, allow_pickle=False) as archive:
                 named = {k: archive[k] for k in archive.files}
             return _match_named(named, specs, path)
         if suffix == ".npy":
+            _check_array_header(path)
             return [np.load(path, allow_pickle=False)]
     except ValueError as exc:
         if "pickle" in str(exc).lower():
@@ -291,11 +346,35 @@ def _read_images(folder: Path, specs: list[InputSpec], options: ImageOptions) ->
     batch = []
     for f in files:
         try:
-            with Image.open(f) as img:
+            with _opened_image(f) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image: {exc}", path=f) from None
         batch.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
     a = np.stack(batch)
     return _normalize(a, options, folder)
+
+
+MAX_IMAGE_PIXELS = 64_000_000  # far above any input size LSUV needs; a bomb is far above it
+
+
+def _opened_image(path: Path):
+    """``Image.open`` that refuses a decompression bomb (an image declaring a huge size) by name,
+    before its pixels are decoded."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # one error line, not a warning too
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombWarning as exc:
+            raise DataError(f"image refused (a decompression bomb?): {exc}", path=path) from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DataError(f"image of {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS} pixels "
+                        "lsuv-convert decodes (a decompression bomb?); resize it first", path=path)
+    return img

@@ -121,7 +121,20 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
         offset = total / n
         var = max(squares / n - offset * offset, 0.0)
         mean = shift + offset
+    if not math.isfinite(var):
+        return _rescaled_stats(flat, var, mean)
     return var, mean
+
+
+def _rescaled_stats(flat: torch.Tensor, var: float, mean: float) -> tuple[float, float]:
+    """Statistics of finite values whose squares overflow the tensor's precision (|x| ~ 1e20 in
+    float32): taken again on x / max|x| and scaled back in float64. Only reached when the fast
+    pass overflowed; values that are themselves infinite or NaN keep the non-finite result."""
+    scale = float(flat.abs().max())
+    if not math.isfinite(scale) or scale == 0.0:
+        return var, mean
+    scaled_var, scaled_mean = output_stats(flat / scale)
+    return scaled_var * scale * scale, scaled_mean * scale
 
 
 _STATS_ROW = 4096

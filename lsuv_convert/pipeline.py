@@ -17,7 +17,7 @@ from typing import Callable
 from .account import IncompleteError, check_strict, counts, graph_account, rename_layer
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
-from .errors import DataError, DeviceError, OutputError, UnconvergedError
+from .errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
 from .formats import find_format
 from .formats.base import LoadRequest
 from .settings import DEFAULTS, LsuvSettings
@@ -52,6 +52,7 @@ class Result:
 
     log: dict
     warnings: list[str]
+    read_files: list[Path] = field(default_factory=list)  # every file the conversion read (for the record)
 
     @property
     def unconverged(self) -> list[dict]:
@@ -85,6 +86,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     loaded = fmt.load(model, options.request)
     seconds["load"] = time.perf_counter() - t0
     batch, inputs = _batch_for(loaded, options.data, options)
+    batch_path = options.data if options.data is not None else sidecar_batch(model)
     t0 = time.perf_counter()
     graph = fmt.prepare(loaded, inputs)
     seconds["prepare"] = time.perf_counter() - t0
@@ -125,7 +127,8 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     log["provenance"] = graph.provenance
     if options.weights is not None:
         log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
+    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
+                    read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
     if result.unconverged and not options.allow_unconverged:
         names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
         more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
@@ -296,26 +299,19 @@ def sidecar_batch(model: Path) -> Path | None:
 
 
 def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
-    """``folder``: the model is a folder (Hugging Face), and so is its output."""
-    same = output.resolve() == model.resolve() or (
-        options.weights is not None and output.resolve() == Path(options.weights).resolve())
-    if same and not options.in_place:
-        raise OutputError("output would overwrite the input; pass --in-place to allow that", path=output)
-    if folder:
-        if output.exists() and not output.is_dir():
-            raise OutputError("output path is a file; this model is written as a folder", path=output)
-        if not same and _inside(output, model):
-            raise OutputError("output folder would be inside the input folder", path=output)
-    elif output.exists() and output.is_dir():
-        raise OutputError("output path is a folder", path=output)
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
+    ``folder``: the model is a folder (Hugging Face), and so is its output."""
+    from .paths import PathPlan
 
-
-def _inside(path: Path, folder: Path) -> bool:
+    paths = PathPlan()
+    paths.read(model, f"the input model {model}")
+    paths.read(options.weights, f"the --weights file {options.weights}")
+    paths.read(options.data, f"the data {options.data}")
+    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
     try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+        paths.check()
+    except UsageError as exc:
+        raise OutputError(str(exc)) from None
 
 
 def write_log(log: dict, path: Path | str) -> None:

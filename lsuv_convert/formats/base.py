@@ -161,6 +161,14 @@ class ModelFormat(ABC):
         stem = path.name[: len(path.name) - len(ext)] if path.name.lower().endswith(ext.lower()) else path.stem
         return path.with_name(f"{stem}.lsuv{ext}")
 
+    def read_files(self, loaded: LoadedModel) -> list[Path]:
+        """Every file loading ``loaded`` read (model, companions, weights): what an up-to-date
+        record hashes. A format that reads more (external data, a solver's net) adds them."""
+        files = [loaded.source]
+        if loaded.request.weights is not None:
+            files.append(Path(loaded.request.weights))
+        return files
+
     def output_files(self, out_path: Path) -> list[Path]:
         """Every file a write to ``out_path`` creates (a side data file, ...): the unit that is replaced."""
         return [out_path]

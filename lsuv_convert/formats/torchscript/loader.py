@@ -36,8 +36,8 @@ class ScriptState:
     graph: Any = None  # the ModelGraph load_script made (complete at load: it doesn't depend on the batch)
 
 
-def load_script(path: Path) -> ModelGraph:
-    info = inspect_archive(path)
+def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
+    info = inspect_archive(path, check_code=not trust_code)
     extra = {name: "" for name in info.extra_files}
     script_module = _jit_load(path, extra)
     return script_graph(script_module, path, info, extra)
@@ -172,7 +172,8 @@ def _code_location(text: str) -> str:
     if found is None:
         return ""
     marker = next((i for i, line in enumerate(lines) if "<--- HERE" in line), None)
-    source = f": {lines[marker - 1].strip()}" if marker else ""
+    line = lines[marker - 1].strip() if marker else ""
+    source = f": {line[:60]}{'...' if len(line) > 60 else ''}" if marker else ""  # a short piece of the file only
     return f" (at {found.group(1)} line {found.group(2)}{source})"
 
 

@@ -12,7 +12,7 @@ __all__ = ["lsuv_init", "convert", "__version__"]
 
 def __getattr__(name: str):
     if name == "lsuv_init":
-        from .api import lsuv_init
+        from .entry import lsuv_init
 
         return lsuv_init
     if name == "convert":

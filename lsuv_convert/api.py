@@ -10,6 +10,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .account import check_strict, module_account
+from .attention import attention_hooks, is_attention, projection_maps
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
@@ -33,12 +35,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _as_args(batch: Any) -> tuple:
+def _as_args(batch: Any, kwargs: dict | None) -> tuple[tuple, dict]:
+    """Positional and keyword inputs: a tensor, a tuple/list (positional) or a dict (by name)."""
+    kwargs = dict(kwargs or {})
     if isinstance(batch, torch.Tensor):
-        return (batch,)
+        return (batch,), kwargs
     if isinstance(batch, (tuple, list)):
-        return tuple(batch)
-    raise TypeError(f"batch must be a tensor or a tuple of tensors, got {type(batch).__name__}")
+        return tuple(batch), kwargs
+    if isinstance(batch, dict):
+        overlap = set(batch) & set(kwargs)
+        if overlap:
+            raise TypeError(f"input(s) {', '.join(sorted(overlap))} given both in batch and in kwargs")
+        return (), {**batch, **kwargs}
+    raise TypeError(f"batch must be a tensor, a tuple of tensors or a dict of named tensors, got {type(batch).__name__}")
+
+
+def _to_device(value: Any, dev: torch.device, dtype: torch.dtype | None):
+    """Float tensors take the model's float dtype; integer / bool tensors keep theirs."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dev, dtype=dtype if (dtype is not None and value.is_floating_point()) else value.dtype)
+    return value
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -74,10 +90,21 @@ def _eval_mode(module: nn.Module):
 
 
 def find_targets(module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """Target submodules by qualified name: ``names`` if given, else every conv/linear."""
+    """Target submodules by qualified name: ``names`` if given, else every conv / linear and
+    every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is never called)."""
     if names is not None:
         return {n: module.get_submodule(n) for n in names}
-    return {n: m for n, m in module.named_modules() if is_target(m)}
+    found = {n: m for n, m in module.named_modules() if is_target(m) or is_attention(m)}
+    owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
+    return {n: m for n, m in found.items() if n not in owned}
+
+
+def _pre_init_units(targets: dict[str, nn.Module]) -> list:
+    """What the pre-init fills: each target, and each projection of an attention separately."""
+    units = []
+    for m in targets.values():
+        units.extend([lm for _, lm in projection_maps(m)] if is_attention(m) else [m])
+    return units
 
 
 def _is_graph_module(module: nn.Module) -> bool:
@@ -100,15 +127,30 @@ def lsuv_init(
     targets: Sequence[str] | None = None,
     walker: str = "auto",
     on_layer: Callable | None = None,
+    kwargs: dict | None = None,
+    strict: bool = False,
 ) -> LsuvReport:
-    """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch`` (tensor or tuple).
+    """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch``.
+
+    ``batch`` is what the module's forward takes: a tensor, a tuple of tensors (positional) or
+    a dict of tensors (keyword inputs, e.g. ``{"input_ids": ids, "attention_mask": mask}``);
+    ``kwargs`` adds keyword inputs to a positional batch. Integer and bool tensors (token ids,
+    masks) are passed as they are; float tensors take the module's float dtype.
+    A ``torch.jit.ScriptModule`` takes :func:`lsuv_convert.lsuv_init`, which reads its graph.
 
     ``device=None`` runs on CUDA when available; the module is returned to its original
     device. ``walker`` is "fx" (walk a torch.fx GraphModule: the module, or its trace),
     "hooks" (walk the module's own forward) or "auto" (fx for a GraphModule, else hooks);
     all give the same weights, in one forward pass.
     ``seed=None`` draws from torch's global generator.
+    The report's ``account`` says, for every parameter tensor, whether it was initialized,
+    unreached (its layer never ran on the batch) or skipped (with the reason); ``strict=True``
+    raises :class:`~lsuv_convert.account.IncompleteError` when a conv / linear / attention
+    weight is unreached or skipped (the weights are changed all the same).
     """
+    if _is_script_module(module):
+        raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
+                        "through the TorchScript reader")
     settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
     settings.validate()
     dev = resolve_device(device)
@@ -120,7 +162,7 @@ def lsuv_init(
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
-    pre_initialize(list(target_map.values()), pre_init, generator)
+    pre_initialize(_pre_init_units(target_map), pre_init, generator)
     report.seconds["pre_init"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -128,22 +170,26 @@ def lsuv_init(
     if moved:
         module.to(dev)
     dtype = _float_dtype(module)
-    args = tuple(
-        a.to(dev, dtype=dtype if (dtype is not None and a.is_floating_point()) else a.dtype)
-        if isinstance(a, torch.Tensor)
-        else a
-        for a in _as_args(batch)
-    )
+    args, kw = _as_args(batch, kwargs)
+    args = tuple(_to_device(a, dev, dtype) for a in args)
+    kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
     try:
         with _eval_mode(module):
             report.walker, runner = _choose_walker(module, walker)
             targets_in_runner = {n: runner.get_submodule(n) for n in target_map}
-            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer)
+            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw, attention_hooks)
     finally:
         if moved:
             module.to(home)
     report.seconds["lsuv"] = time.perf_counter() - t0
+    report.account = module_account(module, target_map, report.layers)
+    if strict:
+        check_strict(report.account)
     return report
+
+
+def _is_script_module(module) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
 
 
 def _choose_walker(module: nn.Module, walker: str) -> tuple[str, nn.Module]:

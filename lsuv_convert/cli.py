@@ -7,6 +7,7 @@ do, so ``--help`` and ``--version`` are instant.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -40,13 +41,20 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _floats(text: str | None) -> tuple[float, ...] | None:
+def _floats(text: str | None, option: str = "", *, positive: bool = False) -> tuple[float, ...] | None:
+    """Comma-separated finite numbers (``positive``: each > 0, e.g. --std, which divides)."""
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option or None) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"{text!r}: use finite numbers", param_hint=option or None)
+    if positive and not all(v > 0 for v in values):
+        raise click.BadParameter(f"{text!r}: every value must be > 0 (the data is divided by it)",
+                                 param_hint=option or None)
+    return values
 
 
 class _Positive(click.ParamType):
@@ -114,13 +122,14 @@ def main():
 @click.option("--force", is_flag=True, help="Rebuild outputs even when newer than their inputs.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first model that fails.")
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
+@click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, quiet, json_lines, table, debug):
+                    allow_unconverged, strict, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from .data import ImageOptions
     from .runner import Run
@@ -134,8 +143,8 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
     options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
-                       image=ImageOptions(size=size, mean=_floats(mean), std=_floats(std)),
-                       allow_unconverged=allow_unconverged, in_place=in_place)
+                       image=ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True)),
+                       allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
     sys.exit(_guarded(lambda: run.run(list(models)), debug))

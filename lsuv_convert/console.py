@@ -110,9 +110,15 @@ class Console:
         if self.table:
             self.err.print(layer_table(log))
         layers = log["layers"]
-        bad = sum(1 for layer in layers if not layer["converged"])
+        bad = sum(1 for layer in layers if not layer["converged"] and layer.get("reached", True))
         extra = f", {bad} not converged" if bad else ""
-        self._line(f"ok    {model} -> {output} ({len(layers)} layers{extra}, {log['device']}, {seconds:.2f} s; data: {log['data']})")
+        params = log.get("counts")
+        if params:
+            extra += (f"; parameters: {params['initialized']} initialized, {params['unreached']} unreached, "
+                      f"{params['skipped']} skipped;")
+        else:
+            extra += ","
+        self._line(f"ok    {model} -> {output} ({len(layers)} layers{extra} {log['device']}, {seconds:.2f} s; data: {log['data']})")
 
     def skipped(self, model: Path, output: Path) -> None:
         self._line(f"skip  {model} -> {output} (up to date; --force rebuilds)")
@@ -139,6 +145,12 @@ class Console:
         failed = [o for o in outcomes if o.status in ("failed", "unconverged")]
         line = (f"{counts['ok']} converted, {counts['skipped']} up to date, {counts['failed']} failed, "
                 f"{counts['unconverged']} not converged")
+        params = [getattr(o, "log", None) and o.log.get("counts") for o in outcomes]
+        params = [p for p in params if p]
+        if params:
+            total = {k: sum(p[k] for p in params) for k in ("initialized", "unreached", "skipped")}
+            line += (f"; parameters: {total['initialized']} initialized, {total['unreached']} unreached, "
+                     f"{total['skipped']} skipped")
         if failed:
             line += "; failed: " + ", ".join(str(o.model) for o in failed)
         self._line(line)

@@ -10,6 +10,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import is_temporary
 from .errors import LsuvError
 from .formats import directory_format, model_extensions
 
@@ -24,7 +25,8 @@ class ModelJob:
 
 
 def is_own_output(path: Path) -> bool:
-    return OUTPUT_MARK in path.name or path.name.endswith(OUTPUT_FOLDER_SUFFIX)
+    """Our outputs (``NAME.lsuv.EXT``, ``NAME.lsuv/``) and our temporary files: never models."""
+    return OUTPUT_MARK in path.name or path.name.endswith(OUTPUT_FOLDER_SUFFIX) or is_temporary(path)
 
 
 def expand(args: list[str]) -> list[ModelJob]:

@@ -57,9 +57,27 @@ class LsuvReport:
     walker: str = "fx"
     seconds: dict[str, float] = field(default_factory=dict)
 
+    account: list = field(default_factory=list)  # ParamAccount per parameter tensor (see account.py)
+
     @property
     def unconverged(self) -> list[LayerReport]:
         return [layer for layer in self.layers if not layer.converged]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Parameter tensors initialized / unreached / skipped."""
+        out = {"initialized": 0, "unreached": 0, "skipped": 0}
+        for entry in self.account:
+            out[entry.status] += 1
+        return out
+
+    @property
+    def unreached(self) -> list:
+        return [e for e in self.account if e.status == "unreached"]
+
+    @property
+    def skipped(self) -> list:
+        return [e for e in self.account if e.status == "skipped"]
 
 
 def is_target(module: nn.Module) -> bool:
@@ -103,7 +121,20 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
         offset = total / n
         var = max(squares / n - offset * offset, 0.0)
         mean = shift + offset
+    if not math.isfinite(var):
+        return _rescaled_stats(flat, var, mean)
     return var, mean
+
+
+def _rescaled_stats(flat: torch.Tensor, var: float, mean: float) -> tuple[float, float]:
+    """Statistics of finite values whose squares overflow the tensor's precision (|x| ~ 1e20 in
+    float32): taken again on x / max|x| and scaled back in float64. Only reached when the fast
+    pass overflowed; values that are themselves infinite or NaN keep the non-finite result."""
+    scale = float(flat.abs().max())
+    if not math.isfinite(scale) or scale == 0.0:
+        return var, mean
+    scaled_var, scaled_mean = output_stats(flat / scale)
+    return scaled_var * scale * scale, scaled_mean * scale
 
 
 _STATS_ROW = 4096
@@ -134,7 +165,42 @@ def _channel_dim(module: nn.Module, out: torch.Tensor) -> int | None:
         return 1 if out.dim() > 1 else 0
     if isinstance(module, nn.Linear):
         return out.dim() - 1
-    return getattr(module, "lsuv_channel_dim", None)
+    dim = getattr(module, "lsuv_channel_dim", None)
+    return dim % max(out.dim(), 1) if dim is not None else None
+
+
+@dataclass
+class LinearMap:
+    """One linear map held in (a slice of) a parameter: q, k or v of a packed attention weight.
+
+    ``weight`` and ``bias`` are views of the parameters, so scaling them in place scales the
+    model's own tensors. ``out_axis`` is the weight axis that indexes output features (0 for
+    nn.Linear's (out, in), 1 for an (in, out) layout such as transformers' Conv1D).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    lsuv_op: str = "Linear"
+    lsuv_channel_dim: int = -1
+    out_axis: int = 0
+
+    def lsuv_grouped_view(self) -> torch.Tensor:
+        w = self.weight if self.out_axis == 0 else self.weight.transpose(0, 1)
+        return w.reshape(1, w.shape[0], -1) if w.is_contiguous() else w.unsqueeze(0)
+
+
+def parts_of(module) -> int:
+    """How many separate linear maps a target's weight holds along its outputs (q/k/v: 3)."""
+    parts = int(getattr(module, "lsuv_parts", 1) or 1)
+    return parts if parts > 1 else 1
+
+
+PART_NAMES = {3: ("q", "k", "v"), 2: ("k", "v")}
+
+
+def part_name(name: str, index: int, parts: int) -> str:
+    labels = PART_NAMES.get(parts)
+    return f"{name}[{labels[index] if labels else index}]"
 
 
 def _bias_like(module: nn.Module, out: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -265,7 +331,7 @@ def _fit_layer(module, run, settings, first_out):
     if not converged and reason is None:
         reason = f"not within tol after {iterations} iterations"
     fields = dict(
-        op=type(module).__name__,
+        op=getattr(module, "lsuv_op", None) or type(module).__name__,
         weight_shape=list(weight.shape),
         var_before=var_before,
         var_after=var,
@@ -304,26 +370,62 @@ class _Tracker:
         self.reports: list[LayerReport] = []
         self.by_weight: dict[int, LayerReport] = {}
 
-    def first_use(self, name: str) -> bool:
-        module = self.targets[name]
-        report = self.by_weight.get(id(module.weight))
+    def first_use(self, name: str, key: torch.Tensor | None = None) -> bool:
+        if key is None:
+            key = self.targets[name].weight
+        report = self.by_weight.get(id(key))
         if report is None:
             return True
         report.uses += 1
         return False
 
-    def fit(self, name: str, run: Callable[[], torch.Tensor], first_out: torch.Tensor) -> torch.Tensor:
-        module = self.targets[name]
-        fields, out = fit_layer(module, run, self.settings, first_out)
+    def record(self, name: str, fields: dict, key: torch.Tensor) -> LayerReport:
         report = LayerReport(index=len(self.reports), name=name, **fields)
         self.reports.append(report)
-        self.by_weight[id(module.weight)] = report
+        self.by_weight.setdefault(id(key), report)
         if self.on_layer is not None:
             self.on_layer(report)
+        return report
+
+    def fit_map(self, name: str, linear_map, run: Callable[[], torch.Tensor], first_out: torch.Tensor,
+                key: torch.Tensor) -> torch.Tensor:
+        fields, out = fit_layer(linear_map, run, self.settings, first_out)
+        self.record(name, fields, key)
+        return out
+
+    def fit(self, name: str, run: Callable[[], torch.Tensor], first_out: torch.Tensor) -> torch.Tensor:
+        module = self.targets[name]
+        parts = parts_of(module)
+        dim = _channel_dim(module, first_out)
+        if parts > 1 and dim is not None and first_out.shape[dim] % parts == 0:
+            return self._fit_parts(name, module, parts, dim, run, first_out)
+        fields, out = fit_layer(module, run, self.settings, first_out)
+        self.record(name, fields, module.weight)
+        return out
+
+    def _fit_parts(self, name, module, parts, dim, run, out) -> torch.Tensor:
+        """Each of ``parts`` equal slices of the output (q, k, v) scaled to unit variance on its own."""
+        weight, bias = module.weight, getattr(module, "bias", None)
+        axis = getattr(module, "lsuv_out_axis", 0)
+        size = out.shape[dim] // parts
+        op = getattr(module, "lsuv_op", None) or type(module).__name__
+        for i in range(parts):
+            part = LinearMap(
+                weight.narrow(axis, i * size, size),
+                bias.narrow(0, i * size, size) if isinstance(bias, torch.Tensor) else None,
+                lsuv_op=op, lsuv_channel_dim=dim,
+            )
+            view = out.narrow(dim, i * size, size)
+            fields, part_out = fit_layer(part, lambda i=i: run().narrow(dim, i * size, size), self.settings, view)
+            fields["weight_shape"] = list(part.weight.shape)
+            if part_out.data_ptr() != view.data_ptr():
+                view.copy_(part_out)
+            self.record(part_name(name, i, parts), fields, weight)  # the parameter: a view's id is not stable
         return out
 
 
-def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None):
+def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None,
+              kwargs: dict | None = None, special_hooks: Callable | None = None):
     """LSUV in one forward pass of ``module``, fitting each target at its first call.
 
     A forward hook on every target receives the layer's input and its output with the
@@ -332,7 +434,11 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
     module's own code: for a ``torch.fx.GraphModule`` that is the graph's generated Python,
     which drops every activation after its last use, so the peak stays that of a plain
     forward pass plus the working copies of the current layer, with no per-node
-    interpretation overhead.
+    interpretation overhead. ``special_hooks(name, module, tracker)``, when given, may register
+    a target's hooks itself and return their handles (None: the plain hook), as attention
+    modules do (:mod:`.attention`: q, k, v fitted on the module's inputs, out_proj on the
+    attention output). torch's fused attention fast paths are off during the walk, so that
+    every hook sees its call.
     """
     tracker = _Tracker(targets, settings, on_layer)
     handles = []
@@ -347,10 +453,28 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
 
     try:
         for name, mod in targets.items():
-            handles.append(mod.register_forward_hook(make_hook(name), with_kwargs=True))
-        with torch.no_grad():
-            module(*args)
+            special = special_hooks(name, mod, tracker) if special_hooks is not None else None
+            if special is not None:
+                handles.extend(special)
+            else:
+                handles.append(mod.register_forward_hook(make_hook(name), with_kwargs=True))
+        with torch.no_grad(), _fast_path_off():
+            module(*args, **(kwargs or {}))
     finally:
         for h in handles:
             h.remove()
     return tracker.reports
+
+
+class _fast_path_off:
+    """torch's fused MultiheadAttention / TransformerEncoderLayer kernels skip submodule calls."""
+
+    def __enter__(self):
+        mha = getattr(torch.backends, "mha", None)
+        self.previous = mha.get_fastpath_enabled() if mha is not None else None
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            torch.backends.mha.set_fastpath_enabled(self.previous)

@@ -23,6 +23,13 @@ class LsuvError(Exception):
         return f"{self.path}: {msg}" if self.path is not None else msg
 
 
+class UsageError(LsuvError):
+    """The command line asks for something unsafe or contradictory (paths that collide, a bad
+    option value); found before any work starts. Exit status 2, like click's own usage errors."""
+
+    exit_code = 2
+
+
 class ModelFormatError(LsuvError):
     """The model file is unreadable, truncated, of an unknown format or uses an unsupported op."""
 

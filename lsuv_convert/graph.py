@@ -47,6 +47,9 @@ class ModelGraph:
     notes: list[str] = field(default_factory=list)  # things the log should tell the user
     engine_path: str = "fx"  # how the engine should walk the module ("fx" or "hooks")
     checked: bool = False  # set by ModelFormat.prepare once the format's checks passed; save() needs it
+    # Source parameters the module does not hold as parameters of a target (the account lists
+    # them as skipped): dicts with name, shape, reason and linear (a matrix a conv / linear op uses).
+    skipped_params: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # tool version, seed, settings, batch hash: for formats with metadata
 
     def target_by_path(self) -> dict[str, TargetLayer]:

@@ -76,6 +76,8 @@ def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float
 
     def hook_for(path):
         def hook(module, inputs, output):
+            if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                output = output[0]  # nn.MultiheadAttention: (out_proj's output, weights)
             if path not in stats and isinstance(output, torch.Tensor):
                 stats[path] = population_stats(output)
 
@@ -113,7 +115,7 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
     with torch.no_grad():
         for target in graph.targets:
             layer = model.get_submodule(target.module_path)
-            for param in layer.parameters(recurse=False):
+            for param in layer.parameters():  # an attention target's out_proj too
                 if not bool(torch.isfinite(param).all()):
                     raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
                 for key in names_of.get(id(param), []):

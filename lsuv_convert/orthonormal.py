@@ -33,10 +33,15 @@ _ORTHONORMAL_TOL = 1e-5
 
 def grouped_view(module: nn.Module) -> torch.Tensor:
     """The weight as ``(groups, rows, fan_in)`` in the layer's own fan layout (a view)."""
+    parts = int(getattr(module, "lsuv_parts", 1) or 1)
+    w = module.weight
+    if parts > 1:  # q/k/v packed in one weight: each is its own matrix
+        if getattr(module, "lsuv_out_axis", 0) == 0:
+            return w.view(parts, w.shape[0] // parts, -1)
+        return w.view(w.shape[0], parts, -1).permute(1, 0, 2)
     custom = getattr(module, "lsuv_grouped_view", None)
     if custom is not None:
         return custom()
-    w = module.weight
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         g = module.groups  # stored (in, out/g, k...): rows are input channels of each group
         return w.view(g, w.shape[0] // g, -1)
@@ -144,7 +149,8 @@ def _householder_rows(a: torch.Tensor) -> torch.Tensor:
 def pre_initialize(modules: list[nn.Module], mode: str, generator: torch.Generator | None) -> None:
     """Fill each module's weight per ``mode`` and zero its bias (``keep`` touches nothing).
 
-    A parameter shared by several modules is initialized once.
+    A parameter shared by several modules is initialized once. Modules may also be
+    :class:`~lsuv_convert.engine.LinearMap` views (one slice of a packed attention weight).
     """
     if mode not in PRE_INIT_MODES:
         raise ValueError(f"pre_init must be one of {PRE_INIT_MODES}, got {mode!r}")

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from .account import IncompleteError, check_strict, counts, graph_account, rename_layer
 from .atomic import write_bytes_atomic
 from .data import ImageOptions, load_batch
-from .errors import DataError, DeviceError, OutputError, UnconvergedError
+from .errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
 from .formats import find_format
 from .formats.base import LoadRequest
 from .settings import DEFAULTS, LsuvSettings
@@ -34,6 +35,7 @@ class ConvertOptions:
     image: ImageOptions = field(default_factory=ImageOptions)
     allow_unconverged: bool = False
     in_place: bool = False
+    strict: bool = False  # unreached / skipped conv, linear or attention weights fail the run (exit 3)
 
     @property
     def seed(self) -> int:
@@ -50,6 +52,7 @@ class Result:
 
     log: dict
     warnings: list[str]
+    read_files: list[Path] = field(default_factory=list)  # every file the conversion read (for the record)
 
     @property
     def unconverged(self) -> list[dict]:
@@ -89,6 +92,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         loaded = fmt.load(model, options.request)
     with stage("batch"):
         batch, inputs = _batch_for(loaded, options.data, options)
+    batch_path = options.data if options.data is not None else sidecar_batch(model)
     with stage("prepare"):
         graph = fmt.prepare(loaded, inputs)
     if on_targets is not None:
@@ -98,8 +102,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
 
     def layer_done(report):
         if on_layer is not None:
-            target = by_path.get(report.name)
-            on_layer(target.name if target else report.name, report)
+            on_layer(rename_layer(report.name, lambda p: by_path[p].name if p in by_path else p), report)
 
     report = lsuv_init(
         graph.module, tuple(inputs),
@@ -122,11 +125,15 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         "seconds": seconds,
         "layers": _layer_entries(graph, report),
     }
+    extra = account_log(graph, report, batch)
+    account = extra.pop("_account")
+    log.update(extra)
     graph.provenance = provenance(options, batch)
     log["provenance"] = graph.provenance
     if options.weights is not None:
         log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]))
+    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
+                    read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
     if result.unconverged and not options.allow_unconverged:
         names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
         more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
@@ -136,6 +143,13 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
             f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
             "(--allow-unconverged writes it anyway)", path=model,
         )
+    if options.strict:
+        try:
+            check_strict(account, path=model)
+        except IncompleteError:
+            if log_path is not None:
+                write_log(log, log_path)
+            raise
     with stage("save"):
         fmt.save(graph, output)
     log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
@@ -164,13 +178,22 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
         "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
                    for s in inputs],
         "targets": [{"index": i, "name": t.name, "op": t.op,
-                     "weight_shape": list(module.get_submodule(t.module_path).weight.shape) if module is not None else None}
+                     "weight_shape": _weight_shape(module.get_submodule(t.module_path)) if module is not None else None}
                     for i, t in enumerate(targets)],
         "notes": list(loaded.notes),
     }
     if loaded.provenance:
         info["provenance"] = loaded.provenance
     return info
+
+
+def _weight_shape(layer) -> list[int]:
+    """A target's weight shape (an attention target: its packed or q projection weight)."""
+    for attr in ("weight", "in_proj_weight", "q_proj_weight"):
+        weight = getattr(layer, attr, None)
+        if weight is not None:
+            return list(weight.shape)
+    return []
 
 
 def provenance(options: ConvertOptions, batch) -> dict:
@@ -223,25 +246,43 @@ def _batch_for(loaded, data: Path | None, options: ConvertOptions):
 
 
 def _layer_entries(graph, report) -> list[dict]:
-    """Log entries named as in the source file, in execution order; unreached targets last."""
+    """Log entries named as in the source file, in execution order; unreached targets last.
+
+    A slice of a packed weight (q / k / v) is named ``LAYER[q]``; it belongs to ``LAYER``."""
     by_path = graph.target_by_path()
     entries = []
     for layer in report.layers:
-        target = by_path.get(layer.name)
+        target = by_path.get(_target_path(layer.name, by_path))
         entry = layer.to_dict()
-        entry.update(name=target.name if target else layer.name, op=target.op if target else layer.op)
+        entry.update(name=rename_layer(layer.name, lambda p: by_path[p].name if p in by_path else p),
+                     op=target.op if target else layer.op)
         if layer.uses > 1:
             entry["note"] = f"used {layer.uses} times; scaled once, at its first use"
         else:
             entry.pop("uses")
         entries.append(entry)
-    reached = {layer.name for layer in report.layers}
+    reached = {_target_path(layer.name, by_path) for layer in report.layers}
     for target in graph.targets:
         if target.module_path not in reached:
             entries.append({"index": len(entries), "name": target.name, "op": target.op, "converged": False,
                             "reached": False, "iterations": 0,
                             "reason": "not reached by the batch: keeps its pre-init, unscaled"})
     return entries
+
+
+def _target_path(layer_name: str, by_path: dict) -> str:
+    """The target a report entry belongs to: ``a[q]`` and ``a.out_proj`` (attention ``a``) -> ``a``."""
+    path = layer_name.partition("[")[0]
+    while path not in by_path and "." in path:
+        path = path.rpartition(".")[0]
+    return path if path in by_path else layer_name.partition("[")[0]
+
+
+def account_log(graph, report, batch) -> dict:
+    """The log's ``batch`` (hash and per-input statistics), ``account`` and ``counts``."""
+    account = graph_account(graph, report.layers)
+    return {"batch": batch.to_log(), "counts": counts(account), "account": [e.to_dict() for e in account],
+            "_account": account}
 
 
 def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:
@@ -262,26 +303,19 @@ def sidecar_batch(model: Path) -> Path | None:
 
 
 def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
-    """``folder``: the model is a folder (Hugging Face), and so is its output."""
-    same = output.resolve() == model.resolve() or (
-        options.weights is not None and output.resolve() == Path(options.weights).resolve())
-    if same and not options.in_place:
-        raise OutputError("output would overwrite the input; pass --in-place to allow that", path=output)
-    if folder:
-        if output.exists() and not output.is_dir():
-            raise OutputError("output path is a file; this model is written as a folder", path=output)
-        if not same and _inside(output, model):
-            raise OutputError("output folder would be inside the input folder", path=output)
-    elif output.exists() and output.is_dir():
-        raise OutputError("output path is a folder", path=output)
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
+    ``folder``: the model is a folder (Hugging Face), and so is its output."""
+    from .paths import PathPlan
 
-
-def _inside(path: Path, folder: Path) -> bool:
+    paths = PathPlan()
+    paths.read(model, f"the input model {model}")
+    paths.read(options.weights, f"the --weights file {options.weights}")
+    paths.read(options.data, f"the data {options.data}")
+    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
     try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+        paths.check()
+    except UsageError as exc:
+        raise OutputError(str(exc)) from None
 
 
 def write_log(log: dict, path: Path | str) -> None:

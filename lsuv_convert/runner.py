@@ -6,14 +6,17 @@ Knows nothing of formats beyond the registry, and nothing of LSUV beyond the pip
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .discover import ModelJob, expand, mirrored
-from .errors import LsuvError, OutputError, UnconvergedError
+from .errors import LsuvError, OutputError, UnconvergedError, UsageError
+from .paths import PathPlan, same_file, identity
 from .pipeline import ConvertOptions, convert, finite_json, sidecar_batch
+from .record import digests, forget, is_up_to_date, write_record
 
 
 @dataclass
@@ -34,6 +37,18 @@ class Outcome:
             "error": self.error, "layers": self.layers, "unconverged": self.unconverged,
             "seconds": round(self.seconds, 3),
         })
+
+
+@dataclass
+class Planned:
+    """One model of the run with every path it will write, decided before any work."""
+
+    job: ModelJob
+    fmt: object | None = None
+    output: Path | None = None
+    log: Path | None = None
+    plot: Path | None = None
+    error: LsuvError | None = None  # found while planning (missing file, ...): reported in its turn
 
 
 class Run:
@@ -59,43 +74,139 @@ class Run:
         jobs = expand(args)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
-            raise LsuvError("-o/--output names one file but several models were given; use --output-dir")
+            raise UsageError("-o/--output names one file but several models were given; use --output-dir")
+        plans = [self._plan(job) for job in jobs]
+        self._check_paths(plans)  # before any work: a collision stops the whole run
         outcomes: list[Outcome] = []
+        closed = False
         with self.console.models(len(jobs)) as progress:
-            for job in jobs:
-                outcome = self._one(job, progress)
+            for plan in plans:
+                outcome = self._one(plan, progress)
                 outcomes.append(outcome)
-                if self.json_lines:
-                    print(outcome.to_json(), flush=True)
+                if self.json_lines and not _emit(outcome.to_json()):
+                    closed = True  # the reader went away: stop after this (complete) model
+                    break
                 progress.advance()
                 if outcome.status in ("failed", "unconverged") and self.fail_fast:
                     break
+        if closed:
+            return CLOSED_STDOUT
         if len(jobs) > 1:
             self.console.summary(outcomes)
         codes = [o.exit_code for o in outcomes if o.exit_code]
         return 1 if any(c != 3 for c in codes) else (3 if codes else 0)
 
-    def _one(self, job: ModelJob, progress) -> Outcome:
+    # ---- planning ---------------------------------------------------------------------------------
+    def _plan(self, job: ModelJob) -> Planned:
         from .formats import find_format
 
-        start = time.perf_counter()
-        output = None
         try:
             fmt = find_format(job.path)
-            output = self._output_for(job, fmt)
-            if not (self.force or self.options.in_place) and _up_to_date(output, self._inputs_of(job.path)):
+        except LsuvError as exc:
+            return Planned(job, error=exc)
+        output = self._output_for(job, fmt)
+        return Planned(job, fmt, output, self._side_path(self.log_path, job, output, ".json"),
+                       self._side_path(self.plot_path, job, output, ".png"))
+
+    def _check_paths(self, plans: list[Planned]) -> None:
+        """Every path written vs every path read and every other path written (see :mod:`.paths`)."""
+        paths = PathPlan()
+        weights = self.options.weights
+        paths.read(weights, f"the --weights file {weights}")
+        data = self.options.data
+        paths.read(data, f"the --data {'folder' if data is not None and data.is_dir() else 'file'} {data}")
+        for plan in plans:
+            model = plan.job.path
+            paths.read(model, f"the input model {model}")
+            if data is None:
+                paths.read(sidecar_batch(model), f"the sample batch of {model}")
+        for plan in plans:
+            if plan.output is None:
+                continue
+            model = plan.job.path
+            own = (model, weights) if self.options.in_place else ()
+            folder = plan.fmt.claims_directory(model)
+            for k, path in enumerate(plan.fmt.output_files(plan.output)):
+                if k == 0:
+                    paths.write(path, f"the output of {model}", may_overwrite=own, folder=folder)
+                else:
+                    paths.write(path, f"a side file of the output of {model}")
+            paths.write(plan.log, f"the --log file of {model}")
+            paths.write(plan.plot, f"the --plot file of {model}")
+            if self.options.in_place:
+                named = [identity(model)] + ([identity(weights)] if weights is not None else [])
+                if not any(same_file(identity(plan.output), n) for n in named) and plan.output.exists():
+                    raise UsageError(f"--in-place would overwrite {plan.output}, which was not named; nothing was "
+                                     "done (pass it with --weights to start from it, or choose -o)")
+        paths.check()
+
+    def _output_for(self, job: ModelJob, fmt) -> Path:
+        if self.output is not None:
+            return self.output
+        if self.options.in_place:
+            return fmt.in_place_output(job.path, self.options.weights)
+        default = fmt.default_output(job.path)
+        if self.output_dir is not None:
+            return mirrored(job, self.output_dir, default.name)
+        return default
+
+    def _side_path(self, option: Path | None, job: ModelJob, output: Path, ext: str) -> Path | None:
+        """--log/--plot: the file itself for one model, a folder of NAME.ext when several are given
+        (two models whose outputs are named alike collide there: a usage error before any work)."""
+        if option is None:
+            return None
+        if self.many or option.is_dir() or str(option).endswith(("/", "\\")):
+            return option / (output.name + ext)
+        return option
+
+    def _inputs_of(self, model: Path) -> list[Path]:
+        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        return [p for p in paths if p is not None]
+
+    def _fingerprint(self) -> dict:
+        """Everything besides the input files that changes what a conversion writes."""
+        from dataclasses import asdict
+
+        o = self.options
+        return json.loads(json.dumps({
+            "settings": asdict(o.settings), "device": o.device, "input_shapes": o.input_shapes,
+            "image": asdict(o.image), "allow_unconverged": o.allow_unconverged,
+            "arch": o.request.arch, "trust_code": o.request.trust_code,
+            "data": os.path.realpath(o.data) if o.data is not None else None,
+            "weights": os.path.realpath(o.weights) if o.weights is not None else None,
+        }, default=str))
+
+    # ---- one model ---------------------------------------------------------------------------------
+    def _one(self, plan: Planned, progress) -> Outcome:
+        from .streams import model_stdout_to_stderr
+
+        job = plan.job
+        start = time.perf_counter()
+        output = plan.output
+        try:
+            if plan.error is not None:
+                raise plan.error
+            extras = {"log": plan.log, "plot": plan.plot}
+            inputs = self._inputs_of(job.path)
+            if not (self.force or self.options.in_place) and is_up_to_date(
+                    output, settings=self._fingerprint(), inputs=inputs, extras=extras):
                 self.console.skipped(job.path, output)
                 return Outcome(job.path, output, "skipped")
-            log_path = self._side_path(self.log_path, output, ".json")
+            input_digests = digests(inputs)  # before the work: a file replaced meanwhile won't match later
+            forget(output)
             progress.start_model(job.path)
-            result = convert(job.path, output, options=self.options, log_path=log_path,
-                             on_layer=progress.layer_done, on_targets=progress.set_layers)
+            with model_stdout_to_stderr():
+                result = convert(job.path, output, options=self.options, log_path=plan.log,
+                                 on_layer=progress.layer_done, on_targets=progress.set_layers)
             for warning in result.warnings:
                 self.console.warn(warning)
-            if self.plot_path is not None:
+            if plan.plot is not None:
                 from .plot import write_plot
 
-                write_plot(result.log, self._side_path(self.plot_path, output, ".png"))
+                write_plot(result.log, plan.plot)
+            input_digests.update(digests(p for p in result.read_files if os.path.realpath(p) not in input_digests))
+            write_record(output, settings=self._fingerprint(), inputs=input_digests,
+                         written=plan.fmt.output_files(output), extras=extras)
             seconds = time.perf_counter() - start
             self.console.converted(job.path, output, result.log, seconds)
             return Outcome(job.path, output, "ok", layers=len(result.log["layers"]),
@@ -119,51 +230,38 @@ class Run:
         finally:
             progress.end_model()
 
-    def _output_for(self, job: ModelJob, fmt) -> Path:
-        if self.output is not None:
-            return self.output
-        if self.options.in_place:
-            return fmt.in_place_output(job.path, self.options.weights)
-        default = fmt.default_output(job.path)
-        if self.output_dir is not None:
-            return mirrored(job, self.output_dir, default.name)
-        return default
 
-    def _inputs_of(self, model: Path) -> list[Path]:
-        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
-        if model.is_dir():  # a folder model (Hugging Face): editing a file inside doesn't touch the folder's time
-            paths += [p for p in model.rglob("*") if p.is_file()]
-        return [p for p in paths if p is not None]
-
-    def _side_path(self, option: Path | None, output: Path, ext: str) -> Path | None:
-        """--log/--plot: the file itself for one model, a folder of NAME.ext for several."""
-        if option is None:
-            return None
-        if self.many or option.is_dir() or str(option).endswith(("/", "\\")):
-            return option / (output.name + ext)
-        return option
+CLOSED_STDOUT = 141  # like a shell's status for a command killed by SIGPIPE
 
 
-def _up_to_date(output: Path, inputs: list[Path]) -> bool:
-    """Make's rule: the output exists and is newer than every input."""
+def _emit(line: str) -> bool:
+    """Print one --json line; False when the reader closed stdout (``| head -1``)."""
     try:
-        out_time = output.stat().st_mtime
-    except OSError:
+        print(line, flush=True)
+        return True
+    except BrokenPipeError:
+        _silence_stdout()
         return False
-    for p in inputs:
-        try:
-            if p.stat().st_mtime > out_time:
-                return False
-        except OSError:
-            return False
-    return True
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's own flush at exit can't fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def inspect_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_inspection
     from .pipeline import inspect
 
-    info = inspect(model, options)
+    from .streams import model_stdout_to_stderr
+
+    with model_stdout_to_stderr():
+        info = inspect(model, options)
     if as_json:
         print(json.dumps(info))
     else:
@@ -176,7 +274,10 @@ def verify_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_verification
     from .pipeline import verify
 
-    result = verify(model, options)
+    from .streams import model_stdout_to_stderr
+
+    with model_stdout_to_stderr():
+        result = verify(model, options)
     rows = result["layers"]
     settings = options.settings
     if as_json:

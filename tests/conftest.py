@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ SHARED = REPO.parent / "shared"
 
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("lsuv-convert")) if Path(sys.executable).with_name(
     "lsuv-convert").exists() else (shutil.which("lsuv-convert") or "lsuv-convert")
+
+# up-to-date records of test runs go to a throw-away folder, not the developer's ~/.cache
+os.environ.setdefault("LSUV_CONVERT_STATE", tempfile.mkdtemp(prefix="lsuv-convert-test-state-"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

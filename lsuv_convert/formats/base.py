@@ -161,6 +161,14 @@ class ModelFormat(ABC):
         stem = path.name[: len(path.name) - len(ext)] if path.name.lower().endswith(ext.lower()) else path.stem
         return path.with_name(f"{stem}.lsuv{ext}")
 
+    def read_files(self, loaded: LoadedModel) -> list[Path]:
+        """Every file loading ``loaded`` read (model, companions, weights): what an up-to-date
+        record hashes. A format that reads more (external data, a solver's net) adds them."""
+        files = [loaded.source]
+        if loaded.request.weights is not None:
+            files.append(Path(loaded.request.weights))
+        return files
+
     def output_files(self, out_path: Path) -> list[Path]:
         """Every file a write to ``out_path`` creates (a side data file, ...): the unit that is replaced."""
         return [out_path]
@@ -183,9 +191,12 @@ def _check_complete(graph: ModelGraph, name: str) -> None:
         raise TypeError(f"the {name!r} plug-in built a {graph.format!r} graph")
     for target in graph.targets:
         try:
-            weight = graph.module.get_submodule(target.module_path).weight
+            layer = graph.module.get_submodule(target.module_path)
         except AttributeError:
-            weight = None
+            layer = None
+        # an attention target (nn.MultiheadAttention) holds in_proj_weight or q/k/v_proj_weight
+        weight = next((getattr(layer, a, None) for a in ("weight", "in_proj_weight", "q_proj_weight")
+                       if getattr(layer, a, None) is not None), None)
         if weight is None:
             raise TypeError(f"the {name!r} plug-in's target {target.name!r} has no module with a weight "
                             f"at {target.module_path!r}")

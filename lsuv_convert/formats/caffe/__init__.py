@@ -141,6 +141,12 @@ class CaffeFormat(ModelFormat):
             stats[name] = population_stats(out)
         return stats
 
+    def read_files(self, loaded: LoadedModel) -> list[Path]:
+        """The prototxt, the net a solver names, and --weights."""
+        files = super().read_files(loaded)
+        net = Path(loaded.state.parsed.path)
+        return files if net in files else [*files, net]
+
     def in_place_output(self, path: Path, weights: Path | None) -> Path:
         """``--in-place`` rewrites the given weights, never the prototxt."""
         return Path(weights) if weights is not None else Path(path).with_suffix(self.output_extension)

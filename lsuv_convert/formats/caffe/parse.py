@@ -94,9 +94,40 @@ def is_solver(tree: list[Field]) -> bool:
     return bool(names & _SOLVER_ONLY_FIELDS) and not (names & _NET_FIELDS)
 
 
+MAX_OUTPUTS = 1 << 24  # num_output beyond this is no real net: refused before any weight is allocated
+
+
 def read_model(path: Path, stages: tuple[str, ...] = ()) -> ParsedNet:
     """Parse ``path`` (net or solver) into the TEST-phase net; ``stages`` (``--stage``) are added
     to the net state's stages, as Caffe's ``caffe test -stage`` does."""
+    parsed = _read_model(path, stages)
+    _check_declared_sizes(parsed)
+    return parsed
+
+
+def _check_declared_sizes(parsed: ParsedNet) -> None:
+    """Weights declared by num_output x kernel (at least one input channel) must fit in memory."""
+    import math
+
+    from ...budget import check_allocation
+
+    for entry in parsed.layers:
+        for field_name in ("convolution_param", "inner_product_param"):
+            if not entry.layer.HasField(field_name):
+                continue
+            p = getattr(entry.layer, field_name)
+            outputs = int(p.num_output)
+            if outputs > MAX_OUTPUTS:
+                raise ModelFormatError(f"{parsed.where(entry)}: num_output {outputs} is beyond any real net "
+                                       f"(at most {MAX_OUTPUTS})", path=parsed.path)
+            kernel = 1
+            if field_name == "convolution_param":
+                kernel = math.prod(p.kernel_size) if len(p.kernel_size) else max(int(p.kernel_h), 1) * max(int(p.kernel_w), 1)
+            check_allocation(outputs * kernel * 4, f"{parsed.where(entry)}: its weights (num_output {outputs})",
+                             path=parsed.path, error=ModelFormatError)
+
+
+def _read_model(path: Path, stages: tuple[str, ...] = ()) -> ParsedNet:
     tree = parse_tree(path)
     if not tree:
         raise ModelFormatError("empty prototxt: no layers", path=path)
@@ -182,9 +213,27 @@ def _resolve(solver_path: Path, name: str) -> Path:
     candidates = [solver_path.parent / name, Path(name)]
     for candidate in candidates:
         if candidate.is_file():
+            if not _inside_any(candidate, [solver_path.parent, Path.cwd()]):
+                raise ModelFormatError("the solver's net file is outside the solver's folder and the working folder; "
+                                       "refused (copy the net beside the solver)", path=solver_path)
             return candidate
     raise ModelFormatError(f"the solver's net file {name!r} is found neither beside the solver nor in the working folder",
                            path=solver_path)
+
+
+def _inside_any(path: Path, folders: list[Path]) -> bool:
+    """Whether ``path`` (links resolved) lies below one of ``folders``: a solver names a net of its
+    project, never an arbitrary file of the machine."""
+    import os
+
+    real = Path(os.path.realpath(path))
+    for folder in folders:
+        try:
+            real.relative_to(os.path.realpath(folder))
+            return True
+        except ValueError:
+            continue
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

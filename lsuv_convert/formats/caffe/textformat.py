@@ -119,10 +119,19 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+MAX_DEPTH = 64  # Caffe's schema nests a few levels; far deeper is a hostile file, not a net
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A token as quoted in an error: never more than a short piece of the file."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class _Parser:
     def __init__(self, tokens: list[Token]):
         self.tokens = tokens
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -137,6 +146,15 @@ class _Parser:
         return TextFormatError(message, tok.line, tok.column)
 
     def message(self, closer: str | None, opener: Token | None = None) -> list[Field]:
+        if self.depth >= MAX_DEPTH:
+            raise self.error(f"messages nested deeper than {MAX_DEPTH} levels (not a Caffe net)", opener)
+        self.depth += 1
+        try:
+            return self._message(closer, opener)
+        finally:
+            self.depth -= 1
+
+    def _message(self, closer: str | None, opener: Token | None = None) -> list[Field]:
         fields: list[Field] = []
         while True:
             tok = self.peek()
@@ -146,16 +164,16 @@ class _Parser:
             if tok.kind == "end":
                 if closer is None:
                     return fields
-                where = f" of {opener.text!r} opened at line {opener.line}" if opener else ""
+                where = f" of {_short(opener.text)!r} opened at line {opener.line}" if opener else ""
                 raise self.error(f"missing '{closer}'{where} before the end of the file")
             if closer is None and tok.kind == "punct" and tok.text in "}>":
-                raise self.error(f"unmatched {tok.text!r}")
+                raise self.error(f"unmatched {_short(tok.text)!r}")
             fields.extend(self.field())
 
     def field(self) -> list[Field]:
         name_tok = self.take()
         if name_tok.kind != "ident" or name_tok.text.startswith("-"):
-            raise self.error(f"expected a field name, found {name_tok.text!r}", name_tok)
+            raise self.error(f"expected a field name, found {_short(name_tok.text)!r}", name_tok)
         colon = self.peek().kind == "punct" and self.peek().text == ":"
         if colon:
             self.take()
@@ -166,7 +184,7 @@ class _Parser:
             children = self.message("}" if tok.text == "{" else ">", name_tok)
             out = [Field(name_tok.text, name_tok.line, name_tok.column, children=children)]
         elif not colon:
-            raise self.error(f"expected ':' or '{{' after {name_tok.text!r}, found {tok.text!r}")
+            raise self.error(f"expected ':' or '{{' after {_short(name_tok.text)!r}, found {_short(tok.text)!r}")
         elif tok.kind == "punct" and tok.text == "[":
             self.take()
             out = []
@@ -177,7 +195,7 @@ class _Parser:
                     if sep.kind == "punct" and sep.text == "]":
                         break
                     if not (sep.kind == "punct" and sep.text == ","):
-                        raise self.error(f"expected ',' or ']' in the list of {name_tok.text!r}", sep)
+                        raise self.error(f"expected ',' or ']' in the list of {_short(name_tok.text)!r}", sep)
             else:
                 self.take()
         else:
@@ -204,7 +222,7 @@ class _Parser:
             return Token("string", tok.text, tok.line, tok.column, "".join(parts))
         if tok.kind in ("number", "ident"):
             return tok
-        raise self.error(f"expected a value for {name_tok.text!r}, found {tok.text!r}", tok)
+        raise self.error(f"expected a value for {_short(name_tok.text)!r}, found {_short(tok.text)!r}", tok)
 
 
 def parse_text(text: str) -> list[Field]:
@@ -302,7 +320,7 @@ def _bind_scalar_field(message, fd, f: Field, ctx: BindContext) -> None:
 
 def _convert(fd, tok: Token, ctx: BindContext):
     def bad(what: str) -> TextFormatError:
-        return TextFormatError(f"{ctx.prefix()}{fd.name!r} {what}, got {tok.text}", tok.line, tok.column)
+        return TextFormatError(f"{ctx.prefix()}{fd.name!r} {what}, got {_short(tok.text)}", tok.line, tok.column)
 
     t = fd.type
     if t == FieldDescriptor.TYPE_STRING:

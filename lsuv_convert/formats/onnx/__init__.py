@@ -118,6 +118,14 @@ class OnnxFormat(ModelFormat):
         with stage("write"):
             files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
 
+    def read_files(self, loaded: LoadedModel) -> list[Path]:
+        return [*super().read_files(loaded), *sorted(set(loaded.state.external.values()))]
+
+    def output_files(self, out_path: Path) -> list[Path]:
+        """The model and the external data file written beside it when the source kept weights outside."""
+        out_path = Path(out_path)
+        return [out_path, out_path.with_name(out_path.name + ".data")]
+
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
-from ...atomic import atomic_path
+from ...atomic import atomic_path, atomic_paths
 from ...errors import ModelFormatError, OutputError
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
@@ -151,9 +151,15 @@ def write_model(model: onnx.ModelProto, out_path: Path, external: set[str], keep
     """
     out_path = Path(out_path)
     data_path = data_file_for(out_path, keep)
-    wrote_data = False
-    if external:
-        with atomic_path(data_path) as tmp_data, open(tmp_data, "wb") as fh:
+    if not external:
+        payload = _serialize(model, out_path)
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+            fh.write(payload)
+        return
+    # the model and its data file are one unit: both are written in full before either replaces
+    # the old pair, so a failure leaves the old model with the data it needs
+    with atomic_paths([data_path, out_path]) as (tmp_data, tmp_model):
+        with open(tmp_data, "wb") as fh:
             offset = 0
             for tensor in model.graph.initializer:
                 if tensor.name not in external:
@@ -162,26 +168,16 @@ def write_model(model: onnx.ModelProto, out_path: Path, external: set[str], keep
                 fh.write(raw)
                 _point_to_file(tensor, data_path.name, offset, len(raw))
                 offset += len(raw)
-        wrote_data = True
-    try:
-        payload = model.SerializeToString()
-    except ValueError as exc:  # protobuf's 2 GiB limit
-        _discard(data_path, wrote_data)
-        raise OutputError(f"model too large to serialize without external data: {exc}", path=out_path) from None
-    try:
-        with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+        payload = _serialize(model, out_path)
+        with open(tmp_model, "wb") as fh:
             fh.write(payload)
-    except BaseException:
-        _discard(data_path, wrote_data)
-        raise
 
 
-def _discard(path: Path, wrote: bool) -> None:
-    if wrote:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+def _serialize(model: onnx.ModelProto, out_path: Path) -> bytes:
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GiB limit
+        raise OutputError(f"model too large to serialize without external data: {exc}", path=out_path) from None
 
 
 def _raw_bytes(tensor: TensorProto) -> bytes:

@@ -31,7 +31,7 @@ class TorchScriptFormat(ModelFormat):
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .loader import load_script
 
-        graph = load_script(path)  # complete already: TorchScript's graph doesn't depend on the batch shape
+        graph = load_script(path, trust_code=request.trust_code)  # complete already: TorchScript's graph doesn't depend on the batch shape
         graph.state.graph = graph
         return LoadedModel(format=self.name, source=path, inputs=graph.inputs, state=graph.state,
                            targets=list(graph.targets), notes=list(graph.notes))
@@ -54,5 +54,5 @@ class TorchScriptFormat(ModelFormat):
         from .archive import inspect_archive
         from .probe import measure_file
 
-        inspect_archive(Path(model_path))
+        inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
         return measure_file(Path(model_path), inputs)

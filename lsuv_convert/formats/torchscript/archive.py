@@ -4,7 +4,9 @@ A TorchScript archive (``torch.jit.save``) is a zip holding ``<name>/code/...``,
 ``<name>/constants.pkl`` and ``<name>/data.pkl``; a checkpoint written by ``torch.save``
 holds ``data.pkl`` but no code. Checkpoints are refused here, never unpickled: loading
 one would mean running arbitrary pickle code (``weights_only=False``) and it has no graph
-to initialize anyway. Only the zip directory is read, no pickle.
+to initialize anyway. No pickle is read here; the archive's code is parsed (never run) and
+checked against an allowlist of operators (:mod:`.codecheck`) unless the user trusts it, and
+member sizes are capped so that a small file can't expand into a huge one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ModelFormatError
+
+MAX_EXTRA_BYTES = 64 << 20  # extra files are kept in memory and written back with the output
+MAX_EXPANSION = 100  # a compressed member may expand this much (torch.jit.save stores, it doesn't compress)
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model) or torch.jit.trace(model, example) and torch.jit.save(...)"
@@ -36,8 +41,9 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-def inspect_archive(path: Path) -> ArchiveInfo:
-    """The archive's layout, or ModelFormatError saying what the file is instead."""
+def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
+    """The archive's layout, or ModelFormatError saying what the file is instead. With
+    ``check_code`` (no --trust-code), its code must call only allowlisted operators."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
@@ -64,10 +70,59 @@ def inspect_archive(path: Path) -> ArchiveInfo:
                     )
                 raise ModelFormatError(f"is a zip file but not a TorchScript archive (no code/ folder): {_EXPORT_HINT}", path=path)
             version = _read_version(zf, prefix, names)
+            _check_sizes(zf, prefix, path)
+            _check_root_object(zf, prefix, path)
+            if check_code:
+                from .codecheck import check_archive_code
+
+                check_archive_code(zf, prefix, path)
     except zipfile.BadZipFile:
         raise ModelFormatError(f"is not a TorchScript archive (not a zip file, or truncated): {_EXPORT_HINT}", path=path) from None
     extra = sorted(n[len(prefix) + len("/extra/"):] for n in names if n.startswith(f"{prefix}/extra/") and not n.endswith("/"))
     return ArchiveInfo(prefix, version, extra)
+
+
+def _check_root_object(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
+    """A TorchScript archive's data.pkl starts by naming its module class (``__torch__.…``); a
+    ``torch.save`` pickle put into a TorchScript-shaped zip starts otherwise. Read with
+    :mod:`pickletools` (opcodes only, nothing is unpickled)."""
+    import io
+    import pickletools
+
+    name = f"{prefix}/data.pkl"
+    try:
+        with zf.open(name) as fh:
+            head = fh.read(512)
+    except KeyError:
+        raise ModelFormatError(f"is not a complete TorchScript archive (no data.pkl): {_EXPORT_HINT}", path=path) from None
+    first = None
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name in ("PROTO", "FRAME"):
+                continue
+            first = (op.name, arg)
+            break
+    except (ValueError, EOFError):
+        pass
+    if first is None or first[0] not in ("GLOBAL", "STACK_GLOBAL") or not str(first[1] or "").startswith("__torch__"):
+        raise ModelFormatError(
+            "holds a TorchScript-like layout but its data.pkl is an ordinary pickle (a torch.save checkpoint), "
+            f"not a TorchScript module; refused without unpickling it: {_EXPORT_HINT}",
+            path=path,
+        )
+
+
+def _check_sizes(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
+    extra_total = 0
+    for info in zf.infolist():
+        if info.file_size > (1 << 20) and info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
+            raise ModelFormatError(f"archive member {info.filename} expands from {info.compress_size} to "
+                                   f"{info.file_size} bytes (a zip bomb?); refused", path=path)
+        if info.filename.startswith(f"{prefix}/extra/"):
+            extra_total += info.file_size
+    if extra_total > MAX_EXTRA_BYTES:
+        raise ModelFormatError(f"its extra files hold {extra_total} bytes, more than the {MAX_EXTRA_BYTES >> 20} MiB "
+                               "lsuv-convert carries over to the output; refused", path=path)
 
 
 def _layout(names: list[str]) -> tuple[str | None, bool]:

@@ -30,7 +30,12 @@ class ProgramModule(nn.Module):
             variants = program.layers[module_path]
             weight_path, bias_path = variants[0].weight_path, variants[0].bias_path
             bias = params[bias_path] if bias_path is not None else None
-            _install(self, module_path, build_layer(variants, params[weight_path], bias))
+            extra = {attr: params[path] for attr, path in variants[0].extra_params.items()}
+            layer = build_layer(variants, params[weight_path], bias, extra)
+            for attr, path in variants[0].extra_params.items():
+                self.param_home.setdefault(path, (module_path, attr))
+            layer.lsuv_parts = program.layer_parts.get(module_path, 1)
+            _install(self, module_path, layer)
             self.param_home.setdefault(weight_path, (module_path, "weight"))
             if bias_path is not None:
                 self.param_home.setdefault(bias_path, (module_path, "bias"))

@@ -49,6 +49,8 @@ class LayerCall:
     dynamic: list[Any] = field(default_factory=list)  # graph values passed at call time, in order
     linear_in_weight: bool = True  # output = f(x, W) + module.bias with f linear in W
     bias_arg: Any = None  # the node's bias input, should it have to be passed at call time
+    out_axis: int = 0  # weight axis of the output features: 0 (out, in), 1 for addmm on an (in, out) weight
+    extra_params: dict[str, str] = field(default_factory=dict)  # attention: module attribute -> parameter path
 
     def signature(self) -> tuple:
         """Calls with the same signature are one variant of the layer module."""
@@ -91,10 +93,14 @@ def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall
             return default
         return args[i].value if is_const(args[i]) else _DYNAMIC
 
+    out_axis = 0
     if kind in ADDMM:
         weight_i, bias_i = index["mat2"], index["self"]
         weight_path = read_of(args[weight_i], through_t=True)
         weight_source = "weight_t"
+        if weight_path is None:  # x @ W + b with W stored (in, out): transformers' Conv1D (GPT-2)
+            weight_path = read_of(args[weight_i])
+            weight_source, out_axis = "weight", 1
     else:
         weight_i, bias_i = index["weight"], index.get("bias")
         weight_path = read_of(args[weight_i])
@@ -147,7 +153,8 @@ def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall
             dynamic.append(arg)
     kw = tuple(a.name for a in schema.arguments if a.kwarg_only)
     bias_arg = args[bias_i] if bias_i is not None else None
-    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight, bias_arg)
+    return LayerCall(kind, family, overload, kw, slots, weight_path, bias_path, groups, dynamic, linear_in_weight, bias_arg,
+                     out_axis)
 
 
 class _Dynamic:
@@ -176,6 +183,8 @@ class _RunsLayerCall:
         first = variants[0]
         self.groups = first.groups
         self.lsuv_source_kind = first.kind
+        self.lsuv_out_axis = first.out_axis
+        self.lsuv_parts = 1  # set by the reader when the output is split into q / k / v
         self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
 
     def forward(self, *args):
@@ -202,6 +211,8 @@ class _RunsLayerCall:
                 args.append(self.weight)
             elif source == "weight_t":
                 args.append(torch.ops.aten.t.default(self.weight))
+            elif source == "param":
+                args.append(self.get_parameter(slot.value))
             else:
                 args.append(self.bias)
         return args
@@ -246,9 +257,76 @@ class ScriptLayer(_RunsLayerCall, nn.Module):
         return w.view(self.groups, w.shape[0] // self.groups, -1)
 
 
-def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:
+ATTENTION = "aten::_native_multi_head_attention"
+
+
+def match_attention(overload, args: list, read_of, is_const) -> LayerCall | None:
+    """``aten::_native_multi_head_attention`` (MultiheadAttention's fused path) with parameter weights."""
+    if overload is None:
+        return None
+    names = [a.name for a in overload._schema.arguments]
+    index = {n: i for i, n in enumerate(names)}
+    paths = {name: read_of(args[index[name]]) for name in ("qkv_weight", "qkv_bias", "proj_weight", "proj_bias")}
+    if paths["qkv_weight"] is None or paths["proj_weight"] is None:
+        return None
+    if any(not is_const(args[index[n]]) and paths[n] is None for n in ("qkv_bias", "proj_bias") if args[index[n]] is not None):
+        return None  # a bias computed at run time
+    roles = {"qkv_weight": "in_proj_weight", "qkv_bias": "in_proj_bias", "proj_weight": "out_proj.weight", "proj_bias": "out_proj.bias"}
+    slots, dynamic = [], []
+    for i, arg in enumerate(args):
+        role = roles.get(names[i])
+        if role is not None and paths[names[i]] is not None:
+            slots.append(Slot("param", role))
+        elif is_const(arg):
+            slots.append(Slot("const", arg.value))
+        else:
+            slots.append(Slot("dynamic", len(dynamic)))
+            dynamic.append(arg)
+    kw = tuple(a.name for a in overload._schema.arguments if a.kwarg_only)
+    extra = {roles[n]: p for n, p in paths.items() if p is not None and n in ("proj_weight", "proj_bias")}
+    return LayerCall(ATTENTION, "attention", overload, kw, slots, paths["qkv_weight"], paths["qkv_bias"], 1, dynamic,
+                     False, None, 0, extra)
+
+
+class ScriptAttention(_RunsLayerCall, nn.Module):
+    """``aten::_native_multi_head_attention`` as a module shaped like nn.MultiheadAttention
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight/bias``), so the engine fits q, k, v
+    and the output projection as it does for the eager module (see lsuv_convert.attention)."""
+
+    lsuv_attention = True
+    _qkv_same_embed_dim = True
+    batch_first = True
+
+    def __init__(self, variants, weight, bias, extra):
+        nn.Module.__init__(self)
+        self.in_proj_weight = weight
+        self.register_parameter("in_proj_bias", bias)
+        self.out_proj = nn.Module()
+        self.out_proj.weight = extra["out_proj.weight"]
+        self.out_proj.register_parameter("bias", extra.get("out_proj.bias"))
+        self.embed_dim = weight.shape[1]
+        self.groups = 1
+        first = variants[0]
+        self.lsuv_source_kind = first.kind
+        self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.in_proj_weight
+
+    @property
+    def bias(self):
+        return self.in_proj_bias
+
+
+def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None,
+                extra: dict | None = None) -> nn.Module:
     """The module for one weight; a conv / linear subclass when every call is ``f(x, W) + bias``."""
     families = {c.family for c in variants}
+    if families == {"attention"}:
+        return ScriptAttention(variants, weight, bias, extra or {})
+    if len({c.out_axis for c in variants}) > 1:
+        return ScriptLayer(variants, weight, bias)
     if len(families) > 1 or not all(c.linear_in_weight for c in variants):
         return ScriptLayer(variants, weight, bias)
     family = families.pop()

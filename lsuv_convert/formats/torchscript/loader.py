@@ -21,6 +21,7 @@ from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
 from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
+from .usage import input_types, skipped_parameters
 
 
 @dataclass
@@ -35,10 +36,16 @@ class ScriptState:
     graph: Any = None  # the ModelGraph load_script made (complete at load: it doesn't depend on the batch)
 
 
-def load_script(path: Path) -> ModelGraph:
-    info = inspect_archive(path)
+def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
+    info = inspect_archive(path, check_code=not trust_code)
     extra = {name: "" for name in info.extra_files}
     script_module = _jit_load(path, extra)
+    return script_graph(script_module, path, info, extra)
+
+
+def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
+    """The ModelGraph of a loaded ScriptModule (``path`` names it in messages)."""
+    extra = extra or {}
     training = training_flags(script_module)
     set_training(script_module, {name: False for name in training})
     try:
@@ -47,6 +54,12 @@ def load_script(path: Path) -> ModelGraph:
         raise ModelFormatError(f"cannot run this TorchScript graph: {exc}", path=path) from None
     except (RuntimeError, AttributeError) as exc:  # e.g. no forward method
         raise ModelFormatError(f"cannot read the TorchScript forward graph: {_last_line(str(exc))}", path=path) from None
+    fused = _fused_kernels(program)
+    if not program.layers and fused:
+        raise ModelFormatError(
+            f"its layers run inside torch's fused kernel(s) {', '.join(fused)} (traced in eval mode under "
+            "torch.no_grad), which cannot be split into linear maps: trace it again after "
+            "torch.backends.mha.set_fastpath_enabled(False)", path=path)
     if not program.layers:
         raise ModelFormatError(
             "has no conv / linear layer whose weight is a parameter (a torch.jit.freeze'd module keeps its "
@@ -84,16 +97,37 @@ def load_script(path: Path) -> ModelGraph:
         for mp, calls in program.layers.items()
     ]
     state = ScriptState(script_module, program, info, {k: v for k, v in extra.items()}, training)
-    return ModelGraph(
+    graph = ModelGraph(
         module=module,
         targets=targets,
-        inputs=[InputSpec(d.name, None) for d in program.inputs],
+        inputs=_input_specs(program),
         format="torchscript",
         source=path,
         state=state,
         notes=notes,
         engine_path=engine_path,
     )
+    graph.skipped_params = skipped_parameters(script_module, program)
+    return graph
+
+
+_FUSED = ("aten::_transformer_encoder_layer_fwd", "aten::_transformer_decoder_only_layer_fwd")
+
+
+def _fused_kernels(program: Program) -> list[str]:
+    from .usage import _ops
+
+    return sorted({op.kind for op in _ops(program.body.ops) if op.kind in _FUSED})
+
+
+def _input_specs(program: Program) -> list[InputSpec]:
+    """Inputs by name; integer ids (an input that indexes an embedding) and masks typed as such."""
+    typed = input_types(program)
+    specs = []
+    for d in program.inputs:
+        dtype, high = typed.get(d.name, ("float32", None))
+        specs.append(InputSpec(d.name, None, dtype=dtype, high=high))
+    return specs
 
 
 def training_flags(script_module) -> dict[str, bool]:
@@ -138,7 +172,8 @@ def _code_location(text: str) -> str:
     if found is None:
         return ""
     marker = next((i for i, line in enumerate(lines) if "<--- HERE" in line), None)
-    source = f": {lines[marker - 1].strip()}" if marker else ""
+    line = lines[marker - 1].strip() if marker else ""
+    source = f": {line[:60]}{'...' if len(line) > 60 else ''}" if marker else ""  # a short piece of the file only
     return f" (at {found.group(1)} line {found.group(2)}{source})"
 
 

@@ -57,7 +57,7 @@ def _weight_input(node):
     if node.kind() == "aten::addmm":
         mat2 = node.inputsAt(schema_names.index("mat2"))
         t = mat2.node()
-        return t.input() if t.kind() == "aten::t" else None
+        return t.input() if t.kind() == "aten::t" else mat2  # mat2 itself: an (in, out) weight (GPT-2 Conv1D)
     return node.inputsAt(schema_names.index("weight"))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .layers import LAYER_KINDS, LayerCall, layer_name, match_layer
+from .layers import ATTENTION, LAYER_KINDS, LayerCall, layer_name, match_attention, match_layer
 from .ops import Resolved, UnsupportedNode, _dispatcher_overload, resolve
 
 
@@ -73,6 +73,8 @@ class Program:
     untouched_params: list[str] = field(default_factory=list)  # matrix-like params no layer uses
     written: set[str] = field(default_factory=set)  # attribute paths the graph writes to
     training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
+    layer_parts: dict[str, int] = field(default_factory=dict)  # module path -> q/k/v slices its output is split into
+    param_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # "w[q]" -> (w, first row, end row)
 
     @property
     def fx_blockers(self) -> list[str]:
@@ -189,6 +191,9 @@ class _Reader:
         self.written: set[int] = set()  # GetAttr outputs the graph writes to (through any alias)
         self.written_paths: set[str] = set()
         self.training_ops: list[str] = []
+        self.layer_parts: dict[str, int] = {}
+        self.param_slices: dict[str, tuple[str, int, int]] = {}
+        self.call_of: dict[int, LayerCall] = {}  # id(layer Op) -> its call
 
     def read(self) -> Program:
         graph = self.graph
@@ -204,6 +209,7 @@ class _Reader:
         _drop_unused_reads(body, _all_uses(body))
         _annotate_frees(body)
         used = {calls[0].weight_path for calls in self.layers.values()}
+        used |= {path for calls in self.layers.values() for path in calls[0].extra_params.values()}
         untouched = [
             name for name, p in self.sm.named_parameters() if name not in used and p.dim() >= 2
         ]
@@ -220,6 +226,8 @@ class _Reader:
             untouched_params=untouched,
             written=self.written_paths,
             training_ops=self.training_ops,
+            layer_parts=self.layer_parts,
+            param_slices=self.param_slices,
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -295,7 +303,7 @@ class _Reader:
             return Op(kind, "loop", args, outputs, blocks=[self._block(sub, depth + 1, block_inputs)], where=where)
         if any(True for _ in node.blocks()):
             raise ProgramError(f"unsupported TorchScript construct {kind} (a node with blocks){where}")
-        if kind in LAYER_KINDS:
+        if kind in LAYER_KINDS or kind == ATTENTION:
             op = self._layer(node, args, outputs, depth, where)
             if op is not None:
                 return op
@@ -303,7 +311,51 @@ class _Reader:
             resolved = resolve(node)
         except UnsupportedNode as exc:
             raise ProgramError(f"{exc}{where}") from exc
+        if kind in _SPLITS:
+            self._note_parts(kind, args)
         return Op(kind, "call", args, outputs, call=resolved, where=where)
+
+    def _note_parts(self, kind: str, args: list) -> None:
+        """A linear layer whose output is split into equal slices (q, k, v): each slice is a map."""
+        producer = self.producer.get(args[0]) if args and not isinstance(args[0], Const) else None
+        for _ in range(3):  # Conv1D's addmm output is reshaped back to (..., features) before the split
+            if producer is None or producer.kind not in ("aten::view", "aten::reshape", "aten::contiguous"):
+                break
+            first = producer.args[0] if producer.args else None
+            producer = self.producer.get(first) if first is not None and not isinstance(first, Const) else None
+        call = self.call_of.get(id(producer)) if producer is not None else None
+        if call is None or call.family != "linear":
+            return
+        weight = self.params.get(call.weight_path)
+        if weight is None or weight.dim() != 2:
+            return
+        features = weight.shape[call.out_axis]
+        values = [a.value if isinstance(a, Const) else None for a in args[1:]]
+        parts = None
+        if kind == "aten::split" and isinstance(values[0], int) and 0 < values[0] < features and features % values[0] == 0:
+            parts = features // values[0]
+        elif kind in ("aten::chunk", "aten::unsafe_chunk") and isinstance(values[0], int) and features % values[0] == 0:
+            parts = values[0]
+        elif kind == "aten::unflatten" and values[0] == -1 and len(args) > 2:
+            sizes = args[2]
+            if not isinstance(sizes, Const):  # (2, E) with E a traced size: the leading count is what matters
+                built = self.producer.get(sizes)
+                sizes = built.args[0] if built is not None and built.kind == "prim::ListConstruct" and len(built.args) == 2 else None
+            else:
+                sizes = Const(sizes.value[0]) if len(sizes.value) == 2 else None
+            if isinstance(sizes, Const) and isinstance(sizes.value, int) and sizes.value > 0 and features % sizes.value == 0:
+                parts = sizes.value
+        elif kind in ("aten::reshape", "aten::view") and len(args) > 1:
+            # qkv(x).reshape(B, N, 3, heads, head_dim) (timm, many ViTs): the trailing (3, H, D) split q, k, v
+            built = self.producer.get(args[1]) if not isinstance(args[1], Const) else None
+            dims = list(built.args) if built is not None and built.kind == "prim::ListConstruct" else (
+                [Const(d) for d in args[1].value] if isinstance(args[1], Const) else [])
+            tail = [d.value if isinstance(d, Const) else None for d in dims[-3:]]
+            if len(dims) >= 4 and all(isinstance(d, int) and d > 0 for d in tail) and tail[0] in (2, 3) and (
+                    tail[0] * tail[1] * tail[2] == features):
+                parts = tail[0]
+        if parts is not None and 1 < parts <= 4:
+            self.layer_parts[producer.key] = parts
 
     def _constant(self, node, outputs, where) -> Op | None:
         out = node.output()
@@ -374,20 +426,29 @@ class _Reader:
             self.tensors[path] = self.tensors[path].clone()
 
     def _layer(self, node, args, outputs, depth, where) -> Op | None:
-        call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
+        if node.kind() == ATTENTION:
+            call = match_attention(_dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
+        else:
+            call = match_layer(node.kind(), _dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
         if call is None:
             return None
         module_path = self.module_of_weight.get(call.weight_path)
         if module_path is None:
-            module_path = self._module_path(layer_name(call.weight_path))
+            name = layer_name(call.weight_path)
+            if call.family == "attention":  # named after the MultiheadAttention that owns in_proj_weight
+                name = call.weight_path.rpartition(".")[0] or name
+            module_path = self._module_path(_identifier_path(name))
             self.module_of_weight[call.weight_path] = module_path
             self.layers[module_path] = []
-            self.layer_names[module_path] = layer_name(call.weight_path)
+            self.layer_names[module_path] = name
         name = self.layer_names[module_path]
         if depth > 0 and name not in self.in_control_flow:
             self.in_control_flow.append(name)
         op = Op(node.kind(), "layer", [], outputs, key=module_path, where=where)
         self.layer_ops.append((op, call))
+        self.call_of[id(op)] = call
+        if call.weight_path.endswith("in_proj_weight") and call.family == "linear":
+            self.layer_parts.setdefault(module_path, 3)  # nn.MultiheadAttention's packed q, k, v
         return op
 
     def _settle_layers(self) -> None:
@@ -420,7 +481,65 @@ class _Reader:
             return None
         if op.role == "read" and op.key in self.param_paths:
             return op.key
+        return self._slice_of(arg, op)
+
+    def _slice_of(self, arg, op) -> str | None:
+        """``w_q`` of ``w_q, w_kv = in_proj_weight.split([E, 2E])`` (or ``w[a:b]``): a key for
+        those rows of the parameter, whose tensor is a view of it (updates land in the parameter)."""
+        if op.kind == "prim::ListUnpack" and op.args and not isinstance(op.args[0], Const):
+            source = self.producer.get(op.args[0])
+            if source is None or source.kind not in _ROW_SPLITS or len(source.args) < 3:
+                return None
+            base = self._read_of(source.args[0])
+            size, dim = self._constant_arg(source.args[1]), source.args[2]
+            if base is None or base not in self.params or not isinstance(dim, Const) or dim.value != 0:
+                return None
+            rows = self.params[base].shape[0]
+            if size is None and base.endswith(("in_proj_weight", "in_proj_bias")) and rows % 3 == 0 and len(op.outputs) in (2, 3):
+                # nn.MultiheadAttention's w.split([E, 2E]) (q | kv) or w.chunk(3), with E a traced size
+                third = rows // 3
+                size = Const([third, 2 * third] if len(op.outputs) == 2 else [third] * 3)
+            if size is None:
+                return None
+            if source.kind in ("aten::chunk", "aten::unsafe_chunk"):
+                step = -(-rows // size.value)
+                sizes = [min(step, rows - i) for i in range(0, rows, step)]
+            elif isinstance(size.value, int):
+                sizes = [min(size.value, rows - i) for i in range(0, rows, size.value)]
+            else:
+                sizes = list(size.value)
+            index = op.outputs.index(arg)
+            start = sum(sizes[:index])
+            return self._slice_param(base, start, start + sizes[index])
+        if op.kind == "aten::slice" and len(op.args) == 5 and all(isinstance(a, Const) for a in op.args[1:]):
+            base = self._read_of(op.args[0])
+            dim, start, end, step = (a.value for a in op.args[1:])
+            if base is None or base not in self.params or dim != 0 or step != 1:
+                return None
+            rows = self.params[base].shape[0]
+            start, end = max(start or 0, 0), min(rows if end is None else end, rows)
+            return self._slice_param(base, start, end) if start < end else None
         return None
+
+    def _constant_arg(self, arg) -> Const | None:
+        """A constant argument, or a list built from constants (``prim::ListConstruct``)."""
+        if isinstance(arg, Const):
+            return arg
+        op = self.producer.get(arg)
+        if op is not None and op.kind == "prim::ListConstruct" and all(isinstance(a, Const) for a in op.args):
+            return Const([a.value for a in op.args])
+        return None
+
+    def _slice_param(self, base: str, start: int, stop: int) -> str:
+        rows = self.params[base].shape[0]
+        label = f"{start}:{stop}"
+        if base.endswith(("in_proj_weight", "in_proj_bias")) and rows % 3 == 0 and start % (rows // 3) == 0 and stop % (rows // 3) == 0:
+            label = "qkv"[start // (rows // 3): stop // (rows // 3)]  # nn.MultiheadAttention's packed q, k, v
+        key = f"{base}[{label}]"
+        if key not in self.params:
+            self.params[key] = self.params[base].narrow(0, start, stop - start)
+            self.param_slices[key] = (base, start, stop)
+        return key
 
     def _module_path(self, name: str) -> str:
         path = name if not name.startswith("_ts_") else "layer_" + name
@@ -432,6 +551,16 @@ class _Reader:
             n += 1
         return f"{path}_{n}"
 
+
+_ROW_SPLITS = {"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unsafe_chunk"}
+
+
+def _identifier_path(name: str) -> str:
+    """``a.in_proj_weight[q]`` -> ``a.in_proj_weight_q``: a module path fx can call."""
+    return name.replace("[", "_").replace(":", "_").replace("]", "")
+
+
+_SPLITS = {"aten::split", "aten::chunk", "aten::unsafe_chunk", "aten::unflatten", "aten::reshape", "aten::view"}
 
 # op kind -> (its training flag argument, the buffers it updates in place when training)
 _TRAINING_ARG = {

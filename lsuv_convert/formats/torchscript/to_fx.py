@@ -69,7 +69,8 @@ def to_graph_module(holder: ProgramModule) -> fx.GraphModule:
             node = graph.call_function(fn, tuple(env[v] for v in free))
         else:
             raise ValueError(f"{op.kind} can only run in the interpreter")
-        unpack = op.role in ("if", "loop") or (op.call is not None and op.call.unpack)
+        unpack = op.role in ("if", "loop") or (op.call is not None and op.call.unpack) or (
+            op.role == "layer" and len(op.outputs) > 1)
         if unpack:
             for i, v in enumerate(op.outputs):
                 env[v] = graph.call_function(operator.getitem, (node, i))

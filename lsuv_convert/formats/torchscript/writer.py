@@ -23,11 +23,14 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
     state: ScriptState = graph.state
     module = state.module
     params = dict(module.named_parameters())
+    for key, (base, start, stop) in state.program.param_slices.items():  # rows of a packed weight
+        params[key] = params[base][start:stop]
     updates = []  # (ScriptModule parameter, new value)
     for target in graph.targets:
         layer = graph.module.get_submodule(target.module_path)
         weight_path, bias_path = target.binding
         pairs = [(params[weight_path], layer.weight)]
+        pairs += [(params[path], layer.get_parameter(attr)) for attr, path in _extra_params(graph, target).items()]
         if bias_path is not None:
             pairs.append((params[bias_path], layer.bias))
         if not all(bool(torch.isfinite(value).all()) for _, value in pairs):
@@ -47,3 +50,9 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
                 raise OutputError(f"torch.jit.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
     finally:
         set_training(module, {name: False for name in state.training})
+
+
+def _extra_params(graph, target) -> dict[str, str]:
+    """Parameters a target holds besides weight and bias (an attention's out_proj): attribute -> path."""
+    calls = graph.state.program.layers.get(target.module_path, [])
+    return dict(calls[0].extra_params) if calls else {}

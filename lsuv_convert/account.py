@@ -1,0 +1,180 @@
+"""The account: what happened to every parameter tensor of the model.
+
+Each parameter is exactly one of
+
+* ``initialized``: a target layer (or a slice of one: q / k / v) ran on the batch and was
+  scaled; ``layers`` names the report entries, ``var_before`` / ``var_after`` their variances;
+* ``unreached``: it belongs to a target the batch never ran, so it keeps its pre-init;
+* ``skipped``: the tool does not initialize it, with the reason (not a linear map:
+  embeddings, norms, recurrent weights, positional tables; or used by an op it cannot split).
+
+``linear`` marks conv / linear / attention weights: those are the ones ``strict`` insists on.
+The numbers of elements add up to the model's parameter count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .errors import LsuvError
+
+STATUSES = ("initialized", "unreached", "skipped")
+
+
+@dataclass
+class ParamAccount:
+    name: str
+    shape: list[int]
+    numel: int
+    status: str  # one of STATUSES
+    linear: bool = False  # a conv / linear / attention weight (what strict checks)
+    layers: list[str] = field(default_factory=list)
+    reason: str | None = None
+    var_before: Any = None  # float, or a list (one per layer) for a packed weight
+    var_after: Any = None
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "shape": self.shape, "numel": self.numel, "status": self.status}
+        if self.layers:
+            d["layers"] = self.layers
+        if self.status == "initialized":
+            d.update(var_before=self.var_before, var_after=self.var_after)
+        if self.reason:
+            d["reason"] = self.reason
+        if self.linear:
+            d["linear"] = True
+        return d
+
+
+class IncompleteError(LsuvError):
+    """``strict``: some conv / linear / attention weight was unreached or skipped."""
+
+    exit_code = 3
+
+
+def counts(account: Iterable[ParamAccount]) -> dict[str, int]:
+    """Number of parameter tensors per status."""
+    out = dict.fromkeys(STATUSES, 0)
+    for entry in account:
+        out[entry.status] += 1
+    return out
+
+
+def strict_failures(account: Iterable[ParamAccount]) -> list[ParamAccount]:
+    return [e for e in account if e.linear and e.status != "initialized"]
+
+
+def check_strict(account: list[ParamAccount], path=None) -> None:
+    """Raise :class:`IncompleteError` naming every unreached or skipped linear weight."""
+    bad = strict_failures(account)
+    if not bad:
+        return
+    shown = ", ".join(f"{e.name} ({e.status}{': ' + e.reason if e.reason else ''})" for e in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise IncompleteError(f"--strict: {len(bad)} conv / linear / attention weight(s) not initialized: {shown}{more}",
+                          path=path)
+
+
+_SKIP_REASONS = (
+    ("Embedding", "embedding table: not a linear map"),
+    ("EmbeddingBag", "embedding table: not a linear map"),
+    ("Norm", "normalization parameter: not a linear map"),
+    ("RNN", "recurrent layer weight: not split into linear maps by the tool"),
+    ("LSTM", "recurrent layer weight: not split into linear maps by the tool"),
+    ("GRU", "recurrent layer weight: not split into linear maps by the tool"),
+)
+
+
+def skip_reason(owner_type: str) -> str:
+    for marker, reason in _SKIP_REASONS:
+        if marker in owner_type:
+            return reason
+    return f"not a conv / linear weight (used directly by {owner_type})"
+
+
+def module_account(module, targets: dict[str, Any], reports, rename=None) -> list[ParamAccount]:
+    """The account of ``module``'s parameters given the engine's ``targets`` and ``reports``.
+
+    ``rename`` maps a target's qualified name to the name shown (a format's source name).
+    """
+    from .attention import is_attention, join, parameter_names
+
+    rename = rename or (lambda n: n)
+    by_report: dict[str, list] = {}
+    for r in reports:
+        by_report.setdefault(r.name, []).append(r)
+
+    def covering(prefixes: list[str], exact: list[str]) -> list:
+        found = []
+        for r in reports:
+            if r.name in exact or any(r.name.startswith(p) for p in prefixes):
+                found.append(r)
+        return found
+
+    owner: dict[int, tuple[str, list]] = {}  # id(param) -> (target name, covering reports)
+    for name, target in targets.items():
+        if is_attention(target):
+            for pname in parameter_names(target):
+                if pname.startswith("out_proj"):
+                    cover = covering([], [join(name, "out_proj")])
+                elif pname.startswith("in_proj"):
+                    cover = covering([join(name, p) for p in ("in_proj_weight[", "q_proj", "k_proj", "v_proj")], [])
+                else:
+                    cover = covering([], [join(name, pname)])
+                owner[id(target.get_parameter(pname))] = (name, cover)
+            continue
+        cover = covering([f"{name}["], [name])
+        for attr in ("weight", "bias"):
+            p = getattr(target, attr, None)
+            if p is not None and hasattr(p, "shape"):
+                owner.setdefault(id(p), (name, cover))
+
+    module_types = {n: type(m).__name__ for n, m in module.named_modules()}
+    account = []
+    for pname, p in module.named_parameters():
+        shape, numel = list(p.shape), int(p.numel())
+        hit = owner.get(id(p))
+        if hit is not None:
+            target_name, cover = hit
+            shown = rename(target_name) + pname[len(target_name):] if target_name and pname.startswith(target_name) else pname
+            is_weight = p.dim() >= 2
+            if cover:
+                before = [r.var_before for r in cover]
+                after = [r.var_after for r in cover]
+                account.append(ParamAccount(
+                    shown, shape, numel, "initialized", linear=is_weight, layers=[rename_layer(r.name, rename) for r in cover],
+                    var_before=before[0] if len(before) == 1 else before, var_after=after[0] if len(after) == 1 else after))
+            else:
+                account.append(ParamAccount(shown, shape, numel, "unreached", linear=is_weight,
+                                            reason="the batch never ran this layer: keeps its pre-init, unscaled"))
+            continue
+        owner_name = pname.rpartition(".")[0]
+        account.append(ParamAccount(pname, shape, numel, "skipped",
+                                    reason=skip_reason(module_types.get(owner_name, type(module).__name__))))
+    return account
+
+
+def graph_account(graph, reports) -> list[ParamAccount]:
+    """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
+    by_path = graph.target_by_path()
+    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
+    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
+    for p in graph.skipped_params:
+        numel = 1
+        for d in p["shape"]:
+            numel *= int(d)
+        account.append(ParamAccount(p["name"], list(p["shape"]), numel, "skipped", linear=bool(p.get("linear")),
+                                    reason=p.get("reason")))
+    return account
+
+
+def rename_layer(layer: str, rename) -> str:
+    """A report name (``path``, ``path[q]``, ``path.out_proj``) with its target part renamed."""
+    head, bracket, tail = layer.partition("[")
+    return rename(head) + bracket + tail
+
+
+def summary_line(account: list[ParamAccount]) -> str:
+    c = counts(account)
+    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped"

@@ -263,6 +263,12 @@ def _to_float(a: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(f"array of dtype {a.dtype} is not numeric data", path=path)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        finite = a[np.isfinite(a)]
+        largest = float(np.abs(finite).max()) if finite.size else 0.0
+        if largest > float(np.finfo(np.float32).max):
+            raise DataError(f"{a.dtype} values up to {largest:.3g} overflow float32 (largest {np.finfo(np.float32).max:.3g}), "
+                            "which the model computes in: rescale the data", path=path)
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
@@ -277,6 +283,9 @@ def _normalize(a: np.ndarray, image: ImageOptions, path: Path) -> np.ndarray:
 def _per_channel(values, channels: int, option: str, path: Path, default: float) -> np.ndarray:
     if values is None:
         return np.full(channels, default, dtype=np.float32)
+    if not all(np.isfinite(v) for v in values) or (option == "--std" and not all(v > 0 for v in values)):
+        need = "finite numbers > 0" if option == "--std" else "finite numbers"
+        raise DataError(f"{option} must be {need}, got {', '.join(str(v) for v in values)}", path=path)
     if len(values) == 1:
         return np.full(channels, values[0], dtype=np.float32)
     if len(values) != channels:

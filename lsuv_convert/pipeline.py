@@ -6,7 +6,6 @@ formats and the engine know nothing of each other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -90,19 +89,19 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
 
     with stage("load"):
         loaded = fmt.load(model, options.request)
+    batch_path = _data_path(loaded, options)
     with stage("batch"):
-        batch, inputs = _batch_for(loaded, options.data, options)
-    batch_path = options.data if options.data is not None else sidecar_batch(model)
+        batch, inputs = _batch_for(loaded, batch_path, options)
     with stage("prepare"):
         graph = fmt.prepare(loaded, inputs)
     if on_targets is not None:
         on_targets(len(graph.targets))
 
-    by_path = graph.target_by_path()
+    source_name = _source_names(graph)
 
     def layer_done(report):
         if on_layer is not None:
-            on_layer(rename_layer(report.name, lambda p: by_path[p].name if p in by_path else p), report)
+            on_layer(source_name(report.name), report)
 
     report = lsuv_init(
         graph.module, tuple(inputs),
@@ -125,9 +124,8 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         "seconds": seconds,
         "layers": _layer_entries(graph, report),
     }
-    extra = account_log(graph, report, batch)
-    account = extra.pop("_account")
-    log.update(extra)
+    account = graph_account(graph, report.layers)
+    log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
     graph.provenance = provenance(options, batch)
     log["provenance"] = graph.provenance
     if options.weights is not None:
@@ -167,7 +165,7 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
     loaded = fmt.load(model, options.request)
     targets, module, inputs = loaded.targets, None, loaded.inputs
     try:
-        _, batch_inputs = _batch_for(loaded, options.data, options)
+        _, batch_inputs = _batch_for(loaded, _data_path(loaded, options), options)
     except DataError:
         batch_inputs = None  # no declared shape and no data: list the targets the file declares
     if batch_inputs is not None:
@@ -201,19 +199,7 @@ def provenance(options: ConvertOptions, batch) -> dict:
     from . import __version__
 
     return {"tool": "lsuv-convert", "version": __version__, "seed": options.seed,
-            "settings": options.settings.to_log(), "batch_sha256": batch_sha256(batch)}
-
-
-def batch_sha256(batch) -> str:
-    """SHA-256 over the batch arrays' dtype, shape and bytes, in input order."""
-    known = getattr(batch, "sha256", None)
-    if known:
-        return known
-    digest = hashlib.sha256()
-    for array in batch.arrays:
-        digest.update(f"{array.dtype.str}{tuple(array.shape)}".encode())
-        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
-    return digest.hexdigest()
+            "settings": options.settings.to_log(), "batch_sha256": batch.sha256}
 
 
 def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
@@ -225,7 +211,7 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
     model, weights = fmt.written_pair(Path(model), options.weights)
     request = replace(options.request, weights=weights)
     loaded = fmt.load(model, request)
-    _, inputs = _batch_for(loaded, options.data, options)
+    _, inputs = _batch_for(loaded, _data_path(loaded, options), options)
     stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets], request=request)
     rows = []
     for name, (var, mean) in stats.items():
@@ -235,11 +221,15 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
             "ok": all(r["ok"] for r in rows)}
 
 
-def _batch_for(loaded, data: Path | None, options: ConvertOptions):
-    """The batch (from ``data``, the model's sidecar, or synthetic) as tensors, one per input."""
+def _data_path(loaded, options: ConvertOptions) -> Path | None:
+    """``--data``, else the model's sidecar batch, else None (a synthetic batch)."""
+    return options.data if options.data is not None else sidecar_batch(loaded.source)
+
+
+def _batch_for(loaded, data_path: Path | None, options: ConvertOptions):
+    """The batch read from ``data_path`` (or synthetic when None) as tensors, one per input."""
     import torch
 
-    data_path = data if data is not None else sidecar_batch(loaded.source)
     batch = load_batch(data_path, loaded.inputs, seed=options.seed, image=options.image,
                        input_shapes=options.input_shapes)
     return batch, [torch.from_numpy(a) for a in batch.arrays]
@@ -250,12 +240,12 @@ def _layer_entries(graph, report) -> list[dict]:
 
     A slice of a packed weight (q / k / v) is named ``LAYER[q]``; it belongs to ``LAYER``."""
     by_path = graph.target_by_path()
+    source_name = _source_names(graph)
     entries = []
     for layer in report.layers:
         target = by_path.get(_target_path(layer.name, by_path))
         entry = layer.to_dict()
-        entry.update(name=rename_layer(layer.name, lambda p: by_path[p].name if p in by_path else p),
-                     op=target.op if target else layer.op)
+        entry.update(name=source_name(layer.name), op=target.op if target else layer.op)
         if layer.uses > 1:
             entry["note"] = f"used {layer.uses} times; scaled once, at its first use"
         else:
@@ -278,11 +268,10 @@ def _target_path(layer_name: str, by_path: dict) -> str:
     return path if path in by_path else layer_name.partition("[")[0]
 
 
-def account_log(graph, report, batch) -> dict:
-    """The log's ``batch`` (hash and per-input statistics), ``account`` and ``counts``."""
-    account = graph_account(graph, report.layers)
-    return {"batch": batch.to_log(), "counts": counts(account), "account": [e.to_dict() for e in account],
-            "_account": account}
+def _source_names(graph) -> Callable[[str], str]:
+    """Engine layer name (module path, maybe with a ``[q]`` slice) -> the layer's name in the file."""
+    by_path = graph.target_by_path()
+    return lambda name: rename_layer(name, lambda p: by_path[p].name if p in by_path else p)
 
 
 def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:

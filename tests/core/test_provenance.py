@@ -5,20 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 from lsuv_convert.data import Batch
-from lsuv_convert.pipeline import ConvertOptions, batch_sha256, provenance
+from lsuv_convert.pipeline import ConvertOptions, provenance
 from lsuv_convert.safetensors_io import provenance_of, with_provenance
 
 
 def test_batch_hash_covers_values_dtype_and_shape():
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    h = batch_sha256(Batch([a], "", []))
-    assert h == batch_sha256(Batch([a.copy()], "", [])) and len(h) == 64
-    assert h != batch_sha256(Batch([a.reshape(4, 3, 2)], "", []))  # same bytes, other shape
-    assert h != batch_sha256(Batch([a.astype(np.float64)], "", []))
+    h = Batch([a], "", []).sha256
+    assert h == Batch([a.copy()], "", []).sha256 and len(h) == 64
+    assert h != Batch([a.reshape(4, 3, 2)], "", []).sha256  # same bytes, other shape
+    assert h != Batch([a.astype(np.float64)], "", []).sha256
     b = a.copy()
     b[1, 2, 3] += 1
-    assert h != batch_sha256(Batch([b], "", []))
-    assert batch_sha256(Batch([a[:, ::2]], "", [])) == batch_sha256(Batch([np.ascontiguousarray(a[:, ::2])], "", []))
+    assert h != Batch([b], "", []).sha256
+    assert Batch([a[:, ::2]], "", []).sha256 == Batch([np.ascontiguousarray(a[:, ::2])], "", []).sha256
 
 
 def test_provenance_round_trips_through_safetensors_metadata():

@@ -1,5 +1,6 @@
 """A plain ``torch.nn.Module`` as the engine's graph: for formats that store weights but no code
-(state_dict checkpoints, Hugging Face folders), whose architecture is built by Python code.
+(state_dict checkpoints, Hugging Face folders), whose architecture is built by Python code, and
+for torch.export programs, whose graph module already computes the model (:func:`built_graph`).
 Shared by those plug-ins, so it lives outside ``formats/`` (plug-ins import no other plug-in).
 
 The engine walks the module's own forward with hooks; the target layers are the modules the
@@ -63,6 +64,17 @@ def check_runs(model, args: list, source: Path) -> None:
         shapes = ", ".join(str(tuple(a.shape)) for a in args)
         raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
                         path=source) from None
+
+
+def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
+    """A plug-in's ``build`` for a module that already computes the model: the batch as the module
+    takes it (``inputs`` updated in place, so the engine gets the same tensors), one checked run."""
+    args = model_args(inputs, loaded.inputs)
+    inputs[:] = args  # token ids as the module takes them
+    if check:
+        check_runs(module, args, loaded.source)
+    return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
+                      source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path)
 
 
 def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float, float]]:

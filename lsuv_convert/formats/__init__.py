@@ -61,10 +61,6 @@ def model_extensions() -> tuple[str, ...]:
     return tuple(sorted({ext for fmt in all_formats().values() for ext in fmt.extensions}, key=len, reverse=True))
 
 
-def known_extensions() -> set[str]:
-    return set(model_extensions())
-
-
 def directory_format(path: Path | str) -> ModelFormat | None:
     """The format that takes the folder ``path`` as one model (a Hugging Face folder), if any."""
     path = Path(path)
@@ -102,7 +98,7 @@ def find_format(path: Path | str, *, written: bool = False) -> ModelFormat:
     for fmt in formats:
         if fmt.sniff(path):
             return fmt
-    exts = ", ".join(sorted(known_extensions()))
+    exts = ", ".join(sorted(model_extensions()))
     raise ModelFormatError(f"unknown model format (known extensions: {exts})", path=path)
 
 

@@ -64,7 +64,6 @@ class ModelFormat(ABC):
     name: ClassVar[str] = ""
     extensions: ClassVar[tuple[str, ...]] = ()  # lower-case, with the dot; what a folder walk picks up
     output_extension: ClassVar[str] = ""  # "" means: same as the input's
-    companion_extensions: ClassVar[tuple[str, ...]] = ()  # files this format reads beside the model (not models)
 
     # ---- hooks a plug-in implements -------------------------------------------------------------
     @classmethod

@@ -65,15 +65,9 @@ class HuggingFaceFormat(ModelFormat):
                            targets=targets, notes=notes, provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ...module_graph import check_runs, model_args
+        from ...module_graph import built_graph
 
-        state: FolderState = loaded.state
-        args = model_args(inputs, loaded.inputs)
-        inputs[:] = args
-        if check:
-            check_runs(state.model, args, loaded.source)
-        return ModelGraph(module=state.model, targets=list(loaded.targets), inputs=loaded.inputs, format=self.name,
-                          source=loaded.source, state=state, notes=list(loaded.notes), engine_path="hooks")
+        return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
         from ...module_graph import copy_targets_into

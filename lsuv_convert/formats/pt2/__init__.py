@@ -42,16 +42,9 @@ class Pt2Format(ModelFormat):
                            provenance=provenance_in(state))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ...module_graph import check_runs, model_args
+        from ...module_graph import built_graph
 
-        state = loaded.state
-        args = model_args(inputs, loaded.inputs)
-        inputs[:] = args
-        if check:
-            check_runs(state.graph_module, args, loaded.source)
-        return ModelGraph(module=state.graph_module, targets=list(loaded.targets), inputs=loaded.inputs,
-                          format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
-                          engine_path="fx")
+        return built_graph(self.name, loaded, loaded.state.graph_module, inputs, check, engine_path="fx")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
         from .program import save_program

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import LinearMap, fit_layer
+from .engine import LinearMap
 
 
 def join(owner: str, name: str) -> str:

@@ -8,10 +8,8 @@ do, so ``--help`` and ``--version`` are instant.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import click

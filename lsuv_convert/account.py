@@ -101,9 +101,9 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
     from .attention import is_attention, join, parameter_names
 
     rename = rename or (lambda n: n)
-    by_report: dict[str, list] = {}
+    by_target: dict[str, list] = {}  # a report ``path`` or ``path[q]`` under its target's ``path``
     for r in reports:
-        by_report.setdefault(r.name, []).append(r)
+        by_target.setdefault(r.name.partition("[")[0], []).append(r)
 
     def covering(prefixes: list[str], exact: list[str]) -> list:
         found = []
@@ -124,13 +124,13 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
                     cover = covering([], [join(name, pname)])
                 owner[id(target.get_parameter(pname))] = (name, cover)
             continue
-        cover = covering([f"{name}["], [name])
+        cover = by_target.get(name, [])  # the reports named ``name`` or ``name[...]``
         for attr in ("weight", "bias"):
             p = getattr(target, attr, None)
             if p is not None and hasattr(p, "shape"):
                 owner.setdefault(id(p), (name, cover))
 
-    module_types = {n: type(m).__name__ for n, m in module.named_modules()}
+    module_types = None  # only needed to name why a parameter is skipped
     account = []
     for pname, p in module.named_parameters():
         shape, numel = list(p.shape), int(p.numel())
@@ -150,6 +150,8 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
                                             reason="the batch never ran this layer: keeps its pre-init, unscaled"))
             continue
         owner_name = pname.rpartition(".")[0]
+        if module_types is None:
+            module_types = {n: type(m).__name__ for n, m in module.named_modules()}
         account.append(ParamAccount(pname, shape, numel, "skipped",
                                     reason=skip_reason(module_types.get(owner_name, type(module).__name__))))
     return account

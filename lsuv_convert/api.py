@@ -64,11 +64,19 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 def _needs_move(module: nn.Module, device: torch.device) -> bool:
-    """Whether any parameter or buffer is elsewhere (``Module.to`` walks everything even if not)."""
-    for t in itertools.chain(module.parameters(), module.buffers()):
-        if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
-            return True
-    return False
+    """Whether any parameter or buffer is elsewhere (``Module.to`` walks everything even if not).
+
+    One walk over the modules' own tensors: ``parameters()`` and ``buffers()`` would each walk
+    the tree again and build a set of everything seen."""
+    devices = set()
+    for m in module.modules():
+        for t in m._parameters.values():
+            if t is not None:
+                devices.add(t.device)
+        for t in m._buffers.values():
+            if t is not None:
+                devices.add(t.device)
+    return any(d.type != device.type or (device.index is not None and d.index != device.index) for d in devices)
 
 
 def _float_dtype(module: nn.Module) -> torch.dtype | None:
@@ -80,13 +88,18 @@ def _float_dtype(module: nn.Module) -> torch.dtype | None:
 
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module):
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
+    """Inference mode for the walk, each module's own mode back afterwards (nothing to do for
+    a module already in eval mode, the usual case)."""
+    modes = [(m, m.training) for m in module.modules()]
+    changed = any(mode for _, mode in modes)
+    if changed:
+        module.eval()
     try:
         yield
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        if changed:
+            for m, mode in modes:
+                m.training = mode
 
 
 def find_targets(module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:

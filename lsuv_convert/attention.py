@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import LinearMap
+from .engine import LinearMap, declared
 
 
 def join(owner: str, name: str) -> str:
@@ -30,7 +30,7 @@ def join(owner: str, name: str) -> str:
 
 def is_attention(module: nn.Module) -> bool:
     """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
-    return isinstance(module, nn.MultiheadAttention) or bool(getattr(module, "lsuv_attention", False))
+    return isinstance(module, nn.MultiheadAttention) or bool(declared(module, "lsuv_attention"))
 
 
 def projection_maps(mha: nn.MultiheadAttention) -> list[tuple[str, LinearMap]]:

@@ -80,83 +80,107 @@ class LsuvReport:
         return [e for e in self.account if e.status == "skipped"]
 
 
+def declared(module, name: str):
+    """``getattr(module, name, None)`` for a flag a module may declare on its class or instance.
+
+    Most modules declare nothing, and for them ``getattr`` with a default goes through
+    ``nn.Module.__getattr__``, which raises and catches an AttributeError: ~1.4 us a call,
+    several calls per module of a model for every scan. Looking in the instance and class
+    dicts first costs a fraction of that.
+    """
+    if name in getattr(module, "__dict__", ()) or hasattr(type(module), name):
+        return getattr(module, name)
+    return None
+
+
 def is_target(module: nn.Module) -> bool:
     """Conv / deconv / linear layers, or any module that opts in with ``lsuv_target = True``."""
-    if getattr(module, "lsuv_target", False):
+    if isinstance(module, TARGET_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor):
         return True
-    return isinstance(module, TARGET_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor)
+    return bool(declared(module, "lsuv_target"))
 
 
 def output_stats(out: torch.Tensor) -> tuple[float, float]:
     """Population variance and mean over all elements.
 
-    Sums and norms are taken over rows of 4096 elements in the tensor's precision and
-    accumulated across rows in float64: a quarter of ``torch.var_mean``'s cost, which
-    matters because it runs once per layer over the layer's output. Where the mean
-    dominates the spread (mean^2 > 16 var), E[x^2] - mean^2 would cancel, so the moments
-    are taken again about the mean, a few rows at a time (no copy of the whole output).
+    Three reductions, whatever the size: torch's sum (cascade summation, error ~ log(n) ulp
+    of sum |x|), the norms of rows of at most 64 K elements, and the float64 norm of those
+    (one norm over all elements would accumulate error linearly in n). This runs once per
+    layer, and on the many small outputs of a net each op's fixed cost (a few us, more right
+    after a large kernel has left the caches cold) counts as much as its pass over the data;
+    both are far below ``torch.var_mean``'s Welford loop. Where the mean dominates the
+    spread (mean^2 > 16 var), E[x^2] - mean^2 would cancel, so the moments are taken again
+    about the mean in float64, a chunk at a time (no copy of the whole output).
     """
-    flat = out.detach().reshape(-1)
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.to(torch.float32)
-    n = flat.numel()
+    x = out.detach() if out.requires_grad else out
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    n = x.numel()
     if n == 0:
         return float("nan"), float("nan")
-    if n <= _SMALL:  # a float64 copy is cheap here, and few ops beat the row scheme's fixed cost
-        centred = flat.to(torch.float64, copy=True)
-        mean = float(centred.sum()) / n
-        centred.sub_(mean)
-        return float(torch.dot(centred, centred)) / n, mean
-    rows = n // _STATS_ROW
-    body, tail = flat[: rows * _STATS_ROW].view(rows, _STATS_ROW), flat[rows * _STATS_ROW :]
-    total, squares = _moments(body, tail, 0.0)
+    total = float(x.sum())
+    squares = float(torch.linalg.vector_norm(_row_norms(x), dtype=torch.float64)) ** 2
     mean = total / n
     var = max(squares / n - mean * mean, 0.0)
     if mean * mean > 16.0 * var:
-        shift = mean
-        total, squares = 0.0, 0.0
-        for start in range(0, max(rows, 1), _SHIFTED_ROWS):
-            part_total, part_squares = _moments(body[start : start + _SHIFTED_ROWS], tail if start == 0 else tail[:0], shift)
-            total, squares = total + part_total, squares + part_squares
-        offset = total / n
-        var = max(squares / n - offset * offset, 0.0)
-        mean = shift + offset
+        var, mean = _shifted_stats(x, mean)
     if not math.isfinite(var):
-        return _rescaled_stats(flat, var, mean)
+        return _rescaled_stats(x, var, mean)
     return var, mean
 
 
-def _rescaled_stats(flat: torch.Tensor, var: float, mean: float) -> tuple[float, float]:
+_ROW_MAX = 1 << 16  # elements per row of the norm: its rounding error stays ~1e-7 of the result
+_ROW_MIN = 256  # shorter rows make a slow reduction; then fixed rows of 4096 are taken instead
+_STATS_ROW = 4096
+_SHIFTED_CHUNK = 1 << 17  # elements per float64 chunk of the shifted pass (1 MiB)
+
+
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """The norms of ``x`` cut into rows of at most ``_ROW_MAX`` elements (a 1-D tensor).
+
+    Where ``x`` is contiguous the row is the product of its trailing dims that fits (one
+    view, no copy: (batch, channels * H * W) or (batch * channels, H * W) for a conv
+    output). Otherwise the flat tensor is cut into rows of 4096 plus one shorter row.
+    """
+    n = x.numel()
+    if x.is_contiguous():
+        row = 1
+        for size in reversed(x.shape):
+            if row * size > _ROW_MAX:
+                break
+            row *= size
+        if row >= min(n, _ROW_MIN):
+            return torch.linalg.vector_norm(x.view(n // row, row), dim=1)
+    flat = x.reshape(-1)  # a copy only for a non-contiguous output, as a fast reduction needs
+    full = n // _STATS_ROW * _STATS_ROW
+    norms = torch.linalg.vector_norm(flat[:full].view(-1, _STATS_ROW), dim=1)
+    if full < n:
+        norms = torch.cat((norms, torch.linalg.vector_norm(flat[full:]).reshape(1)))
+    return norms
+
+
+def _shifted_stats(x: torch.Tensor, shift: float) -> tuple[float, float]:
+    """Variance and mean from the moments of ``x - shift`` in float64, chunk by chunk."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    total, squares = 0.0, 0.0
+    for start in range(0, n, _SHIFTED_CHUNK):
+        part = flat[start : start + _SHIFTED_CHUNK].to(torch.float64).sub_(shift)
+        total += float(part.sum())
+        squares += float(torch.dot(part, part))
+    offset = total / n
+    return max(squares / n - offset * offset, 0.0), shift + offset
+
+
+def _rescaled_stats(x: torch.Tensor, var: float, mean: float) -> tuple[float, float]:
     """Statistics of finite values whose squares overflow the tensor's precision (|x| ~ 1e20 in
     float32): taken again on x / max|x| and scaled back in float64. Only reached when the fast
     pass overflowed; values that are themselves infinite or NaN keep the non-finite result."""
-    scale = float(flat.abs().max())
+    scale = float(x.abs().max())
     if not math.isfinite(scale) or scale == 0.0:
         return var, mean
-    scaled_var, scaled_mean = output_stats(flat / scale)
+    scaled_var, scaled_mean = output_stats(x / scale)
     return scaled_var * scale * scale, scaled_mean * scale
-
-
-_STATS_ROW = 4096
-_SMALL = 1 << 14  # elements: a float64 scratch copy of at most 128 KiB
-_SHIFTED_ROWS = 256  # 1 M elements per chunk of the shifted pass
-
-
-def _moments(body: torch.Tensor, tail: torch.Tensor, shift: float) -> tuple[float, float]:
-    """Sum and sum of squares of ``x - shift`` over ``body`` (rows) and ``tail``, in float64.
-
-    vector_norm is one vectorised pass; squaring its row norms in float64 keeps the
-    relative error at the tensor's rounding.
-    """
-    if shift:
-        body = body - shift
-    total = float(body.sum(1).double().sum())
-    squares = float(torch.linalg.vector_norm(body, dim=1).double().square().sum())
-    if tail.numel():
-        tail = tail.double() - shift
-        total += float(tail.sum())
-        squares += float(tail.square().sum())
-    return total, squares
 
 
 def _channel_dim(module: nn.Module, out: torch.Tensor) -> int | None:
@@ -165,7 +189,7 @@ def _channel_dim(module: nn.Module, out: torch.Tensor) -> int | None:
         return 1 if out.dim() > 1 else 0
     if isinstance(module, nn.Linear):
         return out.dim() - 1
-    dim = getattr(module, "lsuv_channel_dim", None)
+    dim = declared(module, "lsuv_channel_dim")
     return dim % max(out.dim(), 1) if dim is not None else None
 
 
@@ -191,7 +215,7 @@ class LinearMap:
 
 def parts_of(module) -> int:
     """How many separate linear maps a target's weight holds along its outputs (q/k/v: 3)."""
-    parts = int(getattr(module, "lsuv_parts", 1) or 1)
+    parts = int(declared(module, "lsuv_parts") or 1)
     return parts if parts > 1 else 1
 
 
@@ -204,12 +228,14 @@ def part_name(name: str, index: int, parts: int) -> str:
 
 
 def _bias_like(module: nn.Module, out: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """The bias shaped to broadcast over ``out`` along ``dim``; None without one or if all zero."""
     bias = getattr(module, "bias", None)
-    if not isinstance(bias, torch.Tensor):
+    if not isinstance(bias, torch.Tensor) or not bias.any():
         return None
     shape = [1] * out.dim()
     shape[dim] = -1
-    return bias.detach().to(out.dtype).view(shape)
+    bias = bias.detach() if bias.requires_grad else bias
+    return (bias if bias.dtype == out.dtype else bias.to(out.dtype)).view(shape)
 
 
 def fit_layer(
@@ -231,7 +257,6 @@ def fit_layer(
 
 
 def _fit_layer(module, run, settings, first_out):
-    weight = module.weight
     bias = getattr(module, "bias", None)
     has_bias = isinstance(bias, torch.Tensor)
     out = run() if first_out is None else first_out
@@ -247,92 +272,14 @@ def _fit_layer(module, run, settings, first_out):
         var, mean = output_stats(out)
     # In centre mode weight and bias scale together, so the output scales exactly.
     scales_bias = settings.center and has_bias
-    linear = dim is not None
-    bias_b = None if scales_bias or not linear else _bias_like(module, out, dim)
-    if bias_b is not None and not bias_b.any():
-        bias_b = None
-    # Scaling a layer whose output is proportional to its weight needs no re-evaluation.
-    homogeneous = linear and bias_b is None
-    # A layer linear in its weight never needs the scaled weight to compute its scaled output,
-    # so its weight (and, in centre mode, bias) is written once, after the loop: one pass over
-    # the weight instead of a multiply (and for biased layers a copy kept for undo) per step.
-    deferred = linear
-    scale, iterations, reason = 1.0, 0, None
-    weight_absmax = None
-    # Written as `not <` so that a NaN variance enters the loop and is reported.
-    while not abs(var - settings.target_var) < settings.tol and iterations < settings.max_iter:
-        if not math.isfinite(var):
-            reason = "output variance is not finite"
-            break
-        if var <= 0.0:
-            reason = "output variance is zero"
-            break
-        factor = math.sqrt(settings.target_var / var)
-        if deferred:
-            # Rounding is monotone, so max|fl(w * s)| == fl(max|w| * s): one scalar product says
-            # whether the scaled weight would hold an inf, without a pass over a big weight; and
-            # scaling down cannot overflow, so the one pass for max|w| is only made to scale up.
-            if scale * factor > 1.0:
-                if weight_absmax is None:
-                    weight_absmax = _abs_max(weight)
-                if not math.isfinite(float(weight_absmax * (scale * factor))):
-                    reason = "scaling would make the weights non-finite"
-                    break
-        else:
-            if weight_absmax is None:
-                weight_absmax = _abs_max(weight)
-            new_absmax = weight_absmax * factor
-            if not math.isfinite(float(new_absmax)):
-                reason = "scaling would make the weights non-finite"
-                break
-            weight_absmax = new_absmax
-        # The old parameters of a re-run layer are kept so that an undone step restores them
-        # bit for bit; the output is not kept (it is recomputed on undo, which is rare).
-        previous_weight = weight.clone() if not deferred else None
-        previous_bias = bias.clone() if scales_bias and not deferred else None
-        previous_stats = (var, mean)
-        if not deferred:
-            weight.mul_(factor)
-            if scales_bias:
-                bias.mul_(factor)
-        scale *= factor
-        iterations += 1
-        if homogeneous:  # out is proportional to the weight: its statistics follow exactly
-            var, mean = var * factor * factor, mean * factor
-            continue
-        # In place, so that no second output-sized tensor is alive besides the layer's input.
-        if linear:
-            out.sub_(bias_b).mul_(factor).add_(bias_b)
-        else:
-            out = None
-            out = run()
-        var, mean = output_stats(out)
-        if abs(var - settings.target_var) >= abs(previous_stats[0] - settings.target_var) * (1 - 1e-6):
-            # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
-            scale /= factor
-            iterations -= 1
-            if deferred:
-                _scale_params(weight, bias if scales_bias else None, scale)
-                deferred = False  # written: nothing left to do after the loop
-            else:
-                weight.copy_(previous_weight)
-                if previous_bias is not None:
-                    bias.copy_(previous_bias)
-            out = None
-            out = run()
-            var, mean = previous_stats
-            reason = "output variance does not respond to scaling the weight (constant input?)"
-            break
-    if deferred:
-        _scale_params(weight, bias if scales_bias else None, scale)
-    if homogeneous and scale != 1.0:
-        out = out.mul_(scale) if not out.requires_grad else out * scale
+    fit = _fit_linear if dim is not None else _fit_rerun
+    out, var, mean, iterations, scale, reason = fit(module, run, settings, out, var, mean, dim, scales_bias)
     converged = abs(var - settings.target_var) < settings.tol and math.isfinite(var)
     if not converged and reason is None:
         reason = f"not within tol after {iterations} iterations"
     fields = dict(
-        op=getattr(module, "lsuv_op", None) or type(module).__name__,
-        weight_shape=list(weight.shape),
+        op=declared(module, "lsuv_op") or type(module).__name__,
+        weight_shape=list(module.weight.shape),
         var_before=var_before,
         var_after=var,
         mean_after=mean,
@@ -342,6 +289,247 @@ def _fit_layer(module, run, settings, first_out):
         reason=None if converged else reason,
     )
     return fields, out
+
+
+_OVERFLOW = "scaling would make the weights non-finite"
+_NO_RESPONSE = "output variance does not respond to scaling the weight (constant input?)"
+
+
+def _stop_reason(var: float) -> str | None:
+    """Why a variance can't be scaled to the target (None: it can)."""
+    if not math.isfinite(var):
+        return "output variance is not finite"
+    if var <= 0.0:
+        return "output variance is zero"
+    return None
+
+
+def _fit_linear(module, run, settings, out, var, mean, dim, scales_bias):
+    """A layer linear in its weight (conv, linear): the loop runs on scalars alone.
+
+    With weight scale ``s`` the output is ``s * out`` (no bias, or centre mode where the bias
+    scales too) or ``s * (out - b) + b``. The variance and mean of either are closed-form in
+    ``s`` given moments taken once from the first output (:class:`_BiasedMoments`), so no
+    step touches the output or the weight. After the loop the output is updated once, in
+    place, and the weight (with, in centre mode, the bias) is written once by
+    :func:`_write_scaled`, which makes the overflow check in the same pass. If that check
+    fails (a weight that the scale would turn into inf), the loop is replayed on the
+    recorded steps to the last one the weight could take, exactly as if each step had been
+    checked before it was taken.
+    """
+    bias_b = None if scales_bias else _bias_like(module, out, dim)
+    target, tol, max_iter = settings.target_var, settings.tol, settings.max_iter
+    scale, iterations, reason = 1.0, 0, None
+    moments = None
+    steps: list[tuple[float, tuple]] = []  # (scale asked for, state before that step)
+    # Written as `not <` so that a NaN variance enters the loop and is reported.
+    while not abs(var - target) < tol and iterations < max_iter:
+        reason = _stop_reason(var)
+        if reason is not None:
+            break
+        factor = math.sqrt(target / var)
+        before = (scale, var, mean, iterations)
+        scale *= factor
+        iterations += 1
+        steps.append((scale, before))
+        if bias_b is None:  # out is proportional to the weight: its statistics follow exactly
+            var, mean = var * factor * factor, mean * factor
+            continue
+        if moments is None:
+            moments = _BiasedMoments(out, bias_b, dim, before[1], before[2])
+        var, mean = moments.at(scale)
+        if abs(var - target) >= abs(before[1] - target) * (1 - 1e-6):
+            # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
+            scale, var, mean, iterations = before
+            reason = _NO_RESPONSE
+            break
+    weight = module.weight
+    bias = module.bias if scales_bias else None
+    stopped = _write_scaled(weight, bias, scale, max(s for s, _ in steps) if steps else 1.0)
+    if stopped is not None:
+        # The write met an element that the largest step would overflow, before writing it:
+        # stop at the first step that would, as a check before every step would have.
+        done, rest_absmax = stopped
+        first = next((i for i, (s, _) in enumerate(steps) if not _finite_scaled(rest_absmax, s, weight.dtype)), 0)
+        good, var, mean, iterations = steps[first][1]
+        _rewrite_scaled(weight, bias, scale, good, done)
+        scale, reason = good, _OVERFLOW
+    if scale != 1.0:
+        if out.requires_grad:
+            out = out * scale if bias_b is None else (out - bias_b) * scale + bias_b
+        elif bias_b is None:
+            out.mul_(scale)
+        else:  # in place: no second output-sized tensor next to the layer's input
+            out.sub_(bias_b).mul_(scale).add_(bias_b)
+    return out, var, mean, iterations, scale, reason
+
+
+class _BiasedMoments:
+    """Variance and mean of ``s * (x - b) + b`` as functions of ``s``, for an output ``x`` with
+    a per-channel bias ``b``, from one pass over ``x`` (its per-channel sums).
+
+    With ``u = x - mean(x)``, ``d_c = b_c - mean(b)`` and ``m`` elements per channel, the
+    scaled output is ``s u + (1 - s) d + const``, whose sum of ``s u + (1 - s) d`` is zero, so
+    ``n Var = s^2 sum(u^2) + 2 s (1 - s) sum_c d_c U_c + (1 - s)^2 m sum_c d_c^2`` where
+    ``U_c`` is channel c's sum of ``u``, and ``mean = s mean(x) + (1 - s) mean(b)``. Every term
+    is centred, so nothing cancels that the output's own variance would not.
+    """
+
+    def __init__(self, out: torch.Tensor, bias_b: torch.Tensor, dim: int, var: float, mean: float):
+        n = out.numel()
+        others = [d for d in range(out.dim()) if d != dim]
+        channel_sums = (out.sum(others) if others else out).double()
+        per_channel = n // channel_sums.numel()
+        b = bias_b.reshape(-1).double()
+        self.bias_mean = float(b.mean())
+        d = b - self.bias_mean
+        self.n, self.mean = n, mean
+        self.squares = n * var  # sum(u^2)
+        self.cross = float(torch.dot(d, channel_sums.sub_(per_channel * mean)))  # sum_c d_c U_c
+        self.bias_squares = per_channel * float(torch.dot(d, d))  # m sum_c d_c^2
+
+    def at(self, s: float) -> tuple[float, float]:
+        r = 1.0 - s
+        var = (s * s * self.squares + 2.0 * s * r * self.cross + r * r * self.bias_squares) / self.n
+        return max(var, 0.0), s * self.mean + r * self.bias_mean
+
+
+def _fit_rerun(module, run, settings, out, var, mean, dim, scales_bias):
+    """A target whose output is not linear in its weight (no channel dim declared): the
+    weight is scaled at each step and the layer re-run on its input."""
+    weight = module.weight
+    bias = module.bias if scales_bias else None
+    target, tol = settings.target_var, settings.tol
+    scale, iterations, reason = 1.0, 0, None
+    weight_absmax = None
+    while not abs(var - target) < tol and iterations < settings.max_iter:
+        reason = _stop_reason(var)
+        if reason is not None:
+            break
+        factor = math.sqrt(target / var)
+        if weight_absmax is None:
+            weight_absmax = _abs_max(weight)
+        new_absmax = weight_absmax * factor  # max |w| after this step's multiply, in the weight's dtype
+        if not math.isfinite(float(new_absmax)):
+            reason = _OVERFLOW
+            break
+        weight_absmax = new_absmax
+        # The old parameters are kept so that an undone step restores them bit for bit; the
+        # output is not kept (it is recomputed on undo, which is rare).
+        previous_weight = weight.clone()
+        previous_bias = bias.clone() if bias is not None else None
+        previous_stats = (var, mean)
+        weight.mul_(factor)
+        if bias is not None:
+            bias.mul_(factor)
+        scale *= factor
+        iterations += 1
+        out = None
+        out = run()
+        var, mean = output_stats(out)
+        if abs(var - target) >= abs(previous_stats[0] - target) * (1 - 1e-6):
+            scale /= factor
+            iterations -= 1
+            weight.copy_(previous_weight)
+            if previous_bias is not None:
+                bias.copy_(previous_bias)
+            out = None
+            out = run()
+            var, mean = previous_stats
+            reason = _NO_RESPONSE
+            break
+    return out, var, mean, iterations, scale, reason
+
+
+def _finite_scaled(absmax: float, scale: float, dtype: torch.dtype) -> bool:
+    """Whether ``fl(absmax * scale)`` in ``dtype`` (what ``mul_`` writes for the largest
+    element) is finite. Rounding is monotone, so the largest element decides for all."""
+    if not math.isfinite(absmax):
+        return False
+    limit = torch.finfo(dtype).max
+    product = absmax * scale
+    if product < 0.5 * limit:
+        return True
+    if product > 2.0 * limit:
+        return False
+    # Near the limit: the same multiply as the write, in the weight's dtype.
+    return bool(torch.isfinite(torch.full((), absmax, dtype=dtype).mul_(scale)))
+
+
+_SAFE_NORM = {dtype: 0.25 * torch.finfo(dtype).max for dtype in (torch.float32, torch.float64)}
+
+# Elements per chunk of the checked write: 512 KiB of float32, so that the write reads the
+# chunk back from the core's L2 cache right after the check read it from memory.
+WRITE_CHUNK = 1 << 17
+
+
+def _write_scaled(weight: torch.Tensor, bias: torch.Tensor | None, scale: float,
+                  peak: float) -> tuple[int, float] | None:
+    """Multiply the weight (and bias) by ``scale``: the one write of a fit.
+
+    When some step scaled up (``peak > 1``), every element must stay finite at ``peak``
+    (the largest scale the loop asked for). On CPU each chunk is checked just before it is
+    written, so that the write finds it in cache: a sum of squares bounds its largest
+    element (``max|w| <= ||w||``, one BLAS dot), and only a chunk too close to overflow for
+    that bound gets its exact ``max|w|``. The weight is thus read and written once, as by a
+    plain multiply. Returns None when all is written; else ``(done, absmax)``: the number
+    of elements already written (the flat prefix, at ``scale``) and the max |w| of the rest,
+    which still holds the original values (see :func:`_rewrite_scaled`); the bias is then
+    not written.
+    """
+    if peak <= 1.0:  # scaling down can't overflow
+        _scale_params(weight, bias, scale)
+        return None
+    dtype = weight.dtype
+    n = weight.numel()
+    if (weight.device.type != "cpu" or dtype not in _SAFE_NORM
+            or (n > WRITE_CHUNK and not weight.is_contiguous())):
+        absmax = float(_abs_max(weight))  # one read pass, then the write: fine where memory is fast
+        if not _finite_scaled(absmax, peak, dtype):
+            return 0, absmax
+        _scale_params(weight, bias, scale)
+        return None
+    # A chunk whose norm times peak stays below a quarter of the dtype's largest value can't
+    # overflow: max|w| <= ||w||, and the quarter covers the norm's rounding many times over.
+    safe = _SAFE_NORM[dtype]
+    if n <= WRITE_CHUNK:  # one chunk: two ops, no views
+        if not float(torch.linalg.vector_norm(weight)) * peak < safe:  # inf / NaN norms land here too
+            absmax = float(_abs_max(weight))
+            if not _finite_scaled(absmax, peak, dtype):
+                return 0, absmax
+        _scale_params(weight, bias, scale)
+        return None
+    flat = weight.detach().view(-1)
+    for start in range(0, flat.numel(), WRITE_CHUNK):
+        part = flat[start : start + WRITE_CHUNK]
+        if not math.sqrt(float(torch.dot(part, part))) * peak < safe:  # inf / NaN sums land here too
+            absmax = float(_abs_max(part))
+            if not _finite_scaled(absmax, peak, dtype):
+                return start, max(absmax, float(_abs_max(flat[start:])))
+        if scale != 1.0:
+            part.mul_(scale)
+    if bias is not None and scale != 1.0:
+        bias.mul_(scale)
+    return None
+
+
+def _rewrite_scaled(weight: torch.Tensor, bias: torch.Tensor | None, written: float, good: float, done: int) -> None:
+    """After a write that stopped at an overflowing chunk: bring the weight to scale ``good``.
+
+    The first ``done`` elements hold ``w * written``; they are multiplied by ``good / written``,
+    which lands within about one unit in the last place of ``w * good`` (their original values
+    are gone). The rest holds ``w`` and is multiplied by ``good`` exactly. Only reached for a
+    weight that some step would overflow.
+    """
+    if done:
+        flat = weight.detach().view(-1)  # done > 0 only for a contiguous weight
+        flat[:done].mul_(good / written)
+        if good != 1.0:
+            flat[done:].mul_(good)
+    elif good != 1.0:
+        weight.mul_(good)
+    if bias is not None and good != 1.0:
+        bias.mul_(good)
 
 
 def _scale_params(weight: torch.Tensor, bias: torch.Tensor | None, scale: float) -> None:

@@ -309,9 +309,8 @@ def _fit_linear(module, run, settings, out, var, mean, dim, scales_bias):
 
     With weight scale ``s`` the output is ``s * out`` (no bias, or centre mode where the bias
     scales too) or ``s * (out - b) + b``. The variance and mean of either are closed-form in
-    ``s`` given moments taken once from the first output (:class:`_BiasedMoments`), so no
-    step touches the output or the weight. After the loop the output is updated once, in
-    place, and the weight (with, in centre mode, the bias) is written once by
+    ``s`` given moments taken once (:class:`_BiasedMoments`), so no step touches the output
+    or the weight. After the loop the output is updated once, in place, and the weight (with, in centre mode, the bias) is written once by
     :func:`_write_scaled`, which makes the overflow check in the same pass. If that check
     fails (a weight that the scale would turn into inf), the loop is replayed on the
     recorded steps to the last one the weight could take, exactly as if each step had been
@@ -335,8 +334,9 @@ def _fit_linear(module, run, settings, out, var, mean, dim, scales_bias):
         if bias_b is None:  # out is proportional to the weight: its statistics follow exactly
             var, mean = var * factor * factor, mean * factor
             continue
-        if moments is None:
-            moments = _BiasedMoments(out, bias_b, dim, before[1], before[2])
+        if moments is None:  # out becomes z = out - b (in place unless autograd tracks it)
+            out = out - bias_b if out.requires_grad else out.sub_(bias_b)
+            moments = _BiasedMoments(out, bias_b, dim)
         var, mean = moments.at(scale)
         if abs(var - target) >= abs(before[1] - target) * (1 - 1e-6):
             # The variance doesn't respond to the weight (e.g. a constant input): undo the step.
@@ -354,44 +354,42 @@ def _fit_linear(module, run, settings, out, var, mean, dim, scales_bias):
         good, var, mean, iterations = steps[first][1]
         _rewrite_scaled(weight, bias, scale, good, done)
         scale, reason = good, _OVERFLOW
-    if scale != 1.0:
-        if out.requires_grad:
-            out = out * scale if bias_b is None else (out - bias_b) * scale + bias_b
-        elif bias_b is None:
-            out.mul_(scale)
-        else:  # in place: no second output-sized tensor next to the layer's input
-            out.sub_(bias_b).mul_(scale).add_(bias_b)
+    if moments is not None:  # out holds z: the output is s * z + b, written in place
+        out = out * scale + bias_b if out.requires_grad else out.mul_(scale).add_(bias_b)
+    elif scale != 1.0:
+        out = out * scale if out.requires_grad else out.mul_(scale)
     return out, var, mean, iterations, scale, reason
 
 
 class _BiasedMoments:
-    """Variance and mean of ``s * (x - b) + b`` as functions of ``s``, for an output ``x`` with
-    a per-channel bias ``b``, from one pass over ``x`` (its per-channel sums).
+    """Variance and mean of ``s * z + b`` as functions of ``s``, for a layer output ``z + b``
+    with a per-channel bias ``b``: ``z``, the part proportional to the weight, is taken from
+    the output once (in place, so that no second output-sized tensor exists) and measured.
 
-    With ``u = x - mean(x)``, ``d_c = b_c - mean(b)`` and ``m`` elements per channel, the
-    scaled output is ``s u + (1 - s) d + const``, whose sum of ``s u + (1 - s) d`` is zero, so
-    ``n Var = s^2 sum(u^2) + 2 s (1 - s) sum_c d_c U_c + (1 - s)^2 m sum_c d_c^2`` where
-    ``U_c`` is channel c's sum of ``u``, and ``mean = s mean(x) + (1 - s) mean(b)``. Every term
-    is centred, so nothing cancels that the output's own variance would not.
+    With ``e = z - mean(z)``, ``d_c = b_c - mean(b)`` and ``m`` elements per channel,
+    ``n Var = s^2 sum(e^2) + 2 s sum_c d_c E_c + m sum_c d_c^2`` where ``E_c`` is channel c's
+    sum of ``e``, and ``mean = s mean(z) + mean(b)``. ``sum(e^2)`` comes from
+    :func:`output_stats` of ``z`` itself, so no term cancels that the scaled output's own
+    variance would not.
     """
 
-    def __init__(self, out: torch.Tensor, bias_b: torch.Tensor, dim: int, var: float, mean: float):
-        n = out.numel()
-        others = [d for d in range(out.dim()) if d != dim]
-        channel_sums = (out.sum(others) if others else out).double()
+    def __init__(self, z: torch.Tensor, bias_b: torch.Tensor, dim: int):
+        n = z.numel()
+        var, mean = output_stats(z)
+        others = [d for d in range(z.dim()) if d != dim]
+        channel_sums = (z.sum(others) if others else z).double()
         per_channel = n // channel_sums.numel()
         b = bias_b.reshape(-1).double()
         self.bias_mean = float(b.mean())
         d = b - self.bias_mean
         self.n, self.mean = n, mean
-        self.squares = n * var  # sum(u^2)
-        self.cross = float(torch.dot(d, channel_sums.sub_(per_channel * mean)))  # sum_c d_c U_c
+        self.squares = n * var  # sum(e^2)
+        self.cross = float(torch.dot(d, channel_sums.sub_(per_channel * mean)))  # sum_c d_c E_c
         self.bias_squares = per_channel * float(torch.dot(d, d))  # m sum_c d_c^2
 
     def at(self, s: float) -> tuple[float, float]:
-        r = 1.0 - s
-        var = (s * s * self.squares + 2.0 * s * r * self.cross + r * r * self.bias_squares) / self.n
-        return max(var, 0.0), s * self.mean + r * self.bias_mean
+        var = (s * s * self.squares + 2.0 * s * self.cross + self.bias_squares) / self.n
+        return max(var, 0.0), s * self.mean + self.bias_mean
 
 
 def _fit_rerun(module, run, settings, out, var, mean, dim, scales_bias):

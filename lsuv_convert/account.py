@@ -93,10 +93,11 @@ def skip_reason(owner_type: str) -> str:
     return f"not a conv / linear weight (used directly by {owner_type})"
 
 
-def module_account(module, targets: dict[str, Any], reports, rename=None) -> list[ParamAccount]:
+def module_account(module, targets: dict[str, Any], reports, rename=None, named=None) -> list[ParamAccount]:
     """The account of ``module``'s parameters given the engine's ``targets`` and ``reports``.
 
-    ``rename`` maps a target's qualified name to the name shown (a format's source name).
+    ``rename`` maps a target's qualified name to the name shown (a format's source name);
+    ``named`` is ``module.named_modules()`` when the caller has listed it already.
     """
     from .attention import is_attention, join, parameter_names
 
@@ -130,9 +131,11 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
             if p is not None and hasattr(p, "shape"):
                 owner.setdefault(id(p), (name, cover))
 
+    if named is None:
+        named = list(module.named_modules())
     module_types = None  # only needed to name why a parameter is skipped
     account = []
-    for pname, p in module.named_parameters():
+    for pname, p in _named_parameters(named):
         shape, numel = list(p.shape), int(p.numel())
         hit = owner.get(id(p))
         if hit is not None:
@@ -151,10 +154,21 @@ def module_account(module, targets: dict[str, Any], reports, rename=None) -> lis
             continue
         owner_name = pname.rpartition(".")[0]
         if module_types is None:
-            module_types = {n: type(m).__name__ for n, m in module.named_modules()}
+            module_types = {n: type(m).__name__ for n, m in named}
         account.append(ParamAccount(pname, shape, numel, "skipped",
                                     reason=skip_reason(module_types.get(owner_name, type(module).__name__))))
     return account
+
+
+def _named_parameters(named):
+    """``module.named_parameters()`` (each parameter once, first name) from the listed modules."""
+    seen: set[int] = set()
+    for prefix, m in named:
+        for key, p in m._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            yield (f"{prefix}.{key}" if prefix else key), p
 
 
 def graph_account(graph, reports) -> list[ParamAccount]:

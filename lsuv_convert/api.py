@@ -63,13 +63,12 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _needs_move(module: nn.Module, device: torch.device) -> bool:
-    """Whether any parameter or buffer is elsewhere (``Module.to`` walks everything even if not).
-
-    One walk over the modules' own tensors: ``parameters()`` and ``buffers()`` would each walk
-    the tree again and build a set of everything seen."""
+def _needs_move(modules: Sequence[nn.Module], device: torch.device) -> bool:
+    """Whether any parameter or buffer of ``modules`` is elsewhere (``Module.to`` walks
+    everything even if not). The modules' own tensors are read directly: ``parameters()`` and
+    ``buffers()`` would each walk the tree again and build a set of everything seen."""
     devices = set()
-    for m in module.modules():
+    for m in modules:
         for t in m._parameters.values():
             if t is not None:
                 devices.add(t.device)
@@ -87,10 +86,10 @@ def _float_dtype(module: nn.Module) -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Inference mode for the walk, each module's own mode back afterwards (nothing to do for
-    a module already in eval mode, the usual case)."""
-    modes = [(m, m.training) for m in module.modules()]
+def _eval_mode(module: nn.Module, modules: Sequence[nn.Module]):
+    """Inference mode for the walk, each of ``modules``' own mode back afterwards (nothing to
+    do for a module already in eval mode, the usual case)."""
+    modes = [(m, m.training) for m in modules]
     changed = any(mode for _, mode in modes)
     if changed:
         module.eval()
@@ -102,12 +101,14 @@ def _eval_mode(module: nn.Module):
                 m.training = mode
 
 
-def find_targets(module: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+def find_targets(module: nn.Module, names: Sequence[str] | None = None,
+                 named: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, nn.Module]:
     """Target submodules by qualified name: ``names`` if given, else every conv / linear and
-    every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is never called)."""
+    every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is never called).
+    ``named``: ``module.named_modules()`` when the caller has listed it already."""
     if names is not None:
         return {n: module.get_submodule(n) for n in names}
-    found = {n: m for n, m in module.named_modules() if is_target(m) or is_attention(m)}
+    found = {n: m for n, m in (named if named is not None else module.named_modules()) if is_target(m) or is_attention(m)}
     owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
     return {n: m for n, m in found.items() if n not in owned}
 
@@ -169,7 +170,8 @@ def lsuv_init(
     dev = resolve_device(device)
     report = LsuvReport(settings=settings, device=str(dev))
     home = _module_device(module)
-    target_map = find_targets(module, targets)
+    named = list(module.named_modules())  # one walk of the module tree for every scan below
+    target_map = find_targets(module, targets, named)
 
     t0 = time.perf_counter()
     generator = None
@@ -179,7 +181,7 @@ def lsuv_init(
     report.seconds["pre_init"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    moved = _needs_move(module, dev)
+    moved = _needs_move([m for _, m in named], dev)
     if moved:
         module.to(dev)
     dtype = _float_dtype(module)
@@ -187,15 +189,15 @@ def lsuv_init(
     args = tuple(_to_device(a, dev, dtype) for a in args)
     kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
     try:
-        with _eval_mode(module):
+        with _eval_mode(module, [m for _, m in named]):
             report.walker, runner = _choose_walker(module, walker)
-            targets_in_runner = {n: runner.get_submodule(n) for n in target_map}
+            targets_in_runner = target_map if runner is module else {n: runner.get_submodule(n) for n in target_map}
             report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw, attention_hooks)
     finally:
         if moved:
             module.to(home)
     report.seconds["lsuv"] = time.perf_counter() - t0
-    report.account = module_account(module, target_map, report.layers)
+    report.account = module_account(module, target_map, report.layers, named=named)
     if strict:
         check_strict(report.account)
     return report

@@ -119,7 +119,9 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
     if n == 0:
         return float("nan"), float("nan")
     total = float(x.sum())
-    squares = float(torch.linalg.vector_norm(_row_norms(x), dtype=torch.float64)) ** 2
+    norms = _row_norms(x)
+    norm = norms if norms.numel() == 1 else torch.linalg.vector_norm(norms, dtype=torch.float64)
+    squares = float(norm) ** 2
     mean = total / n
     var = max(squares / n - mean * mean, 0.0)
     if mean * mean > 16.0 * var:

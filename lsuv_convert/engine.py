@@ -3,10 +3,14 @@
 Linear cost: the model's own forward runs once, with a forward hook on every target layer.
 When execution reaches a target layer for the first time, the layers before it are final, so
 its weight is scaled on the layer's own input until ``|Var(out) - target| < tol`` (or
-``max_iter``), and the hook hands the scaled output on to the rest of the forward pass. For conv / linear layers the output is linear in the
-weight, so a rescaled output is computed as ``f * (out - b) + b`` instead of re-running the
-layer; other target modules are re-run. The result equals the naive algorithm (one full
-forward pass per iteration) to float tolerance, at about the cost of one forward pass.
+``max_iter``), and the hook hands the scaled output on to the rest of the forward pass. For
+conv / linear layers the output is linear in the weight: with scale ``s`` it is ``s * z + b``
+(``z`` the weight's part), whose variance is closed-form in ``s``, so the loop runs on scalars;
+then the output is updated once in place and the weight written once, checked for overflow in
+the same pass (:func:`_write_scaled`). Other target modules are re-run. The result equals the
+naive algorithm (one full forward pass per iteration) to float tolerance, at about the cost of
+one forward pass; at small sizes what remains is per layer: two reductions over the output,
+one multiply of it, one pass over the weight, a dozen ops in all (benchmarks/README.md).
 
 One walker (:func:`lsuv_walk`) serves every module: for a ``torch.fx.GraphModule`` the
 forward is the graph's generated code, which frees activations after their last use. The

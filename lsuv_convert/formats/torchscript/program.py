@@ -77,6 +77,11 @@ class Program:
     param_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # "w[q]" -> (w, first row, end row)
 
     @property
+    def has_control_flow(self) -> bool:
+        """Whether a ``prim::If`` / ``prim::Loop`` is left after folding: what runs then depends on the data."""
+        return any(op.role in ("if", "loop") for op in self.body.ops)
+
+    @property
     def fx_blockers(self) -> list[str]:
         """Why this program can't be an fx graph whose target layers are call_module nodes."""
         reasons = []

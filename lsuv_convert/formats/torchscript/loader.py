@@ -16,6 +16,7 @@ import torch
 
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ...graph import InputSpec, ModelGraph, TargetLayer
+from ...stages import stage
 from .archive import ArchiveInfo, inspect_archive
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
@@ -37,10 +38,12 @@ class ScriptState:
 
 
 def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
-    info = inspect_archive(path, check_code=not trust_code)
-    extra = {name: "" for name in info.extra_files}
-    script_module = _jit_load(path, extra)
-    return script_graph(script_module, path, info, extra)
+    with stage("parse"):  # the archive's layout and code check, then torch.jit.load
+        info = inspect_archive(path, check_code=not trust_code)
+        extra = {name: "" for name in info.extra_files}
+        script_module = _jit_load(path, extra)
+    with stage("conversion"):  # the inlined graph read into a Program, then an fx graph
+        return script_graph(script_module, path, info, extra)
 
 
 def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:

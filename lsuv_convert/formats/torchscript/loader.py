@@ -267,7 +267,8 @@ def _compare_translation(graph: ModelGraph, args: list, expected) -> None:
             torch.manual_seed(_SEED)
             actual = graph.module(*args)
     except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(exc)}", path=graph.source) from exc
+        cause = exc.__cause__ if isinstance(exc, DataError) and exc.__cause__ is not None else exc  # the op's own words
+        raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(cause)}", path=graph.source) from exc
     problem = _compare(expected, actual)
     if problem:
         raise ConversionError(f"the translated graph disagrees with TorchScript on the batch: {problem}", path=graph.source)

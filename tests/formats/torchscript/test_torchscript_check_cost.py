@@ -136,3 +136,13 @@ def test_code_check_reads_each_source_once_per_content(tmp_path, monkeypatch):
     finding = codecheck.first_disallowed(hostile)
     assert (finding.name, finding.file) == ("aten::save", "c/code/x.py")
     assert len(parsed) == 3
+
+
+def test_translation_failing_where_torchscript_runs_names_the_op_error(tmp_path):
+    loaded = TS.load(traced(SmallNet(), tmp_path / "net.pt"))
+    state = loaded.state.graph.module.get_submodule("_ts_state")
+    name = next(n for n, _ in state.named_buffers() if n.endswith("running_var"))
+    setattr(state, name, torch.ones(3))  # a wrong shape in the translation only
+    with pytest.raises(ConversionError, match="fails where TorchScript runs") as caught:
+        TS.prepare(loaded, [torch.randn(8, 3, 8, 8)])
+    assert "cannot run on the batch" not in str(caught.value)  # the op's own error, not a batch error

@@ -146,3 +146,24 @@ def test_translation_failing_where_torchscript_runs_names_the_op_error(tmp_path)
     with pytest.raises(ConversionError, match="fails where TorchScript runs") as caught:
         TS.prepare(loaded, [torch.randn(8, 3, 8, 8)])
     assert "cannot run on the batch" not in str(caught.value)  # the op's own error, not a batch error
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weight_is_refused_and_nothing_written(tmp_path, bad):
+    loaded = TS.load(traced(SmallNet(), tmp_path / "net.pt"))
+    graph = TS.prepare(loaded, [torch.randn(4, 3, 8, 8)])
+    with torch.no_grad():
+        graph.module.get_submodule(graph.targets[1].module_path).weight[0, 0, 0, 0] = bad
+    with pytest.raises(ConversionError, match="non-finite"):
+        TS.save(graph, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_finite_weights_whose_sum_overflows_are_written(tmp_path):
+    loaded = TS.load(traced(SmallNet(), tmp_path / "net.pt"))
+    graph = TS.prepare(loaded, [torch.randn(4, 3, 8, 8)])
+    with torch.no_grad():
+        graph.module.get_submodule(graph.targets[0].module_path).weight.fill_(3e38)  # finite; the sum is not
+    TS.save(graph, tmp_path / "out.pt")
+    reread = torch.jit.load(str(tmp_path / "out.pt"))
+    assert float(getattr(reread.features, "0").weight.min()) == pytest.approx(3e38)

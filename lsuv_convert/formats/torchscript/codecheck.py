@@ -23,6 +23,7 @@ loads the archive anyway.
 from __future__ import annotations
 
 import ast
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,6 @@ _FACTS_LIMIT = 8192  # files; a zoo of one architecture reads the same sources a
 
 def _file_facts(text: str) -> _Facts | int:
     """The facts of one source file (cached by content), or the line where it fails to parse."""
-    import hashlib
-
     key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest()
     found = _FACTS.get(key)
     if found is not None:

@@ -19,6 +19,7 @@ from ...errors import DataError, first_line
 from .layers import build_layer
 from .program import Block, Const, Op, Program, free_values
 
+
 class BatchErrors:
     """Mixin for the module handed to the engine: an op failing on the batch is the batch's
     DataError (TorchScript's own words), as in the fidelity check, which may have seen only the

@@ -86,13 +86,13 @@ def check_runs(model, args: list, source: Path) -> None:
 
 def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
     """A plug-in's ``build`` for a module that already computes the model: the batch as the module
-    takes it (``inputs`` updated in place, so the engine gets the same tensors), one checked run."""
+    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it), one checked run."""
     args = model_args(inputs, loaded.inputs)
-    inputs[:] = args  # token ids as the module takes them
     if check:
         check_runs(module, args, loaded.source)
     return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
-                      source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path)
+                      source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path,
+                      typed_inputs=args)
 
 
 def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, tuple[float, float]]:

@@ -94,11 +94,17 @@ def skip_reason(owner_type: str) -> str:
     return f"not a conv / linear weight (used directly by {owner_type})"
 
 
+# Classes that say nothing of what their parameters are: torch.export's rebuilt hierarchy
+# (``ep.module()`` owners are plain ``Module``s), fx containers.
+_ANONYMOUS_OWNERS = frozenset({"Module", "GraphModule", "InterpreterModule", "Sequential", "ModuleList", "ModuleDict"})
+
+
 def unknown_layer_weight(owner_type: str, attr: str, shape) -> bool:
     """A weight matrix (two or more dims longer than 1: not a per-channel scale stored (1, C, 1, 1))
     held by a module class the tool doesn't take as a layer and that is no embedding, norm or
-    recurrent layer: most likely a linear map it missed, which ``strict`` must name."""
-    return (attr.endswith("weight") and sum(1 for d in shape if d > 1) >= 2
+    recurrent layer: most likely a linear map it missed, which ``strict`` must name. Owners whose
+    class is anonymous (a torch.export program's) tell nothing, so they are not judged."""
+    return (attr.endswith("weight") and sum(1 for d in shape if d > 1) >= 2 and owner_type not in _ANONYMOUS_OWNERS
             and not any(marker in owner_type for marker, _ in _SKIP_REASONS))
 
 

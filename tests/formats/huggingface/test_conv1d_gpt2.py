@@ -212,3 +212,22 @@ def test_strict_names_a_weight_matrix_of_an_unknown_layer_class(work):
     norm = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Embedding(4, 8))  # known non-linear classes pass
     report = lsuv_init(norm[:2], torch.randn(16, 8), seed=0, strict=True)
     assert report.counts["skipped"] == 2
+
+
+def test_pre_init_views_rows_as_outputs_and_gaussian_uses_fan_in():
+    """The (in, out) weight is pre-initialized as (groups, outputs, fan_in) matrices: q, k, v of
+    c_attn each (32 x 32); c_fc (128 outputs of 32 inputs); the gaussian mode's N(0, 1/fan_in)."""
+    from lsuv_convert.api import find_targets
+    from lsuv_convert.conv1d import layouts
+    from lsuv_convert.orthonormal import grouped_view, pre_initialize
+
+    model = fresh_gpt2().transformer
+    targets = find_targets(model)
+    with layouts(model, targets):
+        shapes = {name: tuple(grouped_view(m).shape) for name, m in targets.items() if name.startswith("h.0.")}
+        pre_initialize(list(targets.values()), "gaussian", torch.Generator().manual_seed(0))
+    assert shapes == {"h.0.attn.c_attn": (3, 32, 32), "h.0.attn.c_proj": (1, 32, 32), "h.0.mlp.c_fc": (1, 128, 32),
+                      "h.0.mlp.c_proj": (1, 32, 128)}
+    for name, m in targets.items():
+        fan_in = m.weight.shape[0]
+        assert float(m.weight.detach().double().var()) * fan_in == pytest.approx(1, abs=0.15), name

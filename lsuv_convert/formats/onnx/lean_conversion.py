@@ -38,9 +38,9 @@ def _needs_values(tensor: TensorProto) -> bool:
 def _without_large_values(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose large float initializers hold dims and type, no data."""
     light = onnx.ModelProto()
-    copy_fields(model, light, skip="graph")
+    copy_fields(model, light, skip=("graph",))
     graph = light.graph
-    copy_fields(model.graph, graph, skip="initializer")
+    copy_fields(model.graph, graph, skip=("initializer",))
     for tensor in model.graph.initializer:
         if _needs_values(tensor):
             graph.initializer.add().CopyFrom(tensor)

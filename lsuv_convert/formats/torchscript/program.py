@@ -74,6 +74,7 @@ class Program:
     training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
     layer_parts: dict[str, int] = field(default_factory=dict)  # module path -> q/k/v slices its output is split into
     param_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # "w[q]" -> (w, first row, end row)
+    layer_outputs: dict[int, str] = field(default_factory=dict)  # first output value id of a layer node -> module path
 
     @property
     def has_control_flow(self) -> bool:
@@ -95,15 +96,23 @@ class ProgramError(Exception):
     """The graph uses something neither engine path can run."""
 
 
-def read_program(script_module) -> Program:
+def read_program(script_module, graph=None) -> Program:
+    """The Program of ``script_module``'s forward; ``graph``: its :func:`specialised_graph`, when
+    the caller keeps it (verify's probes go into that graph, at the value ids the Program names)."""
+    graph = graph if graph is not None else specialised_graph(script_module)
+    nodes = _all_nodes(graph.block())  # what is left after folding
+    has_set_attr = any(kind == "prim::SetAttr" for kind, _ in nodes)
+    return _Reader(script_module, graph, nodes, has_set_attr).read()
+
+
+def specialised_graph(script_module):
+    """A copy of the inlined forward graph with non-tensor attributes folded to constants."""
     graph = script_module.inlined_graph  # a copy: safe to rewrite
     nodes = _all_nodes(graph.block())
     _specialise_attributes(graph, script_module._c, nodes, assigned=_assigned_attributes(graph, nodes))
     torch._C._jit_pass_constant_propagation(graph)
     torch._C._jit_pass_dce(graph)
-    nodes = _all_nodes(graph.block())  # what is left after folding
-    has_set_attr = any(kind == "prim::SetAttr" for kind, _ in nodes)
-    return _Reader(script_module, graph, nodes, has_set_attr).read()
+    return graph
 
 
 def _all_nodes(block) -> list[tuple[str, object]]:
@@ -235,6 +244,7 @@ class _Reader:
             training_ops=self.training_ops,
             layer_parts=self.layer_parts,
             param_slices=self.param_slices,
+            layer_outputs={op.outputs[0]: op.key for op, _ in self.layer_ops},
         )
 
     # -- inputs -----------------------------------------------------------------------

@@ -298,6 +298,19 @@ del data
 session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})
 open(sys.argv[3], "wb").write(model.SerializeToString())
 """ + _FLOOR_TAIL,
+    # ONNX's second floor, the one a torch-based tool can approach: the plug-in's own read
+    # (parse + onnx2torch conversion, no checks), one forward pass in torch, the bytes written
+    "onnx-torch": _FLOOR_HEAD + """import numpy as np, torch
+from pathlib import Path
+from lsuv_convert.formats import find_format
+t1 = time.perf_counter()
+fmt = find_format(Path(sys.argv[1]))
+x = torch.from_numpy(np.load(sys.argv[2]))
+graph = fmt.prepare(fmt.load(Path(sys.argv[1])), [x], check=False)  # ONNX -> torch.fx (onnx2torch)
+with torch.no_grad():
+    graph.module.eval()(x)
+open(sys.argv[3], "wb").write(graph.state.model.SerializeToString())
+""" + _FLOOR_TAIL,
     "torchscript": _FLOOR_HEAD + """import numpy as np, torch
 t1 = time.perf_counter()
 module = torch.jit.load(sys.argv[1]).eval()
@@ -457,13 +470,18 @@ def cli_row(case: CliCase, repeats: int, device: str, tmp: Path, help_text: str)
     np.save(batch_path, np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
     out_path, log_path = _output_for(model_path), folder / "log.json"
     floor_out = folder / f"floor{model_path.suffix if case.fmt != 'caffe' else '.bin'}"
-    floors, clis, stage_runs = [], [], []
+    floors, clis, stage_runs, torch_floors = [], [], [], []
     for k in range(repeats):
         floor = _run_measured([sys.executable, "-c", FLOOR[case.fmt], str(model_path), str(batch_path), str(floor_out)],
                               folder, f"floor{k}")
         if floor.code != 0:
             return [case.name, "x".join(map(str, shape)), f"n/a (floor exit {floor.code}: {floor.last_error})"[:200]] + blank[1:]
         floors.append(floor)
+        if f"{case.fmt}-torch" in FLOOR:
+            torch_floor = _run_measured([sys.executable, "-c", FLOOR[f"{case.fmt}-torch"], str(model_path), str(batch_path),
+                                         str(floor_out)], folder, f"torch_floor{k}")
+            if torch_floor.code == 0:
+                torch_floors.append(torch_floor)
         cli = _run_measured(_cli_command(program, model_path, batch_path, out_path, log_path, device, help_text), folder, f"cli{k}")
         if cli.code != 0:
             return [case.name, "x".join(map(str, shape)), f"n/a (CLI exit {cli.code}: {cli.last_error})"[:200]] + blank[1:]
@@ -474,6 +492,10 @@ def cli_row(case: CliCase, repeats: int, device: str, tmp: Path, help_text: str)
     floor_cpu, cli_cpu = median([f.cpu for f in floors]), median([c.cpu for c in clis])
     startup = median([c.wall - sum(_part(s, k) for k in TOP_LEVEL) for c, s in zip(clis, stage_runs)])
     stages = [fmt_seconds(median([fn(s) for s in stage_runs])) for _, fn in STAGES]
+    if torch_floors:
+        t_wall, t_rss = median([f.wall for f in torch_floors]), median([f.rss_mib for f in torch_floors])
+        TORCH_FLOOR_ROWS.append([case.name, "x".join(map(str, shape)), f"{t_wall:.1f}", f"{cli_wall:.1f}",
+                                 f"{cli_wall / t_wall:.2f}x", f"{t_rss:.0f}", f"{cli_rss:.0f}", f"{cli_rss / t_rss:.2f}x"])
     return [case.name, "x".join(map(str, shape)), f"{floor_wall:.1f}", f"{cli_wall:.1f}", f"{cli_wall / floor_wall:.2f}x",
             fmt_seconds(startup)] + stages + [f"{floor_cpu:.1f}", f"{cli_cpu:.1f}", f"{cli_cpu / floor_cpu:.2f}x",
             f"{floor_rss:.0f}", f"{cli_rss:.0f}", f"{cli_rss / floor_rss:.2f}x"]
@@ -482,6 +504,11 @@ def cli_row(case: CliCase, repeats: int, device: str, tmp: Path, help_text: str)
 CLI_HEADERS = ["model file", "batch", "floor wall (s)", "CLI wall (s)", "wall ratio", "start-up (s)"] + \
               [h for h, _ in STAGES] + ["floor CPU (s)", "CLI CPU (s)", "CPU ratio", "floor RSS (MiB)", "CLI RSS (MiB)",
                                         "RSS ratio"]
+
+
+TORCH_FLOOR_HEADERS = ["model file", "batch", "torch floor wall (s)", "CLI wall (s)", "wall ratio", "torch floor RSS (MiB)",
+                       "CLI RSS (MiB)", "RSS ratio"]
+TORCH_FLOOR_ROWS: list[list[object]] = []  # filled by cli_row for formats with a second, torch-based floor
 
 
 def zoo_row(case: CliCase, device: str, tmp: Path, help_text: str, count: int = ZOO_MODELS) -> list[object]:
@@ -510,12 +537,31 @@ def zoo_row(case: CliCase, device: str, tmp: Path, help_text: str, count: int = 
     per_model = [sum(_part(json.loads(p.read_text())["seconds"], k) for k in TOP_LEVEL if k != "imports") for p in logs]
     work = json.loads(floor.stdout.strip().splitlines()[-1])["work"]
     later = median(sorted(per_model)[:-1]) if len(per_model) > 1 else float("nan")  # the first one is the slowest
+    torch_columns = ["–", "–"]
+    if f"{case.fmt}-torch" in FLOOR:  # the torch floor's work past its first model: a second run in the same process
+        torch_floor = _run_measured([sys.executable, "-c", ZOO_TORCH_FLOOR.format(floor=FLOOR[f"{case.fmt}-torch"]),
+                                     str(models[0]), str(models[0].with_suffix(".npy")), str(folder / "floor.bin")],
+                                    folder, "torch_floor")
+        if torch_floor.code == 0:
+            again = json.loads(torch_floor.stdout.strip().splitlines()[-1])["work"]
+            torch_columns = [fmt_seconds(again), f"{later / again:.2f}x"]
     return [case.name, str(len(logs)), f"{cli.wall:.1f}", fmt_seconds(max(per_model)), fmt_seconds(later),
-            fmt_seconds(work), f"{later / work:.2f}x"]
+            fmt_seconds(work), f"{later / work:.2f}x"] + torch_columns
 
+
+# the torch floor's own work for a model once its process has read one already (what a zoo pays per model)
+ZOO_TORCH_FLOOR = """import contextlib, io
+code = {floor!r}
+with contextlib.redirect_stdout(io.StringIO()):
+    exec(compile(code, "floor", "exec"), {{"__name__": "__main__"}})
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    exec(compile(code, "floor", "exec"), {{"__name__": "__main__"}})
+print(out.getvalue().strip().splitlines()[-1])
+"""
 
 ZOO_HEADERS = ["model files (one run)", "models", "CLI wall (s)", "first model (s)", "each later model, median (s)",
-               "floor work (s)", "later / floor work"]
+               "floor work (s)", "later / floor work", "torch floor work, later model (s)", "later / torch floor work"]
 
 
 def interpreter_and_torch(repeats: int = 3) -> float:
@@ -585,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(cli_row(case, repeats, args.device, Path(tmp), help_text))
                 print(f"  done {case.name}", file=sys.stderr, flush=True)
             print(markdown_table(CLI_HEADERS, rows), flush=True)
+            if TORCH_FLOOR_ROWS:
+                print("\n### The same CLI runs against the torch floor (ONNX: the plug-in's parse + onnx2torch "
+                      "conversion, one forward pass in torch, the bytes written)\n", flush=True)
+                print(markdown_table(TORCH_FLOOR_HEADERS, TORCH_FLOOR_ROWS), flush=True)
             print("\n### Zoo: several model files in one CLI run\n", flush=True)
             zoo_cases = [c for c in cases if c.net == "small"][: 1 if args.quick else None]
             zoo = [zoo_row(c, args.device, Path(tmp), help_text, 2 if args.quick else ZOO_MODELS) for c in zoo_cases]

@@ -8,7 +8,8 @@ Each parameter is exactly one of
 * ``skipped``: the tool does not initialize it, with the reason (not a linear map:
   embeddings, norms, recurrent weights, positional tables; or used by an op it cannot split).
 
-``linear`` marks conv / linear / attention weights: those are the ones ``strict`` insists on.
+``linear`` marks conv / linear / attention weights, and the weight matrices of module classes the
+tool doesn't know as layers: those are the ones ``strict`` insists on.
 The numbers of elements add up to the model's parameter count.
 """
 
@@ -93,6 +94,20 @@ def skip_reason(owner_type: str) -> str:
     return f"not a conv / linear weight (used directly by {owner_type})"
 
 
+# Classes that say nothing of what their parameters are: torch.export's rebuilt hierarchy
+# (``ep.module()`` owners are plain ``Module``s), fx containers.
+_ANONYMOUS_OWNERS = frozenset({"Module", "GraphModule", "InterpreterModule", "Sequential", "ModuleList", "ModuleDict"})
+
+
+def unknown_layer_weight(owner_type: str, attr: str, shape) -> bool:
+    """A weight matrix (two or more dims longer than 1: not a per-channel scale stored (1, C, 1, 1))
+    held by a module class the tool doesn't take as a layer and that is no embedding, norm or
+    recurrent layer: most likely a linear map it missed, which ``strict`` must name. Owners whose
+    class is anonymous (a torch.export program's) tell nothing, so they are not judged."""
+    return (attr.endswith("weight") and sum(1 for d in shape if d > 1) >= 2 and owner_type not in _ANONYMOUS_OWNERS
+            and not any(marker in owner_type for marker, _ in _SKIP_REASONS))
+
+
 def module_account(module, targets: dict[str, Any], reports, rename=None, named=None) -> list[ParamAccount]:
     """The account of ``module``'s parameters given the engine's ``targets`` and ``reports``.
 
@@ -152,11 +167,16 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
                 account.append(ParamAccount(shown, shape, numel, "unreached", linear=is_weight,
                                             reason="the batch never ran this layer: keeps its pre-init, unscaled"))
             continue
-        owner_name = pname.rpartition(".")[0]
+        owner_name, _, attr = pname.rpartition(".")
         if module_types is None:
             module_types = {n: type(m).__name__ for n, m in named}
-        account.append(ParamAccount(pname, shape, numel, "skipped",
-                                    reason=skip_reason(module_types.get(owner_name, type(module).__name__))))
+        owner_type = module_types.get(owner_name, type(module).__name__)
+        if unknown_layer_weight(owner_type, attr, shape):
+            account.append(ParamAccount(pname, shape, numel, "skipped", linear=True,
+                                        reason=f"a weight matrix of {owner_type}, a module class the tool does not "
+                                               "initialize (not a conv / linear layer it knows)"))
+            continue
+        account.append(ParamAccount(pname, shape, numel, "skipped", reason=skip_reason(owner_type)))
     return account
 
 

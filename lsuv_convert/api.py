@@ -12,6 +12,7 @@ from torch import nn
 
 from .account import check_strict, module_account
 from .attention import attention_hooks, is_attention, projection_maps
+from .conv1d import is_conv1d, layouts
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
@@ -103,12 +104,13 @@ def _eval_mode(module: nn.Module, modules: Sequence[nn.Module]):
 
 def find_targets(module: nn.Module, names: Sequence[str] | None = None,
                  named: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, nn.Module]:
-    """Target submodules by qualified name: ``names`` if given, else every conv / linear and
-    every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is never called).
-    ``named``: ``module.named_modules()`` when the caller has listed it already."""
+    """Target submodules by qualified name: ``names`` if given, else every conv / linear (transformers'
+    Conv1D included) and every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is
+    never called). ``named``: ``module.named_modules()`` when the caller has listed it already."""
     if names is not None:
         return {n: module.get_submodule(n) for n in names}
-    found = {n: m for n, m in (named if named is not None else module.named_modules()) if is_target(m) or is_attention(m)}
+    found = {n: m for n, m in (named if named is not None else module.named_modules())
+             if is_target(m) or is_conv1d(m) or is_attention(m)}
     owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
     return {n: m for n, m in found.items() if n not in owned}
 
@@ -173,30 +175,31 @@ def lsuv_init(
     named = list(module.named_modules())  # one walk of the module tree for every scan below
     target_map = find_targets(module, targets, named)
 
-    t0 = time.perf_counter()
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
-    pre_initialize(_pre_init_units(target_map), pre_init, generator)
-    report.seconds["pre_init"] = time.perf_counter() - t0
+    with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
+        t0 = time.perf_counter()
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        pre_initialize(_pre_init_units(target_map), pre_init, generator)
+        report.seconds["pre_init"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    moved = _needs_move([m for _, m in named], dev)
-    if moved:
-        module.to(dev)
-    dtype = _float_dtype(module)
-    args, kw = _as_args(batch, kwargs)
-    args = tuple(_to_device(a, dev, dtype) for a in args)
-    kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
-    try:
-        with _eval_mode(module, [m for _, m in named]):
-            report.walker, runner = _choose_walker(module, walker)
-            targets_in_runner = target_map if runner is module else {n: runner.get_submodule(n) for n in target_map}
-            report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw, attention_hooks)
-    finally:
+        t0 = time.perf_counter()
+        moved = _needs_move([m for _, m in named], dev)
         if moved:
-            module.to(home)
-    report.seconds["lsuv"] = time.perf_counter() - t0
+            module.to(dev)
+        dtype = _float_dtype(module)
+        args, kw = _as_args(batch, kwargs)
+        args = tuple(_to_device(a, dev, dtype) for a in args)
+        kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
+        try:
+            with _eval_mode(module, [m for _, m in named]):
+                report.walker, runner = _choose_walker(module, walker)
+                targets_in_runner = target_map if runner is module else {n: runner.get_submodule(n) for n in target_map}
+                report.layers = lsuv_walk(runner, args, targets_in_runner, settings, on_layer, kw, attention_hooks)
+        finally:
+            if moved:
+                module.to(home)
+        report.seconds["lsuv"] = time.perf_counter() - t0
     report.account = module_account(module, target_map, report.layers, named=named)
     if strict:
         check_strict(report.account)

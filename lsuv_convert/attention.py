@@ -64,6 +64,14 @@ def parameter_names(mha: nn.MultiheadAttention) -> list[str]:
 _ARG_NAMES = ("query", "key", "value")
 
 
+def attention_inputs(mha: nn.Module, args, kwargs) -> list[torch.Tensor]:
+    """query, key and value of one call of an attention module, given by position or by name."""
+    values = list(args[:3])
+    for name in _ARG_NAMES[len(values):]:
+        values.append(kwargs[name])
+    return values
+
+
 def attention_hooks(name: str, module: nn.Module, tracker) -> list | None:
     """For :func:`~lsuv_convert.engine.lsuv_walk`: the hooks of an attention target, else None."""
     return AttentionFit(name, module, tracker).register() if is_attention(module) else None
@@ -85,9 +93,7 @@ class AttentionFit:
                 self.mha.register_forward_hook(self.hook, with_kwargs=True)]
 
     def _inputs(self, args, kwargs) -> list[torch.Tensor]:
-        values = list(args[:3])
-        for name in _ARG_NAMES[len(values):]:
-            values.append(kwargs[name])
+        values = attention_inputs(self.mha, args, kwargs)
         if self.mha.batch_first and getattr(values[0], "is_nested", False):
             raise ValueError(f"{self.name}: nested-tensor inputs are not supported")
         return values
@@ -121,3 +127,14 @@ class AttentionFit:
         run = lambda: F.linear(attended, linear_map.weight, linear_map.bias)  # noqa: E731
         projected = self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         return (projected, weights) if isinstance(output, tuple) else projected
+
+
+def packed_parts(owner: nn.Module | None, features: int) -> int:
+    """How many attention maps one projection with ``features`` outputs packs, by the convention of
+    transformers' GPT-style attention modules: ``c_attn(x).split(self.split_size, dim=-1)`` gives
+    q, k, v (or k, v for cross-attention). 1 when ``owner`` splits nothing."""
+    size = getattr(owner, "split_size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or features % size:
+        return 1
+    parts = features // size
+    return parts if parts in (2, 3) else 1

@@ -173,18 +173,19 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--stage", "stages", multiple=True, help="Net stage that selects layers, as given to convert (Caffe include/exclude { stage }); repeatable.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
 @click.option("--tol", type=POSITIVE, default=DEFAULTS.tol, show_default=True)
 @click.option("--target-var", type=POSITIVE, default=DEFAULTS.target_var, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the synthetic batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def verify_command(model, data, weights, arch, trust_code, input_shapes, tol, target_var, seed, as_json, debug):
+def verify_command(model, data, weights, arch, trust_code, stages, input_shapes, tol, target_var, seed, as_json, debug):
     """Re-measure each target layer's output variance of a written MODEL with the format's own
     runtime (onnxruntime, OpenCV, torch.jit); exit 1 if any layer is out of tolerance."""
     from .runner import verify_model
 
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, seed=seed,
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(tol=tol, target_var=target_var),
                        input_shapes=[_shape(s) for s in input_shapes] or None)
     sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))

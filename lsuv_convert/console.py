@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console as RichConsole
 from rich.table import Table
+from rich.text import Text
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -32,7 +33,7 @@ def layer_table(log: dict) -> Table:
         table.add_column(col, justify=justify)
     for layer in log["layers"]:
         mark = "[green]ok[/]" if layer["converged"] else f"[red]{layer.get('reason', 'not converged')}[/]"
-        table.add_row(str(layer["index"]), layer["name"], layer["op"],
+        table.add_row(str(layer["index"]), Text(layer["name"]), Text(layer["op"]),
                       "x".join(str(d) for d in layer.get("weight_shape", [])),
                       _fmt(layer.get("var_before")), _fmt(layer.get("var_after")), _fmt(layer.get("mean_after")),
                       str(layer.get("iterations", 0)), _fmt(layer.get("scale"), ".4g"), mark)
@@ -168,7 +169,7 @@ def print_inspection(info: dict) -> None:
         table.add_column(col)
     for t in info["targets"]:
         shape = "?" if t["weight_shape"] is None else "x".join(str(d) for d in t["weight_shape"])
-        table.add_row(str(t["index"]), t["name"], t["op"], shape)
+        table.add_row(str(t["index"]), Text(t["name"]), Text(t["op"]), shape)  # Text: "w[q]" is no markup
     console.print(table)
     for note in info["notes"]:
         console.print(f"note: {note}", markup=False)
@@ -183,5 +184,5 @@ def print_verification(model: Path, rows: list[dict], tol: float, target: float)
     for col in ("layer", "variance", "mean", ""):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], _fmt(r["var"]), _fmt(r["mean"]), "[green]ok[/]" if r["ok"] else "[red]out of tolerance[/]")
+        table.add_row(Text(r["name"]), _fmt(r["var"]), _fmt(r["mean"]), "[green]ok[/]" if r["ok"] else "[red]out of tolerance[/]")
     console.print(table)

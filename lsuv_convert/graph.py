@@ -51,6 +51,13 @@ class ModelGraph:
     # them as skipped): dicts with name, shape, reason and linear (a matrix a conv / linear op uses).
     skipped_params: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # tool version, seed, settings, batch hash: for formats with metadata
+    # The batch as the module takes it, where the plug-in had to type it (token ids the data path
+    # delivered as floats, now int64); None: the module takes the inputs prepare() was given.
+    typed_inputs: list | None = None
+
+    def module_inputs(self, inputs: list) -> list:
+        """What to run the module on, given the inputs handed to prepare()."""
+        return list(self.typed_inputs) if self.typed_inputs is not None else list(inputs)
 
     def target_by_path(self) -> dict[str, TargetLayer]:
         return {t.module_path: t for t in self.targets}

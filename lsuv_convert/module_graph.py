@@ -38,6 +38,24 @@ def module_targets(model) -> tuple[list[str], list[str]]:
     return kept, notes
 
 
+def declared_inputs(model) -> list[InputSpec]:
+    """The main input of a module: a transformers model's token ids (int64, below the vocabulary
+    size) or images, read from its ``main_input_name`` and config; else one undeclared float input."""
+    config = getattr(model, "config", None)
+    name = getattr(model, "main_input_name", None)
+    if config is None or not isinstance(name, str):
+        return [InputSpec("input", None)]
+    if name == "input_ids":
+        vocab = getattr(config, "vocab_size", None)
+        return [InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)]
+    if name == "pixel_values":
+        channels = getattr(config, "num_channels", 3)
+        size = getattr(config, "image_size", None)
+        size = size if isinstance(size, int) else None
+        return [InputSpec(name, (None, channels, size, size))]
+    return [InputSpec(name, None)]
+
+
 def model_args(inputs: list, specs: list[InputSpec]) -> list:
     """The batch as the module takes it: integer inputs (token ids) as int64 even when the data
     path delivered them as floats, floating inputs in the module's float dtype."""
@@ -68,43 +86,78 @@ def check_runs(model, args: list, source: Path) -> None:
 
 def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
     """A plug-in's ``build`` for a module that already computes the model: the batch as the module
-    takes it (``inputs`` updated in place, so the engine gets the same tensors), one checked run."""
+    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it), one checked run."""
     args = model_args(inputs, loaded.inputs)
-    inputs[:] = args  # token ids as the module takes them
     if check:
         check_runs(module, args, loaded.source)
     return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
-                      source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path)
+                      source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path,
+                      typed_inputs=args)
 
 
-def measure_module(model, args: list, paths: list[str]) -> dict[str, tuple[float, float]]:
-    """``{path: (variance, mean)}`` of each target's first output, by forward hooks, in eval mode."""
+def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, tuple[float, float]]:
+    """``{map name: (variance, mean)}`` of each target's first output, by forward hooks, in eval mode,
+    named as the conversion log names the maps: a layer whose output packs q, k, v (GPT-2's Conv1D
+    ``c_attn``) as ``NAME[q]``, ``NAME[k]``, ``NAME[v]``; a MultiheadAttention as its q, k and v
+    (``F.linear`` on its own inputs and weight rows) and ``NAME.out_proj`` (the module's output)."""
     import torch
 
+    from .attention import attention_inputs, is_attention, projection_maps
+    from .conv1d import conv1d_layout, is_conv1d
+    from .engine import part_name
     from .statistics import population_stats
 
     stats: dict[str, tuple[float, float]] = {}
-    handles = []
+    order: list[str] = []  # the maps of each target, for targets the batch never reached
 
-    def hook_for(path):
+    def keep(name, tensor):
+        if name not in stats:
+            stats[name] = population_stats(tensor)
+
+    def hook_for(name, parts):
         def hook(module, inputs, output):
             if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
                 output = output[0]  # nn.MultiheadAttention: (out_proj's output, weights)
-            if path not in stats and isinstance(output, torch.Tensor):
-                stats[path] = population_stats(output)
+            if not isinstance(output, torch.Tensor):
+                return
+            if parts > 1:
+                for i, piece in enumerate(output.split(output.shape[-1] // parts, dim=-1)):
+                    keep(part_name(name, i, parts), piece)
+            else:
+                keep(name, output)
 
         return hook
 
+    def attention_pre_hook(name, maps):
+        def hook(module, args, kwargs):
+            for (suffix, linear_map), x in zip(maps[:3], attention_inputs(module, args, kwargs)):
+                keep(f"{name}.{suffix}", torch.nn.functional.linear(x, linear_map.weight, linear_map.bias))
+
+        return hook
+
+    handles = []
     model.eval()
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # fused kernels would skip the submodules' hooks
     try:
-        for path in paths:
-            handles.append(model.get_submodule(path).register_forward_hook(hook_for(path)))
+        for target in targets:
+            layer = model.get_submodule(target.module_path)
+            if is_attention(layer):
+                maps = projection_maps(layer)
+                order.extend(f"{target.name}.{suffix}" for suffix, _ in maps)
+                handles.append(layer.register_forward_pre_hook(attention_pre_hook(target.name, maps), with_kwargs=True))
+                handles.append(layer.register_forward_hook(hook_for(f"{target.name}.out_proj", 1)))
+                continue
+            parts = conv1d_layout(model, target.module_path, layer)["lsuv_parts"] if is_conv1d(layer) else 1
+            order.extend([part_name(target.name, i, parts) for i in range(parts)] if parts > 1 else [target.name])
+            handles.append(layer.register_forward_hook(hook_for(target.name, parts)))
         with torch.no_grad():
             model(*args)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         for handle in handles:
             handle.remove()
-    return {path: stats.get(path, (float("nan"), float("nan"))) for path in paths}
+    return {name: stats.get(name, (float("nan"), float("nan"))) for name in order}
 
 
 def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:

@@ -35,10 +35,13 @@ def grouped_view(module: nn.Module) -> torch.Tensor:
     """The weight as ``(groups, rows, fan_in)`` in the layer's own fan layout (a view)."""
     parts = int(getattr(module, "lsuv_parts", 1) or 1)
     w = module.weight
+    out_axis = getattr(module, "lsuv_out_axis", 0)
     if parts > 1:  # q/k/v packed in one weight: each is its own matrix
-        if getattr(module, "lsuv_out_axis", 0) == 0:
+        if out_axis == 0:
             return w.view(parts, w.shape[0] // parts, -1)
-        return w.view(w.shape[0], parts, -1).permute(1, 0, 2)
+        return w.view(w.shape[0], parts, -1).permute(1, 2, 0)  # (in, parts * out) -> (parts, out, in)
+    if out_axis == 1 and w.dim() == 2:  # stored (in, out) (transformers' Conv1D): rows are outputs
+        return w.t().unsqueeze(0)
     custom = getattr(module, "lsuv_grouped_view", None)
     if custom is not None:
         return custom()

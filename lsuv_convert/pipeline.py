@@ -104,7 +104,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
             on_layer(source_name(report.name), report)
 
     report = lsuv_init(
-        graph.module, tuple(inputs),
+        graph.module, tuple(graph.module_inputs(inputs)),
         pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
         center=settings.center, device=device, seed=options.seed,
         targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,

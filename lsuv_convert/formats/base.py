@@ -127,15 +127,24 @@ class ModelFormat(ABC):
 
     def measure(self, model_path: Path | str, weights_path: Path | str | None, inputs: list[Any],
                 names: list[str] | None = None, request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
-        """``{name: (variance, mean)}`` for ``names`` (None: every target), by the format's runtime."""
+        """``{name: (variance, mean)}`` for ``names`` (None: every target), by the format's runtime.
+
+        A target that holds several maps is measured per map, named as in the conversion log:
+        ``NAME[q]``, ``NAME[k]``, ``NAME[v]`` for a packed weight, ``NAME.out_proj`` for an attention's
+        output projection; those entries all belong to the target ``NAME``."""
         stats = self.measure_all(Path(model_path), Path(weights_path) if weights_path is not None else None, inputs,
                                  request=request)
         if names is None:
             return stats
-        unknown = [n for n in names if n not in stats]
+        owned: dict[str, list[str]] = {n: [] for n in names}
+        for entry in stats:
+            owner = owning_target(entry, owned)
+            if owner is not None:
+                owned[owner].append(entry)
+        unknown = [n for n in names if not owned[n]]
         if unknown:
             raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
-        return {n: stats[n] for n in names}
+        return {entry: stats[entry] for n in names for entry in owned[n]}
 
     # ---- naming and companions ---------------------------------------------------------------------
     accepts_weights: ClassVar[bool] = False  # whether --weights means something to this format
@@ -171,6 +180,15 @@ class ModelFormat(ABC):
     def output_files(self, out_path: Path) -> list[Path]:
         """Every file a write to ``out_path`` creates (a side data file, ...): the unit that is replaced."""
         return [out_path]
+
+
+def owning_target(entry: str, targets) -> str | None:
+    """The target a measured map belongs to: itself, or the longest target ``T`` of which it is
+    ``T[...]`` (a slice: q / k / v) or ``T.x`` (an attention's ``out_proj``)."""
+    if entry in targets:
+        return entry
+    found = [t for t in targets if entry.startswith((f"{t}[", f"{t}."))]
+    return max(found, key=len) if found else None
 
 
 def matched_extension(path: Path, extensions: tuple[str, ...]) -> str:

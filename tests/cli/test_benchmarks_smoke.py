@@ -75,6 +75,11 @@ def test_speed_quick_prints_every_row_with_numbers():
     assert [row[0] for row in cli[1:]] == list(speed.CLI_CASES)
     for row in cli[1:]:  # the CLI and every format plug-in are part of the package: real numbers only
         assert all(NUMBER.match(cell) for cell in row[2:]), f"{row[0]}: {row[1:]}"
+    torch_floor = table_starting(found, "The same CLI runs against the torch floor")
+    assert torch_floor[0] == speed.TORCH_FLOOR_HEADERS
+    assert [row[0] for row in torch_floor[1:]] == [name for name in speed.CLI_CASES if "ONNX" in name]
+    for row in torch_floor[1:]:
+        assert all(NUMBER.match(cell) for cell in row[2:]), f"{row[0]}: {row[1:]}"
     zoo = table_starting(found, "Zoo")
     assert zoo[0] == speed.ZOO_HEADERS and len(zoo) == 2
     assert all(NUMBER.match(cell) for cell in zoo[1][1:]), zoo[1]

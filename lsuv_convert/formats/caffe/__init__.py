@@ -125,7 +125,7 @@ class CaffeFormat(ModelFormat):
         load_cv2()  # before any work: a clear message when OpenCV is missing
         if weights_path is None:
             raise ModelFormatError("measuring needs the written .caffemodel (--weights)", path=model_path)
-        parsed = read_model(Path(model_path))
+        parsed = read_model(Path(model_path), tuple(request.stages) if request is not None else ())  # the net convert built
         arrays = [_as_numpy(t) for t in inputs]
         shapes = {i.name: tuple(a.shape) for i, a in zip(parsed.inputs, arrays)}
         text = deploy_text(parsed, shapes, for_opencv=True)

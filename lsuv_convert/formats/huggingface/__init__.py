@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError, first_line
-from ...graph import InputSpec, ModelGraph
+from ...graph import ModelGraph
 from .. import register_format
 from ..base import LoadedModel, LoadRequest, ModelFormat
 
@@ -48,7 +48,7 @@ class HuggingFaceFormat(ModelFormat):
         return path.with_name(f"{path.name}.lsuv")
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from ...module_graph import module_target_layers
+        from ...module_graph import declared_inputs, module_target_layers
         from ...safetensors_io import provenance_of
         from .folder import read_shards
 
@@ -61,7 +61,7 @@ class HuggingFaceFormat(ModelFormat):
         notes += tied
         if len(shards) > 1:
             notes.append(f"{len(shards)} shards, written back with the same layout")
-        return LoadedModel(format=self.name, source=path, inputs=model_inputs(model), state=FolderState(shards, model),
+        return LoadedModel(format=self.name, source=path, inputs=declared_inputs(model), state=FolderState(shards, model),
                            targets=targets, notes=notes, provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
@@ -81,8 +81,7 @@ class HuggingFaceFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
         each target's output measured with hooks."""
-        from ...module_graph import measure_module, model_args
-        from ...module_graph import module_target_layers
+        from ...module_graph import declared_inputs, measure_module, model_args, module_target_layers
 
         transformers, torch = _libraries(model_path)
         config = _config(transformers, model_path)
@@ -94,8 +93,7 @@ class HuggingFaceFormat(ModelFormat):
                 raise ModelFormatError(f"transformers cannot load the folder: {first_line(exc)}", path=model_path) from None
         model.eval()
         targets, _ = module_target_layers(model)
-        stats = measure_module(model, model_args(inputs, model_inputs(model)), [t.module_path for t in targets])
-        return {t.name: stats[t.module_path] for t in targets}
+        return measure_module(model, model_args(inputs, declared_inputs(model)), targets)
 
 
 def _libraries(path: Path):
@@ -194,21 +192,6 @@ def load_weights(model, shards, path: Path) -> list[str]:
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()
                      if t.is_floating_point() and t.dtype != torch.float32})
     return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []
-
-
-def model_inputs(model) -> list[InputSpec]:
-    """The model's main input: token ids (int64, below the vocabulary size), or images."""
-    config = model.config
-    name = getattr(model, "main_input_name", "input_ids")
-    if name == "input_ids":
-        vocab = getattr(config, "vocab_size", None)
-        return [InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)]
-    if name == "pixel_values":
-        channels = getattr(config, "num_channels", 3)
-        size = getattr(config, "image_size", None)
-        size = size if isinstance(size, int) else None
-        return [InputSpec(name, (None, channels, size, size))]
-    return [InputSpec(name, None)]
 
 
 def _first(keys: list[str], n: int = 5) -> str:

@@ -4,9 +4,10 @@
   :mod:`.runtime`), refuse quantized graphs, find the target layers and their stored weights
   (:mod:`.targets`), convert what leads to them to a torch.fx graph (:mod:`.convert`), nodes torch
   can't express running in onnxruntime (:mod:`.regions`).
-- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on the batch.
+- build: the fidelity gate (:mod:`.fidelity`): torch graph vs onnxruntime on (a sample of) the batch.
 - write: the source ModelProto with only the target layers' stored values replaced (:mod:`.save`),
-  checked once more against onnxruntime, then written atomically (:mod:`.files`).
+  checked (every target node must read exactly what LSUV measured; onnxruntime runs it again only
+  where a lossy Cast chain makes that impossible), then written atomically (:mod:`.files`).
 - measure_all: per-layer output statistics of a written file, computed by onnxruntime.
 
 Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
@@ -34,9 +35,13 @@ class OnnxState:
     plan: Any  # targets.TargetPlan
     converted: Any  # convert.Converted
     input_dtypes: list = field(default_factory=list)  # torch dtypes of the declared inputs
-    batch: list | None = None  # the batch prepare() checked, for save's final check
+    batch: list | None = None  # the inputs the gate judged (a sample of the batch), for save's final check
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
     source_model: Any = None  # the file as read, when ``model`` is it lifted to a newer opset (else None)
+    judged_state: dict | None = None  # fidelity.state_outside(...) right after the gate
+
+    def target_parameters(self) -> dict[str, list[str]]:
+        return {self.converted.paths[t.label]: [slot.kind for slot in t.slots()] for t in self.plan.targets}
 
 
 def looks_like_onnx(head: bytes) -> bool:
@@ -90,14 +95,18 @@ class OnnxFormat(ModelFormat):
                            engine_path="fx")
         if check:
             with stage("fidelity_gate"):
-                worst = fidelity.check(
+                worst, judged = fidelity.gate(
                     graph.module, state.model, inputs, state.converted.tensors,
                     [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
                 )
-            state.batch = list(inputs)
+            state.batch = judged
             state.divergence = worst
+            state.judged_state = fidelity.state_outside(graph.module, state.target_parameters())
+            size = len(inputs[0]) if inputs and getattr(inputs[0], "ndim", 0) else None
+            on = (f"the first {len(judged[0])} of the batch's {size} samples" if judged and size and len(judged[0]) < size
+                  else "the batch")
             graph.notes.append(
-                f"fidelity gate passed: torch graph vs onnxruntime on the batch, worst relative difference {worst:.2g} "
+                f"fidelity gate passed: torch graph vs onnxruntime on {on}, worst relative difference {worst:.2g} "
                 f"over {len(state.plan.targets)} target outputs and the model outputs"
             )
         return graph
@@ -108,15 +117,27 @@ class OnnxFormat(ModelFormat):
         state: OnnxState = graph.state
         source = state.source_model if state.source_model is not None else state.model
         with stage("serialize"):
-            out, external, notes = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
-        graph.notes.extend(n for n in notes if n not in graph.notes)
+            output = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
+        graph.notes.extend(n for n in output.notes if n not in graph.notes)
         with stage("final_check"):  # the written weights must mean in onnxruntime what LSUV measured in torch
-            fidelity.check(
-                graph.module, runtime.runnable(out)[0], state.batch, state.converted.tensors, [t.output for t in state.plan.targets],
-                state.input_dtypes, state.converted.node_names, graph.source, what="the initialized model",
-            )
+            off = save.read_differently(output, state.plan, state.converted.paths, graph.module)
+            if fidelity.state_outside(graph.module, state.target_parameters()) != state.judged_state:
+                off.insert(0, "the torch graph beyond the target weights (changed since the gate)")
+            if off:
+                fidelity.check(
+                    graph.module, runtime.runnable(output.materialized())[0], state.batch, state.converted.tensors,
+                    [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
+                    what="the initialized model",
+                )
+        graph.notes.append(
+            f"written file checked by onnxruntime on the gate's inputs, for what it can't be proven equal on: "
+            f"{', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}" if off else
+            "written file checked without running it: every target node reads, bit for bit, the weights LSUV "
+            "measured in torch, and nothing else in the torch graph changed since the gate"
+        )
         with stage("write"):
-            files.write_model(out, Path(out_path), external, keep=set(state.external.values()))
+            files.write_model(output.model, Path(out_path), output.external, keep=set(state.external.values()),
+                              initializers=output.initializers)
 
     def read_files(self, loaded: LoadedModel) -> list[Path]:
         return [*super().read_files(loaded), *sorted(set(loaded.state.external.values()))]

@@ -32,6 +32,7 @@ from torch import nn
 from ...errors import ModelFormatError, first_line
 from . import converters
 from .modules import GemmTarget, MatMulTarget, pin_inference
+from .lean_conversion import infer_shapes_in_place, modules_without_random_init, onnx2torch_infers_without_weights
 from .targets import TargetPlan, effective_value, graph_view
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -74,7 +75,7 @@ def fix_for_onnx2torch(work: onnx.ModelProto) -> onnx.ModelProto:
     same_pads = [n for n in graph.node if n.op_type == "Conv" and n.domain == "" and _str_attr(n, "auto_pad") in ("SAME_UPPER", "SAME_LOWER", "VALID")]
     if same_pads or any(needs_fix(n, opset) for n in graph.node):
         try:  # shapes for explicit pads, and for onnx2torch's converters downstream of renamed nodes
-            work = onnx.shape_inference.infer_shapes(work)
+            infer_shapes_in_place(work)
         except Exception:  # noqa: BLE001 - best effort; onnx2torch infers again
             pass
         _explicit_conv_pads(work)
@@ -216,8 +217,8 @@ def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, sou
     from onnx2torch.onnx_graph import OnnxGraph
 
     try:
-        with warnings.catch_warnings(record=True) as caught:  # onnx2torch's warnings go to the log, not stderr
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught, onnx2torch_infers_without_weights(), modules_without_random_init():
+            warnings.simplefilter("always")  # onnx2torch's warnings go to the log, not stderr
             gm = onnx2torch.convert(work)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
         raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {first_line(exc)}", path=source) from exc

@@ -4,6 +4,13 @@ onnx2torch can convert a model silently wrong (it did so for densenet121). Compa
 model outputs is not enough: an untrained classifier head full of zeros hides everything
 before it. So every target layer's output is compared too, relative to that tensor's own
 scale, and on failure every node is compared to name the first one that diverges.
+
+The gate runs on the first eighth of the batch (at least 2 samples) when the model's inputs
+all share a batch dimension that the file leaves free: a conversion computes the same function
+whatever the batch, and the gate then costs an eighth of a forward pass in each runtime and holds
+an eighth of the target outputs. Whenever the sample is refused or fails to run (a file with a
+batch size baked into a Reshape, a mismatch), the whole batch is judged instead, so the verdict
+on a refused model is the whole batch's.
 """
 
 from __future__ import annotations
@@ -18,6 +25,55 @@ from . import runtime
 REL_TOL_FLOAT = 1e-3  # float32 / float64: implementation differences stay ~1e-6 of the scale
 REL_TOL_HALF = 3e-2
 RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli")  # float16: rounding at different points, accumulated over the depth
+
+
+GATE_SHARE = 8  # the gate's sample is this fraction of the batch...
+GATE_MIN_SAMPLES = 2  # ...and at least this many samples
+
+
+def gate_sample(model: onnx.ModelProto, inputs: list) -> list | None:
+    """The first rows of every input, enough to judge a conversion; None when the whole batch
+    must be used (inputs without a common leading dimension, one the file fixes, or a small batch)."""
+    specs = runtime.graph_inputs(model)
+    if not inputs or len(specs) != len(inputs):
+        return None
+    sizes = {tuple(x.shape)[0] if getattr(x, "ndim", 0) >= 1 else None for x in inputs}
+    if len(sizes) != 1 or None in sizes:
+        return None
+    size = sizes.pop()
+    keep = max(GATE_MIN_SAMPLES, size // GATE_SHARE)
+    if keep >= size:
+        return None
+    for spec in specs:
+        dims = spec.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return None
+    return [x[:keep] for x in inputs]
+
+
+def gate(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str, int]], watch: list[str],
+         dtypes: list, labels: dict[str, str], source) -> tuple[float, list]:
+    """:func:`check` on :func:`gate_sample` of the batch, or on the whole batch where the sample
+    can't be used or doesn't pass. Returns (worst divergence, the inputs that passed)."""
+    sample = gate_sample(model, inputs)
+    if sample is not None:
+        try:
+            return check(gm, model, sample, tensors, watch, dtypes, labels, source, diagnose=False), sample
+        except ConversionError:
+            pass  # judged on the whole batch below
+    return check(gm, model, inputs, tensors, watch, dtypes, labels, source), list(inputs)
+
+
+def state_outside(gm, targets: dict[str, list[str]]) -> dict:
+    """What the torch graph holds besides the target parameters (``targets``: module path -> its
+    parameter names): each tensor's identity and in-place version counter, and the generated
+    code. Equal before and after LSUV means that only the targets changed since the gate."""
+    skip = {f"{path}.{name}" for path, names in targets.items() for name in names}
+    held = {}
+    for name, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        if name not in skip:
+            held[name] = (id(tensor), tensor._version)
+    return {"tensors": held, "code": gm.code}
 
 
 def tolerance(reference: np.ndarray) -> float:
@@ -46,6 +102,10 @@ def divergence(reference: np.ndarray, value) -> float:
         return 0.0 if torch.equal(ref.to(torch.int64), got.to(torch.int64)) else float("inf")
     dtype = torch.float64 if torch.float64 in (ref.dtype, got.dtype) else torch.float32
     ref, got = ref.to(dtype), got.to(dtype)
+    inf = float("inf")
+    scale = max(float(torch.linalg.vector_norm(ref, ord=inf)), float(torch.linalg.vector_norm(got, ord=inf)))
+    if np.isfinite(scale):  # both all finite (a NaN or inf in either makes its max norm NaN or inf)
+        return 0.0 if scale == 0.0 else float(torch.linalg.vector_norm(ref - got, ord=inf)) / scale
     finite = torch.isfinite(ref)
     if not torch.equal(finite, torch.isfinite(got)):
         return float("inf")
@@ -55,7 +115,6 @@ def divergence(reference: np.ndarray, value) -> float:
         if not bool(finite.any()):
             return 0.0
         ref, got = ref[finite], got[finite]
-    inf = float("inf")
     scale = max(float(torch.linalg.vector_norm(ref, ord=inf)), float(torch.linalg.vector_norm(got, ord=inf)))
     if scale == 0.0:
         return 0.0
@@ -109,12 +168,13 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
 
 
 def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str, int]], watch: list[str],
-          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph") -> float:
+          dtypes: list, labels: dict[str, str], source, what: str = "the converted torch graph", diagnose: bool = True) -> float:
     """Raise ConversionError unless ``gm`` matches onnxruntime on ``watch`` and the graph outputs.
 
     One onnxruntime run, asked only for those tensors. Each torch value is compared as soon as
     it is computed and dropped, and each reference once compared, so the watched tensors never
-    exist twice. Returns the worst relative divergence seen (for the log)."""
+    exist twice. Returns the worst relative divergence seen (for the log). Without ``diagnose``, a
+    mismatch is reported without looking for the first node that diverges."""
     outputs = [o.name for o in model.graph.output if o.name in tensors]
     names = [n for n in dict.fromkeys(list(watch) + outputs) if n in tensors]
     reference = runtime.run(model, inputs, names)
@@ -139,9 +199,9 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
         ) from None
     for name in [n for n in names if n in reference]:  # onnxruntime computed it, torch never did
         compare(name, None)
-    del reference
     if state["bad"]:
-        raise ConversionError(_diagnose(gm, model, inputs, tensors, dtypes, labels, what), path=source)
+        detail = _diagnose(gm, model, inputs, tensors, dtypes, labels, what) if diagnose else f"{what} disagrees with onnxruntime"
+        raise ConversionError(detail, path=source)
     return state["worst"]
 
 

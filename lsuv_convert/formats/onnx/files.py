@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -143,34 +144,138 @@ def data_file_for(out_path: Path, keep: set[Path] = frozenset()) -> Path:
     return candidate
 
 
-def write_model(model: onnx.ModelProto, out_path: Path, external: set[str], keep: set[Path] = frozenset()) -> None:
+@dataclass
+class NewTensor:
+    """An initializer to write from an array (the written value of a layer): encoded straight from
+    the array's memory into the file, never as a TensorProto holding a copy."""
+
+    name: str
+    array: np.ndarray
+    doc_string: str = ""
+
+    def proto(self) -> TensorProto:
+        tensor = numpy_helper.from_array(self.array, self.name)
+        tensor.doc_string = self.doc_string
+        return tensor
+
+
+def write_model(model: onnx.ModelProto, out_path: Path, external: set[str], keep: set[Path] = frozenset(),
+                initializers: list | None = None) -> None:
     """Write ``model`` atomically; initializers named in ``external`` go to one data file beside
     it (see :func:`data_file_for`; files in ``keep`` are never overwritten).
 
-    ``model`` is modified (external tensors lose their in-memory bytes): pass a copy you own.
+    ``initializers`` (TensorProto or :class:`NewTensor`; default: the model's own) replace the
+    model's. They are encoded into the file one at a time, so neither a copy of the model nor its
+    whole serialization is ever in memory (a protobuf message is the concatenation of its fields,
+    in any order). ``model`` is not modified.
     """
     out_path = Path(out_path)
     data_path = data_file_for(out_path, keep)
-    if not external:
-        payload = _serialize(model, out_path)
+    tensors = list(model.graph.initializer) if initializers is None else list(initializers)
+    if not any(_name(t) in external for t in tensors):
         with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
-            fh.write(payload)
+            _stream(model, tensors, fh, out_path, None)
         return
     # the model and its data file are one unit: both are written in full before either replaces
     # the old pair, so a failure leaves the old model with the data it needs
     with atomic_paths([data_path, out_path]) as (tmp_data, tmp_model):
-        with open(tmp_data, "wb") as fh:
-            offset = 0
-            for tensor in model.graph.initializer:
-                if tensor.name not in external:
-                    continue
-                raw = _raw_bytes(tensor)
-                fh.write(raw)
-                _point_to_file(tensor, data_path.name, offset, len(raw))
-                offset += len(raw)
-        payload = _serialize(model, out_path)
-        with open(tmp_model, "wb") as fh:
+        with open(tmp_data, "wb") as data_fh, open(tmp_model, "wb") as fh:
+            _stream(model, tensors, fh, out_path, (data_fh, data_path.name, external))
+
+
+def _name(tensor) -> str:
+    return tensor.name
+
+
+_RAW_DATA_TAG = bytes([(9 << 3) | 2])  # TensorProto.raw_data, field 9, length-delimited
+_FAST_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field_head(number: int, length: int) -> bytes:
+    return _varint((number << 3) | 2) + _varint(length)
+
+
+def _stream(model: onnx.ModelProto, tensors: list, fh, out_path: Path, external_to) -> None:
+    """``model`` with ``tensors`` as its initializers, encoded into ``fh``: the model's other fields,
+    then its graph (field 7) as the graph's other fields followed by one initializer field (5)
+    per tensor. With ``external_to`` = (data file, its name, names), those tensors' bytes go to
+    the data file and the model holds their location."""
+    top = onnx.ModelProto()
+    copy_fields(model, top, skip=("graph",))
+    graph = onnx.GraphProto()
+    copy_fields(model.graph, graph, skip=("initializer",))
+    parts, offset = [], 0  # per tensor: (encoded bytes before the payload, payload or None, payload size)
+    for tensor in tensors:
+        if external_to is not None and tensor.name in external_to[2]:
+            raw = memoryview(np.ascontiguousarray(tensor.array)).cast("B") if isinstance(tensor, NewTensor) else _raw_bytes(tensor)
+            shell = _shell(tensor)
+            _point_to_file(shell, external_to[1], offset, len(raw))
+            offset += len(raw)
+            head = _serialize(shell, out_path)
+            parts.append((tensor, head, raw, 0))
+        elif isinstance(tensor, NewTensor) and tensor.array.dtype.type in _FAST_DTYPES and tensor.array.dtype.isnative:
+            array = np.ascontiguousarray(tensor.array)
+            shell = _serialize(_shell(tensor), out_path) + _RAW_DATA_TAG + _varint(array.nbytes)
+            parts.append((tensor, shell, memoryview(array).cast("B"), array.nbytes))
+        else:
+            proto = tensor.proto() if isinstance(tensor, NewTensor) else tensor
+            parts.append((proto, None, None, proto.ByteSize()))
+    graph_head = _serialize(graph, out_path)
+    fields = []
+    for tensor, head, payload, size in parts:
+        inner = size + (len(head) if head is not None else 0)
+        fields.append(_field_head(5, inner))
+    graph_size = len(graph_head) + sum(len(f) for f in fields) + sum(
+        size + (len(head) if head is not None else 0) for _, head, _, size in parts)
+    fh.write(_serialize(top, out_path))
+    fh.write(_field_head(7, graph_size))
+    fh.write(graph_head)
+    for field, (tensor, head, payload, size) in zip(fields, parts):
+        fh.write(field)
+        if head is None:  # a stored tensor of the source (or one no fast path encodes): as protobuf does
+            fh.write(_serialize(tensor, out_path))
+        elif size:  # shell fields, then the raw bytes from the array's memory
+            fh.write(head)
             fh.write(payload)
+        else:  # external: the data goes to the data file, the shell (with its location) here
+            fh.write(head)
+            external_to[0].write(payload)
+
+
+def _shell(tensor) -> TensorProto:
+    """The tensor's fields without its data."""
+    shell = TensorProto()
+    if isinstance(tensor, NewTensor):
+        shell.name = tensor.name
+        shell.dims.extend(tensor.array.shape)
+        shell.data_type = onnx.helper.np_dtype_to_tensor_dtype(tensor.array.dtype)
+        if tensor.doc_string:
+            shell.doc_string = tensor.doc_string
+        return shell
+    copy_fields(tensor, shell, skip=_TYPED_FIELDS + ("raw_data", "external_data", "data_location"))
+    return shell
+
+
+def copy_fields(source, target, skip: tuple) -> None:
+    """Every set field of protobuf message ``source`` except ``skip`` into ``target``."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _serialize(model: onnx.ModelProto, out_path: Path) -> bytes:

@@ -139,18 +139,21 @@ def why_unconvertible(node, graph: OnnxGraph, opsets: dict[str, int], unique_nam
 
 def find_unconvertible(work: onnx.ModelProto) -> dict[int, str]:
     """{node index in ``work``: why onnx2torch can't convert it}."""
+    from .lean_conversion import infer_shapes_in_place, modules_without_random_init
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(work)
+        infer_shapes_in_place(work)
     except Exception:  # noqa: BLE001 - best effort: converters that need shapes then refuse
-        inferred = work
-    graph = OnnxGraph(inferred.graph)
+        pass
+    graph = OnnxGraph(work.graph)
     opsets = {o.domain: o.version for o in work.opset_import}
     opsets.setdefault("", opsets.get("ai.onnx", 0))
     reasons = {}
-    for k, (name, onnx_node) in enumerate(graph.nodes.items()):
-        why = why_unconvertible(onnx_node.proto, graph, opsets, name)
-        if why is not None:
-            reasons[k] = why
+    with modules_without_random_init():
+        for k, (name, onnx_node) in enumerate(graph.nodes.items()):
+            why = why_unconvertible(onnx_node.proto, graph, opsets, name)
+            if why is not None:
+                reasons[k] = why
     return reasons
 
 

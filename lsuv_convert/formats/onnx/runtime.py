@@ -115,7 +115,7 @@ def _only_what_leads_to(model: onnx.ModelProto, wanted: set[str]) -> onnx.ModelP
         if any(o in needed for o in node.output if o):
             kept.append(node)
             needed.update(node_reads(node))
-    if len(kept) == len(model.graph.node) and wanted <= {o.name for o in model.graph.output}:
+    if len(kept) == len(model.graph.node):  # nothing to prune: the caller adds the outputs in place
         return model
     out = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):

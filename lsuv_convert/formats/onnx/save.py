@@ -14,21 +14,45 @@ repointed to it. Without ``--center`` zero biases stay zero, so they stay tied.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ...errors import ConversionError
-from .targets import graph_view, stored_layout, unique_name
+from .files import NewTensor, copy_fields
+from .targets import effective_value, graph_view, stored_layout, unique_name
 
 
-def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, external: set[str]):
-    """(output ModelProto, names of its initializers to store externally, notes about untying)."""
+@dataclass
+class Output:
+    """The output model: ``model`` holds every field of the source but the initializers (nodes
+    repointed where a tensor was untied); ``initializers`` are the source's own TensorProtos
+    (shared, not copied) with :class:`files.NewTensor` for every tensor written anew."""
+
+    model: onnx.ModelProto
+    initializers: list
+    external: set[str]  # initializers to store in the external data file
+    notes: list[str]
+
+    def materialized(self) -> onnx.ModelProto:
+        """The whole ModelProto (a copy of every weight): for the onnxruntime check and tests."""
+        whole = onnx.ModelProto()
+        whole.CopyFrom(self.model)
+        whole.graph.initializer.extend(t.proto() if isinstance(t, NewTensor) else t for t in self.initializers)
+        return whole
+
+
+def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, external: set[str]) -> Output:
+    """The output for ``model`` with the target layers' values from ``module``, and notes about untying."""
     out = onnx.ModelProto()
-    out.CopyFrom(model)
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(model.graph, out.graph, skip=("initializer",))
     graph = out.graph
+    initializers = list(model.graph.initializer)
     g = graph_view(model)
-    position = {t.name: k for k, t in enumerate(graph.initializer)}
+    position = {t.name: k for k, t in enumerate(initializers)}
     graph_inputs = {i.name: i for i in graph.input}
     taken = set(g.initializers) | set(g.producer) | set(graph_inputs)
     out_external = set(external)
@@ -48,7 +72,7 @@ def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, ex
         arrays = [stored_layout(value, slot.chain, stored) for _, slot, value in entries]
         keep = current if others else arrays[0]
         if not others and not _same(keep, current):
-            _write_stored(graph, position, g, source, keep)
+            _write_stored(graph, initializers, position, g, source, keep)
         new_names: dict[bytes, str] = {}
         for (target, slot, value), array in zip(entries, arrays):
             if _same(array, keep):
@@ -57,11 +81,10 @@ def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, ex
             if key not in new_names:
                 name = unique_name(f"{target.label}.{slot.kind}", taken)
                 taken.add(name)
-                tensor = numpy_helper.from_array(value, name)
-                tensor.doc_string = stored.doc_string
-                graph.initializer.append(tensor)
+                initializers.append(NewTensor(name, value, stored.doc_string))
                 if out.ir_version < 4 or source in graph_inputs:  # IR < 4 lists initializers as graph inputs too
-                    graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+                    data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+                    graph.input.append(onnx.helper.make_tensor_value_info(name, data_type, list(value.shape)))
                 if source in external:
                     out_external.add(name)
                 new_names[key] = name
@@ -74,14 +97,40 @@ def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, ex
             f"untied {len(untied)} weight/bias tensor(s) that other nodes also read (exporter de-duplication) "
             f"because the values written for them differ: each got its own initializer ({shown})"
         )
-    return out, out_external, notes
+    return Output(out, initializers, out_external, notes)
+
+
+def read_differently(output: Output, plan, paths: dict[str, str], module) -> list[str]:
+    """Target tensors (``label.weight``/``label.bias``) that their node in ``out`` does not read as
+    exactly, bit for bit, the value torch holds in ``output``; empty when every one does. (The caller also
+    checks that nothing but these parameters changed in torch since the gate.)
+
+    The fidelity gate showed that the torch graph computes what onnxruntime computes with the
+    file's weights; the targets are the only weight-dependent parts and their torch modules use
+    the parameters LSUV scaled. So when every target node of the written graph reads exactly
+    those parameters, through whatever Identity/Transpose/Reshape chain and untying the writer
+    left, onnxruntime computes on the written file what LSUV measured, without running it. A
+    lossy chain (float16 storage behind a Cast) reads something else: those need a run."""
+    g = graph_view(output.model, {t.name: (t.array if isinstance(t, NewTensor) else t) for t in output.initializers})
+    off = []
+    for target in plan.targets:
+        layer = module.get_submodule(paths[target.label])
+        for slot in target.slots():
+            resolved = g.resolve(output.model.graph.node[slot.node_index].input[slot.input_index])
+            read = effective_value(g.stored(resolved[0]), resolved[1]) if resolved is not None else None
+            if read is None or not _same(read, _seen_value(target, slot, layer)):
+                off.append(f"{target.label}.{slot.kind}")
+    return off
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    """Bit for bit (NaN payloads and signed zeros included), without copying contiguous arrays."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8), np.ascontiguousarray(b).reshape(-1).view(np.uint8))
 
 
-def _write_stored(graph, position: dict, g, source: str, array: np.ndarray) -> None:
+def _write_stored(graph, initializers: list, position: dict, g, source: str, array: np.ndarray) -> None:
     if source in g.constants:
         node = graph.node[g.constants[source]]
         attr = next(a for a in node.attribute if a.name == "value")
@@ -89,10 +138,7 @@ def _write_stored(graph, position: dict, g, source: str, array: np.ndarray) -> N
         attr.t.CopyFrom(numpy_helper.from_array(array, name))
         attr.t.doc_string = doc
         return
-    tensor = graph.initializer[position[source]]
-    doc = tensor.doc_string
-    tensor.CopyFrom(numpy_helper.from_array(array, source))
-    tensor.doc_string = doc
+    initializers[position[source]] = NewTensor(source, array, g.stored(source).doc_string)
 
 
 def _seen_value(target, slot, layer) -> np.ndarray:
@@ -101,7 +147,11 @@ def _seen_value(target, slot, layer) -> np.ndarray:
     if slot.kind == "bias" and target.op == "Gemm" and target.attrs.get("beta", 1.0) != 1.0:
         value = value.double() / target.attrs["beta"]  # the module holds beta * C
     dtype = onnx.helper.tensor_dtype_to_np_dtype(slot.elem_type)
-    array = value.numpy().astype(dtype).reshape(slot.dims)
-    if not np.isfinite(array.astype(np.float64)).all():
+    array = value.numpy().astype(dtype, copy=False).reshape(slot.dims)  # a view of the parameter where it can be
+    try:
+        finite = bool(np.isfinite(array).all())
+    except TypeError:  # an element type numpy's isfinite doesn't know (bfloat16)
+        finite = bool(np.isfinite(array.astype(np.float64)).all())
+    if not finite:
         raise ConversionError(f"layer {target.label!r}: its new {slot.kind} is not finite in {dtype}; nothing written")
     return np.ascontiguousarray(array)

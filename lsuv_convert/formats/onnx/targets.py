@@ -92,10 +92,10 @@ class TargetPlan:
 class _Graph:
     """Lookups over a GraphProto that the analysis needs."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, initializers: dict | None = None):
         self.graph = graph
         self.nodes = list(graph.node)
-        self.initializers = {init.name: init for init in graph.initializer}
+        self.initializers = {init.name: init for init in graph.initializer} if initializers is None else initializers
         self.producer = {out: i for i, node in enumerate(self.nodes) for out in node.output if out}
         self.readers: dict[str, list[tuple[int, int]]] = {}
         for i, node in enumerate(self.nodes):
@@ -201,16 +201,20 @@ def _elem_of(value: np.ndarray, stored, chain: tuple) -> int:
     for step in reversed(chain):
         if step.op == "Cast":
             return step.to
+    if isinstance(stored, np.ndarray):
+        import onnx
+
+        return onnx.helper.np_dtype_to_tensor_dtype(stored.dtype)
     return stored.data_type
 
 
 def effective_value(stored, chain: tuple, numpy_helper=None) -> np.ndarray:
-    """The value a layer sees: the stored tensor with the chain applied."""
+    """The value a layer sees: the stored tensor (a TensorProto, or already an array) with the chain applied."""
     if numpy_helper is None:
         from onnx import numpy_helper
     import onnx
 
-    value = numpy_helper.to_array(stored)
+    value = stored if isinstance(stored, np.ndarray) else numpy_helper.to_array(stored)
     for step in chain:
         if step.op == "Transpose":
             value = np.transpose(value, step.perm)
@@ -409,8 +413,10 @@ def shares_bias(first: OnnxTarget, targets: list[OnnxTarget]) -> bool:
     return len(group) > 1 and all(t.bias is not None for t in group) and len({t.bias.tensor for t in group}) == 1
 
 
-def graph_view(model) -> _Graph:
-    return _Graph(model.graph)
+def graph_view(model, initializers: dict | None = None) -> _Graph:
+    """Lookups over ``model``'s graph; ``initializers`` (name -> TensorProto or numpy array) stand
+    for the graph's own (the writer's output keeps them outside the ModelProto)."""
+    return _Graph(model.graph, initializers)
 
 
 def unique_name(name: str, taken: set[str]) -> str:

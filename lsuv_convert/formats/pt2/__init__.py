@@ -30,7 +30,7 @@ class Pt2Format(ModelFormat):
         from ...errors import ModelFormatError
         from .program import graph_module, load_program, program_inputs, provenance_in
 
-        state = load_program(path)
+        state = load_program(path, trust_code=request.trust_code)
         try:
             inputs = program_inputs(state.program)
         except ModelFormatError as exc:
@@ -57,5 +57,4 @@ class Pt2Format(ModelFormat):
 
         loaded = self.read(Path(model_path), request or LoadRequest())
         gm = loaded.state.graph_module
-        stats = measure_module(gm, model_args(inputs, loaded.inputs), [t.module_path for t in loaded.targets])
-        return {t.name: stats[t.module_path] for t in loaded.targets}
+        return measure_module(gm, model_args(inputs, loaded.inputs), loaded.targets)

@@ -57,10 +57,15 @@ def extra_file_names(path: Path) -> list[str]:
         return sorted(out)
 
 
-def load_program(path: Path) -> ProgramState:
+def load_program(path: Path, *, trust_code: bool = False) -> ProgramState:
+    """The program of ``path``; unless ``trust_code``, only after its operators passed the allowlist."""
     if not is_pt2(path):
         raise ModelFormatError("is not a torch.export program (torch.export.save writes a zip with archive_format "
                                "'pt2')", path=path)
+    if not trust_code:
+        from .opcheck import check_program_ops
+
+        check_program_ops(path)
     extra = {name: "" for name in extra_file_names(path)}
     try:
         program = torch.export.load(str(path), extra_files=extra)

@@ -80,8 +80,7 @@ class StateDictFormat(ModelFormat):
         from ...module_graph import measure_module, model_args
 
         loaded = self.read(model_path, request or LoadRequest())
-        stats = measure_module(loaded.state.model, model_args(inputs, loaded.inputs), [t.module_path for t in loaded.targets])
-        return {t.name: stats[t.module_path] for t in loaded.targets}
+        return measure_module(loaded.state.model, model_args(inputs, loaded.inputs), loaded.targets)
 
 
 def load_into(model, obj, arch: str, path: Path):

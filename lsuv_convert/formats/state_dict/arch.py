@@ -42,7 +42,10 @@ def build_architecture(spec: str, path: Path) -> Architecture:
     elif source == "timm":
         module, inputs = _timm(name, kwargs, spec, path)
     else:
-        module, inputs = _factory(source, name, kwargs, spec, path), [InputSpec("input", None)]
+        from ...module_graph import declared_inputs
+
+        module = _factory(source, name, kwargs, spec, path)
+        inputs = declared_inputs(module)  # a transformers model's token ids, else one float input
     import torch
 
     if not isinstance(module, torch.nn.Module):

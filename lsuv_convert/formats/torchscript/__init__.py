@@ -38,11 +38,13 @@ class TorchScriptFormat(ModelFormat):
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
+        from ...stages import stage
         from .loader import prepare_inputs
 
         graph: ModelGraph = loaded.state.graph
         if check:
-            prepare_inputs(graph, inputs)
+            with stage("fidelity_gate"):
+                prepare_inputs(graph, inputs)
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:

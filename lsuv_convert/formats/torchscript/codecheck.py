@@ -23,6 +23,7 @@ loads the archive anyway.
 from __future__ import annotations
 
 import ast
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,33 +71,67 @@ def read_sources(zf: zipfile.ZipFile, prefix: str, path: Path) -> dict[str, str]
 
 
 def first_disallowed(sources: dict[str, str]) -> Finding | None:
-    trees = {}
+    """The first call outside the allowlist, in file-name order, or None.
+
+    Each file is parsed and walked once into what it defines and the names it calls that only
+    a definition elsewhere in the archive can allow; the verdict needs every file's definitions.
+    """
+    facts = {}
     for name, text in sources.items():
-        try:
-            trees[name] = ast.parse(text, filename=name)
-        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-            line = getattr(exc, "lineno", 0) or 0
-            return Finding("source that does not parse as TorchScript", name, line)
-    defined = _defined_names(trees.values())
-    for name in sorted(trees):
-        finding = _Checker(name, defined).visit_tree(trees[name])
-        if finding is not None:
-            return finding
+        fact = _file_facts(text)
+        if isinstance(fact, int):
+            return Finding("source that does not parse as TorchScript", name, fact)
+        facts[name] = fact
+    defined = set().union(*(f.defined for f in facts.values())) if facts else set()
+    for name in sorted(facts):
+        for kind, called, line in facts[name].needs:
+            if kind == "denied" or called not in defined:
+                return Finding(called if kind == "denied" else _denied_call(kind, called), name, line)
     return None
 
 
-def _defined_names(trees) -> set[str]:
-    """Functions, methods, classes and variables the archive's code defines (callable by name)."""
-    names: set[str] = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                names.add(node.name)
-            elif isinstance(node, ast.arg):
-                names.add(node.arg)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                names.add(node.id)
-    return names
+def _denied_call(kind: str, called: str) -> str:
+    if kind == "method":
+        return f"method {called}"
+    return "prim::Print (print)" if called == "print" else called
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What one source file defines, and its calls in visiting order that the allowlist alone
+    doesn't allow: ("denied", op, line), or ("call" | "method", name, line), allowed only when
+    the archive defines ``name``."""
+
+    defined: frozenset[str]
+    needs: tuple[tuple[str, str, int], ...]
+
+
+_FACTS: dict[bytes, _Facts | int] = {}  # source digest -> facts (or the line of a syntax error)
+_FACTS_LIMIT = 8192  # files; a zoo of one architecture reads the same sources again
+
+
+def _file_facts(text: str) -> _Facts | int:
+    """The facts of one source file (cached by content), or the line where it fails to parse."""
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+    found = _FACTS.get(key)
+    if found is not None:
+        return found
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        found = getattr(exc, "lineno", 0) or 0
+    else:
+        collector = _Collector()
+        try:
+            collector.visit(tree)
+        except RecursionError:
+            found = 0
+        else:
+            found = _Facts(frozenset(collector.defined), tuple(collector.needs))
+    if len(_FACTS) >= _FACTS_LIMIT:
+        _FACTS.clear()
+    _FACTS[key] = found
+    return found
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -111,19 +146,29 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-class _Checker(ast.NodeVisitor):
-    def __init__(self, file: str, defined: set[str]):
-        self.file = file
-        self.defined = defined
-        self.found: Finding | None = None
+class _Collector(ast.NodeVisitor):
+    """One walk of a file: the names it defines (functions, methods, classes, arguments,
+    variables) and, in order, the references and calls the allowlist alone doesn't allow."""
 
-    def visit_tree(self, tree: ast.AST) -> Finding | None:
-        self.visit(tree)
-        return self.found
+    def __init__(self):
+        self.defined: set[str] = set()
+        self.needs: list[tuple[str, str, int]] = []
 
-    def _deny(self, name: str, node: ast.AST) -> None:
-        if self.found is None:
-            self.found = Finding(name, self.file, getattr(node, "lineno", 0))
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.defined.add(node.name)
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.defined.add(node.name)
+        self.generic_visit(node)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self.defined.add(node.arg)
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store):
+            self.defined.add(node.id)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         dotted = _dotted(node)
@@ -132,22 +177,21 @@ class _Checker(ast.NodeVisitor):
             return
         denied = _check_reference(dotted)
         if denied is not None:
-            self._deny(denied, node)
+            self.needs.append(("denied", denied, getattr(node, "lineno", 0)))
         # the whole chain is judged at once: don't judge its prefixes again
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Name):
-            if func.id not in ALLOWED_BUILTINS and func.id not in self.defined:
-                self._deny("prim::Print (print)" if func.id == "print" else func.id, node)
+            if func.id not in ALLOWED_BUILTINS:
+                self.needs.append(("call", func.id, getattr(node, "lineno", 0)))
         elif isinstance(func, ast.Attribute):
             dotted = _dotted(func)
             root = dotted.split(".", 1)[0] if dotted else None
             if root not in ("torch", "ops", "__torch__", "CONSTANTS"):
                 # a method call on a value: one the archive defines, or a tensor / list method
-                if func.attr not in self.defined and func.attr not in ALLOWED_TORCH_NAMES \
-                        and f"aten::{func.attr}" not in ALLOWED_OPS:
-                    self._deny(f"method {func.attr}", node)
+                if func.attr not in ALLOWED_TORCH_NAMES and f"aten::{func.attr}" not in ALLOWED_OPS:
+                    self.needs.append(("method", func.attr, getattr(node, "lineno", 0)))
                 self.visit(func.value)
             else:
                 self.visit(func)

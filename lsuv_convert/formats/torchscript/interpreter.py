@@ -15,10 +15,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...errors import DataError, first_line
 from .layers import build_layer
 from .program import Block, Const, Op, Program, free_values
 
-class ProgramModule(nn.Module):
+
+class BatchErrors:
+    """Mixin for the module handed to the engine: an op failing on the batch is the batch's
+    DataError (TorchScript's own words), as in the fidelity check, which may have seen only the
+    first samples (:func:`.loader.prepare_inputs`); a batch size baked into a trace shows here."""
+
+    lsuv_source = None  # the file, for the message
+
+    def __call__(self, *inputs, **kwargs):
+        try:
+            return super().__call__(*inputs, **kwargs)
+        except RuntimeError as exc:
+            shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
+            raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)}",
+                            path=self.lsuv_source) from exc
+
+
+class ProgramModule(BatchErrors, nn.Module):
     """Runs a Program; holds its target layers (by module path) and the tensors it reads."""
 
     def __init__(self, program: Program):

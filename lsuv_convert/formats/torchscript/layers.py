@@ -319,15 +319,20 @@ class ScriptAttention(_RunsLayerCall, nn.Module):
         return self.in_proj_bias
 
 
+def scales_without_rerun(variants: list[LayerCall]) -> bool:
+    """Whether every call of the weight is ``f(x, W) + bias`` of one family and layout: the layer is
+    then a conv / linear module, whose output the engine splits into q / k / v when it is packed."""
+    return (len({c.family for c in variants}) == 1 and variants[0].family != "attention"
+            and len({c.out_axis for c in variants}) == 1 and all(c.linear_in_weight for c in variants))
+
+
 def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None,
                 extra: dict | None = None) -> nn.Module:
     """The module for one weight; a conv / linear subclass when every call is ``f(x, W) + bias``."""
     families = {c.family for c in variants}
     if families == {"attention"}:
         return ScriptAttention(variants, weight, bias, extra or {})
-    if len({c.out_axis for c in variants}) > 1:
-        return ScriptLayer(variants, weight, bias)
-    if len(families) > 1 or not all(c.linear_in_weight for c in variants):
+    if not scales_without_rerun(variants):
         return ScriptLayer(variants, weight, bias)
     family = families.pop()
     if family == "conv":

@@ -16,6 +16,7 @@ import torch
 
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ...graph import InputSpec, ModelGraph, TargetLayer
+from ...stages import stage
 from .archive import ArchiveInfo, inspect_archive
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
@@ -37,10 +38,12 @@ class ScriptState:
 
 
 def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
-    info = inspect_archive(path, check_code=not trust_code)
-    extra = {name: "" for name in info.extra_files}
-    script_module = _jit_load(path, extra)
-    return script_graph(script_module, path, info, extra)
+    with stage("parse"):  # the archive's layout and code check, then torch.jit.load
+        info = inspect_archive(path, check_code=not trust_code)
+        extra = {name: "" for name in info.extra_files}
+        script_module = _jit_load(path, extra)
+    with stage("conversion"):  # the inlined graph read into a Program, then an fx graph
+        return script_graph(script_module, path, info, extra)
 
 
 def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
@@ -82,6 +85,7 @@ def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
         except Exception as exc:  # noqa: BLE001 - any fx limitation: the interpreter runs everything
             module, engine_path = holder, "hooks"
             notes.append(f"engine path: exact TorchScript interpreter with forward hooks (fx translation failed: {exc})")
+    module.lsuv_source = path
     if program.untouched_params:
         shown = ", ".join(program.untouched_params[:8]) + (" ..." if len(program.untouched_params) > 8 else "")
         notes.append(f"parameters left as they are (no conv / linear op of the inlined forward graph uses them as its weight): {shown}")
@@ -185,35 +189,86 @@ def _last_line(text: str) -> str:
     return lines[0] if lines else "unknown error"
 
 
+# The fidelity check runs this many leading samples when the graph lets a sub-batch prove as
+# much as the whole one (see _check_rows): every op is the node's own aten overload, so a
+# translation mistake shows on any sample, and the full batch meets the graph in the engine.
+CHECK_SAMPLES = 2
+
+
 def prepare_inputs(graph: ModelGraph, inputs: list) -> None:
     """Run the real ScriptModule and our module on the batch; they must agree.
 
     Catches a batch that doesn't fit (TorchScript's own error, as a DataError) and any
-    translation mistake (ConversionError), before the engine changes a weight.
+    translation mistake (ConversionError), before the engine changes a weight. A straight-line
+    graph (no ``prim::If`` / ``prim::Loop`` left after folding) is checked on the first
+    :data:`CHECK_SAMPLES` samples: it runs the same ops whatever the data, and two forward
+    passes of the whole batch would cost more than the LSUV pass itself. Should TorchScript
+    refuse the sub-batch (a batch size baked into a trace), the whole batch decides.
     """
     state: ScriptState = graph.state
     script_module = state.module
     dtype = next((p.dtype for p in script_module.parameters() if p.is_floating_point()), torch.float32)
     args = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
+    rows = _check_rows(state.program, args)
+    if rows is not None:
+        try:
+            expected = _run_script(graph, [x[:rows] for x in args])
+        except DataError:
+            pass  # maybe only this size: the whole batch decides below
+        else:
+            _compare_translation(graph, [x[:rows] for x in args], expected)
+            note = (f"fidelity check: the translated graph agrees with TorchScript on the batch's first {rows} "
+                    "samples (a straight-line graph runs the same ops on every sample)")
+            if note not in graph.notes:
+                graph.notes.append(note)
+            return
+    _compare_translation(graph, args, _run_script(graph, args))
+
+
+def _check_rows(program: Program, args: list) -> int | None:
+    """How many leading samples the check runs on, or None for the whole batch.
+
+    The whole batch where the graph branches or loops (a sub-batch may take another path),
+    where an input has no batch axis shared with the others, or where the batch is small anyway.
+    """
+    if program.has_control_flow:
+        return None
+    if not args or any(not isinstance(x, torch.Tensor) or x.dim() == 0 for x in args):
+        return None
+    sizes = {int(x.shape[0]) for x in args}
+    if len(sizes) != 1 or sizes.pop() <= CHECK_SAMPLES:
+        return None
+    return CHECK_SAMPLES
+
+
+_SEED = 12345  # the same dropout masks in both runs, should the graph have live dropout
+
+
+def _run_script(graph: ModelGraph, args: list):
+    """The real ScriptModule's output on ``args``, its mutable state left as it was."""
+    state: ScriptState = graph.state
     restore = _snapshot_mutable(state)
-    seed = 12345  # the same dropout masks in both runs, should the graph have live dropout
     try:
         # The JIT's profiling executor spends seconds optimizing a big graph on its first
         # calls; one plain run is all that is needed here.
         with torch.no_grad(), torch.jit.optimized_execution(False), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            expected = script_module(*args)
+            torch.manual_seed(_SEED)
+            return state.module(*args)
     except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
-        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        shapes = ", ".join(str(tuple(x.shape)) for x in args)
         raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)}", path=graph.source) from None
     finally:
         restore()
+
+
+def _compare_translation(graph: ModelGraph, args: list, expected) -> None:
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(_SEED)
             actual = graph.module(*args)
     except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(exc)}", path=graph.source) from exc
+        cause = exc.__cause__ if isinstance(exc, DataError) and exc.__cause__ is not None else exc  # the op's own words
+        raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(cause)}", path=graph.source) from exc
     problem = _compare(expected, actual)
     if problem:
         raise ConversionError(f"the translated graph disagrees with TorchScript on the batch: {problem}", path=graph.source)

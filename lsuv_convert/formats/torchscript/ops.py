@@ -224,9 +224,24 @@ def resolve(node) -> Resolved:
 def _parsed_schema(node):
     try:
         text = node.schema()
-        return torch._C.parse_schema(text) if text and text != "(no schema)" else None
     except RuntimeError:
         return None
+    return _schema_of(text) if text and text != "(no schema)" else None
+
+
+# Schema text -> parsed schema / dispatcher overload (or None): a graph names the same few
+# schemas hundreds of times, and a zoo the same ones again in every model.
+_SCHEMAS: dict[str, Any] = {}
+_OVERLOADS: dict[str, Any] = {}
+
+
+def _schema_of(text: str):
+    if text not in _SCHEMAS:
+        try:
+            _SCHEMAS[text] = torch._C.parse_schema(text)
+        except RuntimeError:
+            _SCHEMAS[text] = None
+    return _SCHEMAS[text]
 
 
 def _is_container(t) -> bool:
@@ -241,16 +256,34 @@ def _dispatcher_overload(node):
         return None
     if not text or text == "(no schema)" or "..." in text:
         return None
-    try:
-        schema = torch._C.parse_schema(text)
-        ns, name = schema.name.split("::", 1)
-        packet = getattr(getattr(torch.ops, ns), name)
-        overload = getattr(packet, schema.overload_name or "default")
-    except (AttributeError, RuntimeError, ValueError):
+    if text in _OVERLOADS:
+        overload = _OVERLOADS[text]
+    else:
+        try:
+            overload = _OVERLOADS[text] = _overload_of(text)
+        except LookupError:  # not registered (yet: a library may load it later): not cached
+            return None
+    if overload is None:
         return None
     schema = overload._schema
     if len(schema.arguments) != node.inputsSize() or len(schema.returns) != node.outputsSize():
         return None
+    return overload
+
+
+def _overload_of(text: str):
+    """The dispatcher overload a schema names when it has concrete types, else None;
+    LookupError when no such operator is registered."""
+    schema = _schema_of(text)
+    if schema is None:
+        return None
+    try:
+        ns, name = schema.name.split("::", 1)
+        packet = getattr(getattr(torch.ops, ns), name)
+        overload = getattr(packet, schema.overload_name or "default")
+    except (AttributeError, RuntimeError, ValueError) as exc:
+        raise LookupError(schema.name) from exc
+    schema = overload._schema
     if any(_is_generic(a.type) for a in list(schema.arguments) + list(schema.returns)):
         return None
     return overload

@@ -43,7 +43,6 @@ class Op:
     blocks: list["Block"] = field(default_factory=list)
     key: Any = None  # read: tensor key; layer: module path; get/set_attr: (owner path, name)
     frees: tuple[int, ...] = ()  # values dead after this op (for the interpreter)
-    where: str = ""  # source position, for messages
 
 
 @dataclass
@@ -75,6 +74,12 @@ class Program:
     training_ops: list[str] = field(default_factory=list)  # ops that run in training mode (traced so)
     layer_parts: dict[str, int] = field(default_factory=dict)  # module path -> q/k/v slices its output is split into
     param_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # "w[q]" -> (w, first row, end row)
+    layer_outputs: dict[int, str] = field(default_factory=dict)  # first output value id of a layer node -> module path
+
+    @property
+    def has_control_flow(self) -> bool:
+        """Whether a ``prim::If`` / ``prim::Loop`` is left after folding: what runs then depends on the data."""
+        return any(op.role in ("if", "loop") for op in self.body.ops)
 
     @property
     def fx_blockers(self) -> list[str]:
@@ -91,41 +96,55 @@ class ProgramError(Exception):
     """The graph uses something neither engine path can run."""
 
 
-def read_program(script_module) -> Program:
+def read_program(script_module, graph=None) -> Program:
+    """The Program of ``script_module``'s forward; ``graph``: its :func:`specialised_graph`, when
+    the caller keeps it (verify's probes go into that graph, at the value ids the Program names)."""
+    graph = graph if graph is not None else specialised_graph(script_module)
+    nodes = _all_nodes(graph.block())  # what is left after folding
+    has_set_attr = any(kind == "prim::SetAttr" for kind, _ in nodes)
+    return _Reader(script_module, graph, nodes, has_set_attr).read()
+
+
+def specialised_graph(script_module):
+    """A copy of the inlined forward graph with non-tensor attributes folded to constants."""
     graph = script_module.inlined_graph  # a copy: safe to rewrite
-    _specialise_attributes(graph, script_module._c, assigned=_assigned_attributes(graph))
+    nodes = _all_nodes(graph.block())
+    _specialise_attributes(graph, script_module._c, nodes, assigned=_assigned_attributes(graph, nodes))
     torch._C._jit_pass_constant_propagation(graph)
     torch._C._jit_pass_dce(graph)
-    has_set_attr = bool(_find_nodes(graph.block(), "prim::SetAttr"))  # what is left after folding
-    return _Reader(script_module, graph, has_set_attr).read()
+    return graph
 
 
-def _assigned_attributes(graph) -> set[tuple[str, str]]:
+def _all_nodes(block) -> list[tuple[str, object]]:
+    """(kind, node) of every node, nested blocks included, in program order (a node before its blocks)."""
+    found = []
+    stack = [iter(block.nodes())]
+    while stack:
+        node = next(stack[-1], None)
+        if node is None:
+            stack.pop()
+            continue
+        found.append((node.kind(), node))
+        blocks = list(node.blocks())
+        if blocks:
+            stack.extend(iter(b.nodes()) for b in reversed(blocks))
+    return found
+
+
+def _assigned_attributes(graph, nodes) -> set[tuple[str, str]]:
     """(owner path, name) of every attribute forward assigns with ``prim::SetAttr``."""
     keys = set()
     owners: dict[int, str] = {next(graph.inputs()).unique(): ""}
-
-    def walk(block):
-        for node in block.nodes():
-            if node.kind() == "prim::GetAttr" and node.input().unique() in owners:
-                owners[node.output().unique()] = _join(owners[node.input().unique()], node.s("name"))
-            elif node.kind() == "prim::SetAttr" and node.inputsAt(0).unique() in owners:
-                keys.add((owners[node.inputsAt(0).unique()], node.s("name")))
-            for sub in node.blocks():
-                walk(sub)
-
-    walk(graph.block())
+    for kind, node in nodes:
+        if kind == "prim::GetAttr":
+            source = node.input().unique()
+            if source in owners:
+                owners[node.output().unique()] = _join(owners[source], node.s("name"))
+        elif kind == "prim::SetAttr":
+            source = node.inputsAt(0).unique()
+            if source in owners:
+                keys.add((owners[source], node.s("name")))
     return keys
-
-
-def _find_nodes(block, kind: str) -> list:
-    found = []
-    for node in block.nodes():
-        if node.kind() == kind:
-            found.append(node)
-        for sub in node.blocks():
-            found.extend(_find_nodes(sub, kind))
-    return found
 
 
 _CONSTANT_TYPES = (bool, int, float, str, type(None), torch.device)  # immutable: safe to fold
@@ -139,42 +158,39 @@ def _constant_like(value) -> bool:
     return False
 
 
-def _specialise_attributes(graph, root, assigned: set[tuple[str, str]]) -> None:
+def _specialise_attributes(graph, root, nodes, assigned: set[tuple[str, str]]) -> None:
     """Replace reads of non-tensor attributes (``training``, flags) by constants, in place.
 
     Attributes forward assigns keep being read at run time.
     """
     owners = {next(graph.inputs()).unique(): ("", root)}
-
-    def walk(block):
-        for node in list(block.nodes()):
-            if node.kind() == "prim::GetAttr":
-                owner = owners.get(node.input().unique())
-                if owner is not None:
-                    path, obj = owner
-                    name = node.s("name")
-                    value = obj.getattr(name)
-                    if isinstance(value, torch._C.ScriptModule):
-                        owners[node.output().unique()] = (_join(path, name), value)
-                    elif (path, name) in assigned:
-                        continue
-                    elif not isinstance(value, torch.Tensor) and _constant_like(value):
-                        try:
-                            with graph.insert_point_guard(node):
-                                constant = graph.insertConstant(value)
-                        except (RuntimeError, TypeError):
-                            continue
-                        node.output().replaceAllUsesWith(constant)
-            for sub in node.blocks():
-                walk(sub)
-
-    walk(graph.block())
+    for kind, node in nodes:
+        if kind != "prim::GetAttr":
+            continue
+        owner = owners.get(node.input().unique())
+        if owner is None:
+            continue
+        path, obj = owner
+        name = node.s("name")
+        value = obj.getattr(name)
+        if isinstance(value, torch._C.ScriptModule):
+            owners[node.output().unique()] = (_join(path, name), value)
+        elif (path, name) in assigned:
+            continue
+        elif not isinstance(value, torch.Tensor) and _constant_like(value):
+            try:
+                with graph.insert_point_guard(node):
+                    constant = graph.insertConstant(value)
+            except (RuntimeError, TypeError):
+                continue
+            node.output().replaceAllUsesWith(constant)
 
 
 class _Reader:
-    def __init__(self, script_module, graph, has_set_attr: bool):
+    def __init__(self, script_module, graph, nodes, has_set_attr: bool):
         self.sm = script_module
         self.graph = graph
+        self.nodes = nodes  # (kind, node) of the whole graph, in program order
         self.has_set_attr = has_set_attr
         self.static: dict[int, Const | ModuleRef] = {}
         self.producer: dict[int, Op] = {}
@@ -201,7 +217,7 @@ class _Reader:
         root = ModuleRef("", self.sm._c)
         self.static[values[0].unique()] = root
         if self.has_set_attr:
-            self.set_attr_keys = _assigned_attributes(graph)
+            self.set_attr_keys = _assigned_attributes(graph, self.nodes)
         self._find_written(graph)
         inputs = self._inputs(values[1:])
         body = self._block(graph.block(), depth=0, block_inputs=[])
@@ -228,6 +244,7 @@ class _Reader:
             training_ops=self.training_ops,
             layer_parts=self.layer_parts,
             param_slices=self.param_slices,
+            layer_outputs={op.outputs[0]: op.key for op, _ in self.layer_ops},
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -251,7 +268,9 @@ class _Reader:
 
     def _find_written(self, graph) -> None:
         alias_db = graph.alias_db()
-        for node in _find_nodes(graph.block(), "prim::GetAttr"):
+        for kind, node in self.nodes:
+            if kind != "prim::GetAttr":
+                continue
             out = node.output()
             if out.type().kind() == "TensorType" and alias_db.has_writers(out):
                 self.written.add(out.unique())
@@ -278,42 +297,41 @@ class _Reader:
 
     def _node(self, node, depth: int) -> Op | None:
         kind = node.kind()
-        where = _where(node)
         outputs = [o.unique() for o in node.outputs()]
         if kind == "prim::Constant":
-            return self._constant(node, outputs, where)
+            return self._constant(node, outputs)
         if kind == "prim::GetAttr":
-            return self._get_attr(node, outputs, where)
+            return self._get_attr(node, outputs)
         args = [self._arg(v) for v in node.inputs()]
         if kind in _TRAINING_ARG:
             self._check_training_mode(kind, node, args)
         if kind == "prim::SetAttr":
             owner = self.static.get(node.inputsAt(0).unique())
             if not isinstance(owner, ModuleRef):
-                raise ProgramError(f"prim::SetAttr on a value that is not a known submodule{where}")
+                raise ProgramError(f"prim::SetAttr on a value that is not a known submodule{_where(node)}")
             self.attr_owners[(owner.path, node.s("name"))] = owner.obj
-            return Op(kind, "set_attr", args[1:], outputs, key=(owner.path, node.s("name")), where=where)
+            return Op(kind, "set_attr", args[1:], outputs, key=(owner.path, node.s("name")))
         if kind == "prim::If":
             blocks = [self._block(b, depth + 1, []) for b in node.blocks()]
-            return Op(kind, "if", args, outputs, blocks=blocks, where=where)
+            return Op(kind, "if", args, outputs, blocks=blocks)
         if kind == "prim::Loop":
             body = node.blocks()
             (sub,) = list(body)
             block_inputs = [v.unique() for v in sub.inputs()]
-            return Op(kind, "loop", args, outputs, blocks=[self._block(sub, depth + 1, block_inputs)], where=where)
+            return Op(kind, "loop", args, outputs, blocks=[self._block(sub, depth + 1, block_inputs)])
         if any(True for _ in node.blocks()):
-            raise ProgramError(f"unsupported TorchScript construct {kind} (a node with blocks){where}")
+            raise ProgramError(f"unsupported TorchScript construct {kind} (a node with blocks){_where(node)}")
         if kind in LAYER_KINDS or kind == ATTENTION:
-            op = self._layer(node, args, outputs, depth, where)
+            op = self._layer(node, args, outputs, depth)
             if op is not None:
                 return op
         try:
             resolved = resolve(node)
         except UnsupportedNode as exc:
-            raise ProgramError(f"{exc}{where}") from exc
+            raise ProgramError(f"{exc}{_where(node)}") from exc
         if kind in _SPLITS:
             self._note_parts(kind, args)
-        return Op(kind, "call", args, outputs, call=resolved, where=where)
+        return Op(kind, "call", args, outputs, call=resolved)
 
     def _note_parts(self, kind: str, args: list) -> None:
         """A linear layer whose output is split into equal slices (q, k, v): each slice is a map."""
@@ -357,24 +375,24 @@ class _Reader:
         if parts is not None and 1 < parts <= 4:
             self.layer_parts[producer.key] = parts
 
-    def _constant(self, node, outputs, where) -> Op | None:
+    def _constant(self, node, outputs) -> Op | None:
         out = node.output()
         if out.type().kind() == "TensorType":
             key = f"constant:{out.unique()}"
             self.tensors[key] = node.t("value")
-            return Op("prim::Constant", "read", [], outputs, key=key, where=where)
+            return Op("prim::Constant", "read", [], outputs, key=key)
         try:
             value = out.toIValue()
         except RuntimeError:
-            return Op("prim::Constant", "call", [], outputs, call=resolve(node), where=where)
+            return Op("prim::Constant", "call", [], outputs, call=resolve(node))
         self.static[out.unique()] = Const(value)
         return None
 
-    def _get_attr(self, node, outputs, where) -> Op | None:
+    def _get_attr(self, node, outputs) -> Op | None:
         owner = self.static.get(node.input().unique())
         name = node.s("name")
         if not isinstance(owner, ModuleRef):
-            raise ProgramError(f"attribute {name!r} read from a value that is not a known submodule{where}")
+            raise ProgramError(f"attribute {name!r} read from a value that is not a known submodule{_where(node)}")
         path = _join(owner.path, name)
         value = owner.obj.getattr(name)
         out = node.output()
@@ -383,7 +401,7 @@ class _Reader:
             return None
         if (owner.path, name) in self.set_attr_keys:
             self.attr_owners[(owner.path, name)] = owner.obj
-            return Op("prim::GetAttr", "get_attr", [], outputs, key=(owner.path, name), where=where)
+            return Op("prim::GetAttr", "get_attr", [], outputs, key=(owner.path, name))
         if isinstance(value, torch.Tensor):
             if path in self.param_paths:
                 self.params.setdefault(path, value)
@@ -391,7 +409,7 @@ class _Reader:
                 self.tensors.setdefault(path, value.detach())
             if out.unique() in self.written:
                 self._copy_on_write(path)
-            return Op("prim::GetAttr", "read", [], outputs, key=path, where=where)
+            return Op("prim::GetAttr", "read", [], outputs, key=path)
         self.static[out.unique()] = Const(value)
         return None
 
@@ -425,7 +443,7 @@ class _Reader:
         if path in self.tensors:
             self.tensors[path] = self.tensors[path].clone()
 
-    def _layer(self, node, args, outputs, depth, where) -> Op | None:
+    def _layer(self, node, args, outputs, depth) -> Op | None:
         if node.kind() == ATTENTION:
             call = match_attention(_dispatcher_overload(node), args, self._read_of, lambda a: isinstance(a, Const))
         else:
@@ -444,7 +462,7 @@ class _Reader:
         name = self.layer_names[module_path]
         if depth > 0 and name not in self.in_control_flow:
             self.in_control_flow.append(name)
-        op = Op(node.kind(), "layer", [], outputs, key=module_path, where=where)
+        op = Op(node.kind(), "layer", [], outputs, key=module_path)
         self.layer_ops.append((op, call))
         self.call_of[id(op)] = call
         if call.weight_path.endswith("in_proj_weight") and call.family == "linear":

@@ -14,7 +14,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from .interpreter import ProgramModule, RootRef, make_control_flow_call
+from .interpreter import BatchErrors, ProgramModule, RootRef, make_control_flow_call
 from .program import Const
 
 _LITERALS = (bool, int, float, complex, str, type(None), torch.device, torch.dtype, torch.memory_format, torch.layout)
@@ -28,6 +28,10 @@ def _is_literal(value) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, (str, int)) and _is_literal(v) for k, v in value.items())
     return False
+
+
+class ScriptGraphModule(BatchErrors, fx.GraphModule):
+    """The translated forward graph; the batch's errors are DataErrors (see :class:`BatchErrors`)."""
 
 
 def to_graph_module(holder: ProgramModule) -> fx.GraphModule:
@@ -79,7 +83,7 @@ def to_graph_module(holder: ProgramModule) -> fx.GraphModule:
     (out,) = program.body.outputs
     graph.output(arg(out))
     graph.lint()
-    gm = fx.GraphModule(holder, graph, class_name="TorchScriptForward")
+    gm = ScriptGraphModule(holder, graph, class_name="TorchScriptForward")
     for name, child in holder.named_children():  # the holder's own objects, so both views share them
         gm.add_module(name, child)
     root.module = gm

@@ -111,10 +111,10 @@ def output_stats(out: torch.Tensor) -> tuple[float, float]:
     BLAS dot of the output with itself (relative error < 1e-6 up to 1 M elements); beyond
     that, or for a non-contiguous output, the norms of rows of at most 64 K elements and the
     float64 norm of those (one norm over all elements would accumulate error linearly in n,
-    and so, more slowly, would one dot). This runs once per
-    layer, and on the many small outputs of a net each op's fixed cost (a few us, more right
-    after a large kernel has left the caches cold) counts as much as its pass over the data;
-    both are far below ``torch.var_mean``'s Welford loop. Where the mean dominates the
+    and so, more slowly, would one dot). This runs once per layer, and on the many small
+    outputs of a net each op's fixed cost (a few us, more right after a large kernel has left
+    the caches cold) counts as much as its pass over the data; both are far below
+    ``torch.var_mean``'s Welford loop. Where the mean dominates the
     spread (mean^2 > 16 var), E[x^2] - mean^2 would cancel, so the moments are taken again
     about the mean in float64, a chunk at a time (no copy of the whole output).
     """
@@ -321,8 +321,9 @@ def _fit_linear(module, run, settings, out, var, mean, dim, scales_bias):
     With weight scale ``s`` the output is ``s * out`` (no bias, or centre mode where the bias
     scales too) or ``s * (out - b) + b``. The variance and mean of either are closed-form in
     ``s`` given moments taken once (:class:`_BiasedMoments`), so no step touches the output
-    or the weight. After the loop the output is updated once, in place, and the weight (with, in centre mode, the bias) is written once by
-    :func:`_write_scaled`, which makes the overflow check in the same pass. If that check
+    or the weight. After the loop the output is updated once, in place, and the weight (with,
+    in centre mode, the bias) is written once by :func:`_write_scaled`, which makes the
+    overflow check in the same pass. If that check
     fails (a weight that the scale would turn into inf), the loop is replayed on the
     recorded steps to the last one the weight could take, exactly as if each step had been
     checked before it was taken.

@@ -72,9 +72,8 @@ class OnnxFormat(ModelFormat):
         if not plan.targets:
             raise ModelFormatError(targets.nothing_to_initialize(model), path=path)
         with stage("conversion"):
-            working = convert.prepare_working(model, path, plan)
+            working, converted = convert.converted_working(model, path, plan)
             plan = working.plan
-            converted = convert.convert(model, working.model, plan, path)
         del working.model
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes,

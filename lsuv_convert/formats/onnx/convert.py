@@ -384,16 +384,17 @@ class Working:
     notes: list[str]
 
 
-def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None) -> Working:
+def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None, probe: bool = True) -> Working:
     """The working copy for ``model``: only what leads to a target layer, every target weight a
     plain initializer holding what the layer sees, unconvertible nodes as onnxruntime regions.
-    A target layer that ends up inside a region is not initialized (``plan.skipped`` says why)."""
+    A target layer that ends up inside a region is not initialized (``plan.skipped`` says why).
+    Without ``probe``, converters are not tried beforehand (see :func:`converted_working`)."""
     from .targets import find_targets
 
     exclude: dict[int, str] = {}
     plan = plan if plan is not None else find_targets(model)
     while True:
-        work, regions, swallowed, pruned = _working_for(model, plan)
+        work, regions, swallowed, pruned = _working_for(model, plan, probe)
         if not swallowed:
             break
         exclude.update(swallowed)
@@ -409,7 +410,21 @@ def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = No
     return Working(work, plan, regions, notes)
 
 
-def _working_for(model: onnx.ModelProto, plan: TargetPlan):
+def converted_working(model: onnx.ModelProto, source, plan: TargetPlan) -> tuple[Working, Converted]:
+    """The working copy and its conversion. Optimistic first: when every node has a registered
+    converter, the graph is converted straight away, each converter (and its copy of the weights)
+    called once; only if onnx2torch then refuses a node is each converter tried on its own, so the
+    nodes it refuses run in onnxruntime regions, and the graph converted again."""
+    working = prepare_working(model, source, plan, probe=False)
+    try:
+        return working, convert(model, working.model, working.plan, source)
+    except ModelFormatError:
+        pass
+    working = prepare_working(model, source, plan, probe=True)
+    return working, convert(model, working.model, working.plan, source)
+
+
+def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool = True):
     from . import regions as region_mod
     from .targets import unique_name
 
@@ -468,7 +483,7 @@ def _working_for(model: onnx.ModelProto, plan: TargetPlan):
     graph.output.extend(new_outputs)
     domains = {n.output[0]: n.domain for n in graph.node if n.output}
     work = fix_for_onnx2torch(work)
-    unconvertible = region_mod.find_unconvertible(work)
+    unconvertible = region_mod.find_unconvertible(work, probe)
     regions = region_mod.replace_regions(work, model, unconvertible, domains)
     in_region = {}
     for region in regions:

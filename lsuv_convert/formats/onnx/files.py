@@ -92,6 +92,18 @@ def _expected_elements(tensor: TensorProto) -> int:
     return int(math.prod(tensor.dims)) if tensor.dims else 1
 
 
+def _raw_length(tensor: TensorProto) -> int:
+    """len(tensor.raw_data) without reading it (Python's protobuf hands out a copy of the bytes):
+    the message's encoded size less its other fields' is 1 tag byte + the varint of the length + the length."""
+    shell = TensorProto()
+    copy_fields(tensor, shell, skip=("raw_data",))
+    rest = tensor.ByteSize() - shell.ByteSize() - 1
+    for width in range(1, 11):
+        if len(_varint(rest - width)) == width:
+            return rest - width
+    return len(tensor.raw_data)
+
+
 def _check_initializers(model: onnx.ModelProto, path: Path) -> None:
     for tensor in model.graph.initializer:
         n = _expected_elements(tensor)
@@ -102,9 +114,10 @@ def _check_initializers(model: onnx.ModelProto, path: Path) -> None:
                 continue  # exotic element types (4-bit, float8): nothing to check here
             if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
                 continue
-            if len(tensor.raw_data) != n * itemsize:
+            held = _raw_length(tensor)
+            if held != n * itemsize:
                 raise ModelFormatError(
-                    f"initializer {tensor.name!r} holds {len(tensor.raw_data)} bytes, its shape {list(tensor.dims)} needs {n * itemsize} (truncated file?)",
+                    f"initializer {tensor.name!r} holds {held} bytes, its shape {list(tensor.dims)} needs {n * itemsize} (truncated file?)",
                     path=path,
                 )
         else:

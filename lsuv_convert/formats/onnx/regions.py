@@ -117,8 +117,10 @@ def has_subgraph(node) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
-def why_unconvertible(node, graph: OnnxGraph, opsets: dict[str, int], unique_name: str) -> str | None:
-    """None if onnx2torch converts ``node`` (as the working copy will hand it over), else why not."""
+def why_unconvertible(node, graph: OnnxGraph, opsets: dict[str, int], unique_name: str, probe: bool = True) -> str | None:
+    """None if onnx2torch converts ``node`` (as the working copy will hand it over), else why not.
+    Without ``probe``, only what is known without calling the converter (domain, subgraphs, a
+    registered converter): the converter's own refusal then shows when the graph is converted."""
     domain = node.domain
     version = opsets.get(domain)
     if domain not in STANDARD + PRIVATE:
@@ -129,6 +131,8 @@ def why_unconvertible(node, graph: OnnxGraph, opsets: dict[str, int], unique_nam
         converter = get_converter(operation_type=node.op_type, version=version, domain=domain)
     except NotImplementedError:
         return f"op {node.op_type} (opset {version}) has no torch converter"
+    if not probe:
+        return None
     try:
         converter(OnnxNode(node, unique_name=unique_name), graph)
     except Exception as exc:  # noqa: BLE001 - a converter refusing these attributes: run it in onnxruntime
@@ -137,21 +141,24 @@ def why_unconvertible(node, graph: OnnxGraph, opsets: dict[str, int], unique_nam
     return None
 
 
-def find_unconvertible(work: onnx.ModelProto) -> dict[int, str]:
-    """{node index in ``work``: why onnx2torch can't convert it}."""
+def find_unconvertible(work: onnx.ModelProto, probe: bool = True) -> dict[int, str]:
+    """{node index in ``work``: why onnx2torch can't convert it}. With ``probe``, every node's
+    converter is tried (building its module, weights included); without, only what is known
+    without calling it (see :func:`why_unconvertible`)."""
     from .lean_conversion import infer_shapes_in_place, modules_without_random_init
 
-    try:
-        infer_shapes_in_place(work)
-    except Exception:  # noqa: BLE001 - best effort: converters that need shapes then refuse
-        pass
+    if probe:
+        try:
+            infer_shapes_in_place(work)
+        except Exception:  # noqa: BLE001 - best effort: converters that need shapes then refuse
+            pass
     graph = OnnxGraph(work.graph)
     opsets = {o.domain: o.version for o in work.opset_import}
     opsets.setdefault("", opsets.get("ai.onnx", 0))
     reasons = {}
     with modules_without_random_init():
         for k, (name, onnx_node) in enumerate(graph.nodes.items()):
-            why = why_unconvertible(onnx_node.proto, graph, opsets, name)
+            why = why_unconvertible(onnx_node.proto, graph, opsets, name, probe)
             if why is not None:
                 reasons[k] = why
     return reasons

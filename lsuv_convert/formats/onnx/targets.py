@@ -235,9 +235,9 @@ def stored_layout(value: np.ndarray, chain: tuple, stored) -> np.ndarray:
         elif step.op == "Reshape":
             value = value.reshape(step.stored_shape)
         elif step.op == "Cast":
-            value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(step.stored_type))
-    value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(stored.data_type)).reshape(tuple(stored.dims))
-    return np.ascontiguousarray(value)
+            value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(step.stored_type), copy=False)
+    value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(stored.data_type), copy=False).reshape(tuple(stored.dims))
+    return np.ascontiguousarray(value)  # no copy when the value already is the stored layout
 
 
 def _attr(node, name: str, default):

@@ -58,19 +58,8 @@ def timed(fn: Callable[[], object], device: str = "cpu") -> tuple[float, object]
     a full collection over this process's heap (several models' worth of objects) costs
     ~0.2 s here and would land at random in whichever method happens to allocate then.
     """
-    sync = synchronizer(device)
-    gc.collect()
-    sync()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        result = fn()
-        sync()
-        return time.perf_counter() - t0, result
-    finally:
-        if was_enabled:
-            gc.enable()
+    seconds, _, result = timed_cpu(fn, device)
+    return seconds, result
 
 
 def timed_cpu(fn: Callable[[], object], device: str = "cpu") -> tuple[float, float, object]:

@@ -91,3 +91,76 @@ def expected_maps(model: nn.Module, extra_types: tuple = ()) -> set[str]:
         elif (isinstance(m, LINEAR_TYPES) or isinstance(m, extra_types)) and id(m) not in skip:
             names.add(name)
     return names
+
+
+# -- models and measurements several attention test files share ------------------------------------
+
+def trace(model, args, **kw):
+    """torch.jit.trace without its warnings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, args, **kw)
+
+
+class Seq2Seq(nn.Module):
+    """nn.TransformerDecoder: self- and cross-attention (q from one input, k/v from another)."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64), 2)
+
+    def forward(self, tgt, memory):
+        return self.d(tgt, memory)
+
+
+class FusedAttention(nn.Module):
+    """nn.MultiheadAttention that traces to the fused ``_native_multi_head_attention``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc(self.a(x, x, x, need_weights=False)[0])
+
+
+def tiny_bert():
+    """transformers BERT from a 2-layer, 32-wide config (random weights, traceable)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32, torchscript=True)
+    return transformers.BertModel(config).eval()
+
+
+def tiny_gpt2():
+    """transformers GPT-2 from a 2-layer, 32-wide config (random weights, traceable)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                     torchscript=True, use_cache=False)
+    return transformers.GPT2Model(config).eval()
+
+
+def conv1d_variances(model: nn.Module, *args) -> dict[str, float]:
+    """Every transformers Conv1D output at its first call (own hooks); c_attn as its q, k, v thirds."""
+    found, hooks = {}, []
+    for name, m in model.named_modules():
+        if type(m).__name__ == "Conv1D":
+            def hook(mod, inputs, out, name=name):
+                pieces = zip("qkv", out.split(out.shape[-1] // 3, dim=-1)) if name.endswith("c_attn") else [("", out)]
+                for label, piece in pieces:
+                    found.setdefault(f"{name}[{label}]" if label else name, _var(piece))
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found

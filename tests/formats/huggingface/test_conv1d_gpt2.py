@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from attention_helpers import conv1d_variances
 from conftest import invoke
 
 transformers = pytest.importorskip("transformers")
@@ -61,23 +62,6 @@ def gated():
 def fresh_gpt2():
     config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32)
     return transformers.GPT2LMHeadModel(config).eval()
-
-
-def conv1d_variances(model, ids) -> dict[str, float]:
-    """Every Conv1D output at its first call, by forward hooks; c_attn as its q, k, v thirds."""
-    found, hooks = {}, []
-    for name, m in model.named_modules():
-        if type(m).__name__ == "Conv1D":
-            def hook(mod, inputs, out, name=name):
-                pieces = zip("qkv", out.split(out.shape[-1] // 3, dim=-1)) if name.endswith("c_attn") else [("", out)]
-                for label, piece in pieces:
-                    found.setdefault(f"{name}[{label}]" if label else name, float(piece.double().var(unbiased=False)))
-            hooks.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(ids)
-    for h in hooks:
-        h.remove()
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from attention_helpers import expected_maps, measure
+from attention_helpers import FusedAttention, Seq2Seq, conv1d_variances, expected_maps, measure, tiny_bert, tiny_gpt2, trace
 from conftest import invoke
 
 TOL = 0.02
@@ -39,37 +39,10 @@ def copy_state(eager: nn.Module, script) -> nn.Module:
     return eager
 
 
-def trace(model, args, **kw):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, args, **kw)
-
-
 def assert_unit(found: dict, expected: set):
     assert set(found) == expected, set(found) ^ expected
     bad = {k: v for k, v in found.items() if abs(v - 1) >= TOL}
     assert not bad, bad
-
-
-class Seq2Seq(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.d = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64), 2)
-
-    def forward(self, tgt, memory):
-        return self.d(tgt, memory)
-
-
-class FusedAttention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.MultiheadAttention(32, 4, batch_first=True)
-        self.fc = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc(self.a(x, x, x, need_weights=False)[0])
 
 
 def test_traced_encoder_cli(tmp_path):
@@ -150,44 +123,11 @@ def test_sdpa_with_packed_qkv_reshaped(tmp_path):
 
 # -- transformers ------------------------------------------------------------------------------
 
-def _bert():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32, torchscript=True)
-    return transformers.BertModel(config).eval()
-
-
-def _gpt2():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                     torchscript=True, use_cache=False)
-    return transformers.GPT2Model(config).eval()
-
-
-def gpt2_maps(model, ids) -> dict[str, float]:
-    """Every Linear / Conv1D output, and c_attn's q, k, v thirds, at the first call."""
-    found, hooks = {}, []
-    for name, m in model.named_modules():
-        if type(m).__name__ == "Conv1D":
-            def hook(mod, i, out, name=name):
-                if name.endswith("c_attn"):
-                    for label, part in zip("qkv", out.split(out.shape[-1] // 3, dim=-1)):
-                        found.setdefault(f"{name}[{label}]", float(part.double().var(unbiased=False)))
-                else:
-                    found.setdefault(name, float(out.double().var(unbiased=False)))
-            hooks.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(ids)
-    for h in hooks:
-        h.remove()
-    return found
-
-
 @pytest.fixture(scope="module")
 def token_files(tmp_path_factory):
     torch.manual_seed(3)
     folder = tmp_path_factory.mktemp("tokens")
-    bert, gpt2 = _bert(), _gpt2()
+    bert, gpt2 = tiny_bert(), tiny_gpt2()
     ids = torch.randint(0, 50, (4, 16))
     mask = torch.ones(4, 16, dtype=torch.long)
     trace(bert, (ids, mask), strict=False).save(str(folder / "bert.pt"))
@@ -201,7 +141,7 @@ def test_bert_cli_with_token_ids(token_files):
     folder, bert, _, ids, mask = token_files
     r = invoke(folder / "bert.pt", "--data", folder / "bert.npz", "--log", folder / "bert.json", "--strict")
     assert r.returncode == 0, r.stderr
-    model = load_into(_bert(), folder / "bert.lsuv.pt")
+    model = load_into(tiny_bert(), folder / "bert.lsuv.pt")
     found = measure(model, ids, mask)
     assert_unit(found, expected_maps(model))
     log = json.loads((folder / "bert.json").read_text())
@@ -224,8 +164,8 @@ def test_gpt2_cli_splits_c_attn(token_files):
     folder, _, gpt2, ids, _ = token_files
     r = invoke(folder / "gpt2.pt", "--data", folder / "ids.npy", "--strict")
     assert r.returncode == 0, r.stderr
-    model = load_into(_gpt2(), folder / "gpt2.lsuv.pt")
-    found = gpt2_maps(model, ids)
+    model = load_into(tiny_gpt2(), folder / "gpt2.lsuv.pt")
+    found = conv1d_variances(model, ids)
     assert len(found) == 2 * 6 and all(abs(v - 1) < TOL for v in found.values()), found
 
 
@@ -236,13 +176,13 @@ def test_script_modules_through_the_api(token_files):
     script = jit_load(folder / "bert.pt")
     report = lsuv_init(script, ids, kwargs={"attention_mask": mask}, seed=0, strict=True)
     assert sum(e.numel for e in report.account) == sum(p.numel() for p in script.parameters())
-    model = load_into(_bert(), folder / "bert.pt")  # untouched file: the ScriptModule in memory changed
+    model = load_into(tiny_bert(), folder / "bert.pt")  # untouched file: the ScriptModule in memory changed
     assert not torch.equal(model.encoder.layer[0].attention.self.query.weight, script.state_dict()["encoder.layer.0.attention.self.query.weight"])
     copy_state(model, script)
     assert_unit(measure(model, ids, mask), expected_maps(model))
     script = jit_load(folder / "gpt2.pt")
     report = lsuv_init(script, {"input_ids": ids}, seed=0, strict=True)
     assert report.counts["unreached"] == 0
-    model = copy_state(_gpt2(), script)
-    found = gpt2_maps(model, ids)
+    model = copy_state(tiny_gpt2(), script)
+    found = conv1d_variances(model, ids)
     assert all(abs(v - 1) < TOL for v in found.values()), found

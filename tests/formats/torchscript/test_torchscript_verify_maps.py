@@ -15,17 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from attention_helpers import measure
+from attention_helpers import FusedAttention, Seq2Seq, conv1d_variances, measure, tiny_bert, tiny_gpt2, trace
 from conftest import invoke
 
 pytestmark = pytest.mark.slow
 TOL = 0.02
-
-
-def trace(model, args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, args, **kw)
 
 
 def with_written_weights(eager: nn.Module, path) -> nn.Module:
@@ -46,56 +40,6 @@ def eager_name(log_name: str) -> str:
     return log_name
 
 
-class Seq2Seq(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.d = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64), 2)
-
-    def forward(self, tgt, memory):
-        return self.d(tgt, memory)
-
-
-class FusedAttention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.MultiheadAttention(32, 4, batch_first=True)
-        self.fc = nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.fc(self.a(x, x, x, need_weights=False)[0])
-
-
-def _gpt2():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                     torchscript=True, use_cache=False)
-    return transformers.GPT2Model(config).eval()
-
-
-def _bert():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32, torchscript=True)
-    return transformers.BertModel(config).eval()
-
-
-def gpt2_hooks(model, ids) -> dict[str, float]:
-    """Every Conv1D output at its first call, c_attn as its q, k, v thirds (own hooks)."""
-    found, hooks = {}, []
-    for name, m in model.named_modules():
-        if type(m).__name__ == "Conv1D":
-            def hook(mod, i, out, name=name):
-                parts = zip("qkv", out.split(out.shape[-1] // 3, dim=-1)) if name.endswith("c_attn") else [(None, out)]
-                for label, part in parts:
-                    found.setdefault(f"{name}[{label}]" if label else name, float(part.double().var(unbiased=False)))
-            hooks.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(ids)
-    for h in hooks:
-        h.remove()
-    return found
-
-
 CASES = ["encoder", "decoder", "fused", "gpt2", "bert"]
 
 
@@ -110,9 +54,9 @@ def build(case: str, folder):
     elif case == "fused":
         model, batch = FusedAttention().eval(), (torch.randn(4, 6, 32),)
     elif case == "gpt2":
-        model, batch = _gpt2(), (torch.randint(0, 50, (4, 16)),)
+        model, batch = tiny_gpt2(), (torch.randint(0, 50, (4, 16)),)
     else:
-        model, batch = _bert(), (torch.randint(0, 50, (4, 16)), torch.ones(4, 16, dtype=torch.long))
+        model, batch = tiny_bert(), (torch.randint(0, 50, (4, 16)), torch.ones(4, 16, dtype=torch.long))
     with torch.no_grad():  # the fused case: traced into aten::_native_multi_head_attention
         traced = trace(model, batch, strict=False)
     if case == "fused":
@@ -151,7 +95,7 @@ def test_verify_names_every_map_as_the_log_does(verified):
 def test_verify_agrees_with_hooks_on_the_eager_model(verified):
     case, _, result, written, batch = verified
     if case == "gpt2":
-        hooked = gpt2_hooks(written, *batch)
+        hooked = conv1d_variances(written, *batch)
     else:
         hooked = measure(written, *batch)
     measured = {eager_name(r["name"]): r["var"] for r in result["layers"]}

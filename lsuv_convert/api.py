@@ -115,6 +115,24 @@ def find_targets(module: nn.Module, names: Sequence[str] | None = None,
     return {n: m for n, m in found.items() if n not in owned}
 
 
+def without_tied_targets(module: nn.Module, targets: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], list[str]]:
+    """``targets`` less those whose weight a module that is not a target also holds (an output
+    projection tied to the input embedding: scaling it would change a layer that already ran,
+    which breaks LSUV's order), and a note for each one left out."""
+    owners: dict[int, list[str]] = {}
+    for name, owner in module.named_modules(remove_duplicate=False):
+        for param in owner.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(name)
+    kept, notes = {}, []
+    for path, target in targets.items():
+        others = [o for o in owners.get(id(getattr(target, "weight", None)), []) if o != path and o not in targets]
+        if others:
+            notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
+            continue
+        kept[path] = target
+    return kept, notes
+
+
 def _pre_init_units(targets: dict[str, nn.Module]) -> list:
     """What the pre-init fills: each target, and each projection of an attention separately."""
     units = []
@@ -159,6 +177,9 @@ def lsuv_init(
     "hooks" (walk the module's own forward) or "auto" (fx for a GraphModule, else hooks);
     all give the same weights, in one forward pass.
     ``seed=None`` draws from torch's global generator.
+    Without ``targets``, a layer whose weight is tied to a module that is not a layer (a language
+    model's output projection sharing the input embedding) is left out, with a note in
+    ``report.notes``: scaling it would rescale the embedding, which runs first.
     The report's ``account`` says, for every parameter tensor, whether it was initialized,
     unreached (its layer never ran on the batch) or skipped (with the reason); ``strict=True``
     raises :class:`~lsuv_convert.account.IncompleteError` when a conv / linear / attention
@@ -174,6 +195,8 @@ def lsuv_init(
     home = _module_device(module)
     named = list(module.named_modules())  # one walk of the module tree for every scan below
     target_map = find_targets(module, targets, named)
+    if targets is None:
+        target_map, report.notes = without_tied_targets(module, target_map)
 
     with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
         t0 = time.perf_counter()

@@ -62,6 +62,7 @@ class LsuvReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     account: list = field(default_factory=list)  # ParamAccount per parameter tensor (see account.py)
+    notes: list[str] = field(default_factory=list)  # targets left out and why
 
     @property
     def unconverged(self) -> list[LayerReport]:

@@ -20,22 +20,10 @@ from .graph import InputSpec, ModelGraph, TargetLayer
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
-    from .api import find_targets
+    from .api import find_targets, without_tied_targets
 
-    targets = find_targets(model)
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), []).append(name)
-    kept, notes = [], []
-    for path, module in targets.items():
-        weight = getattr(module, "weight", None)
-        others = [o for o in owners.get(id(weight), []) if o != path and o not in targets]
-        if others:
-            notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
-            continue
-        kept.append(path)
-    return kept, notes
+    kept, notes = without_tied_targets(model, find_targets(model))
+    return list(kept), notes
 
 
 def declared_inputs(model) -> list[InputSpec]:

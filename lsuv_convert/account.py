@@ -193,6 +193,8 @@ def _named_parameters(named):
 
 def graph_account(graph, reports) -> list[ParamAccount]:
     """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
+    if graph.file_account is not None:
+        return graph.file_account(reports)
     by_path = graph.target_by_path()
     targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
     account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)

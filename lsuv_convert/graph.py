@@ -50,6 +50,9 @@ class ModelGraph:
     # Source parameters the module does not hold as parameters of a target (the account lists
     # them as skipped): dicts with name, shape, reason and linear (a matrix a conv / linear op uses).
     skipped_params: list[dict] = field(default_factory=list)
+    # A format whose file names its tensors otherwise than the module does (ONNX: stored tensors,
+    # some held by no module) accounts for them itself: the engine's LayerReports -> ParamAccounts.
+    file_account: Any = None
     provenance: dict = field(default_factory=dict)  # tool version, seed, settings, batch hash: for formats with metadata
     # The batch as the module takes it, where the plug-in had to type it (token ids the data path
     # delivered as floats, now int64); None: the module takes the inputs prepare() was given.

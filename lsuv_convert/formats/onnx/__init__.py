@@ -15,6 +15,7 @@ Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class OnnxFormat(ModelFormat):
         graph = ModelGraph(module=state.converted.module, targets=list(loaded.targets), inputs=loaded.inputs,
                            format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
                            engine_path="fx")
+        graph.file_account = functools.partial(_file_account, state, {t.module_path: t.name for t in graph.targets})
         if check:
             with stage("fidelity_gate"):
                 worst, judged = fidelity.gate(
@@ -156,6 +158,12 @@ class OnnxFormat(ModelFormat):
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
+
+
+def _file_account(state: OnnxState, label_of: dict[str, str], reports) -> list:
+    from .account import file_account
+
+    return file_account(state.model, state.plan, label_of, reports)
 
 
 def _targets(plan, converted) -> list[TargetLayer]:

@@ -65,7 +65,7 @@ def _conv_bn(name, bottom, out, kernel, stride=1, pad=0, relu=True) -> str:
 def resnet50(batch: int = 1) -> str:
     text = 'name: "ResNet-50"\n' + _input((batch, 3, 224, 224))
     text += _conv_bn("conv1", "data", 64, 7, stride=2, pad=3) + _pool("pool1", "conv1", "MAX", 3, 2)
-    bottom, width = "pool1", 64
+    bottom = "pool1"
     for stage, (blocks, mid) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), start=2):
         for block in range(blocks):
             name = f"res{stage}{chr(ord('a') + block)}"
@@ -79,7 +79,7 @@ def resnet50(batch: int = 1) -> str:
             text += _conv_bn(f"{name}_branch2c", f"{name}_branch2b", mid * 4, 1, relu=False)
             text += _layer(name, "Eltwise", [shortcut, f"{name}_branch2c"], name)
             text += _layer(f"{name}_relu", "ReLU", name, name)
-            bottom, width = name, mid * 4
+            bottom = name
     text += _pool("pool5", bottom, "AVE", 0, 0, global_pooling=True)
     text += _layer("fc1000", "InnerProduct", "pool5", "fc1000", "inner_product_param { num_output: 1000 }")
     return text + _layer("prob", "Softmax", "fc1000", "prob")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 import zlib
 
-import numpy as np
 import pytest
 
 from conftest import invoke

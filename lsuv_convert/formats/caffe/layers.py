@@ -431,16 +431,25 @@ def relu(ctx, bottoms):
 @converter("PReLU")
 def prelu(ctx, bottoms):
     p = ctx.layer.prelu_param
+    return _channel_parameter(ctx, bottoms, "PReLU", p.channel_shared,
+                              lambda channels, shape: M.CaffePReLU(channels, p.channel_shared),
+                              "slope", "weight", _filler_or(p, "filler", 0.25))
+
+
+def _channel_parameter(ctx, bottoms, kind: str, shared: bool, build, role: str, attr: str, filler) -> list[Blob]:
+    """A layer of one input with channels and one learned blob: a value per channel, or one
+    ``shared`` by all (PReLU's slope, Normalize's scale). ``build(channels, blob shape)`` makes
+    the module; the blob becomes its ``attr``."""
     _bottoms(ctx, bottoms, 1)
     x = bottoms[0]
     if len(x.shape) < 2:
-        raise ctx.error(f"PReLU needs an input with channels, got {_fmt(x.shape)}")
+        raise ctx.error(f"{kind} needs an input with channels, got {_fmt(x.shape)}")
     _known(ctx, x.shape, (1,), "the channel count")
-    module = M.CaffePReLU(x.shape[1], p.channel_shared)
-    shape = () if p.channel_shared else (x.shape[1],)
-    values = ctx.initial_blobs(["slope"], [shape], [_filler_or(p, "filler", 0.25)])
+    shape = () if shared else (x.shape[1],)
+    module = build(x.shape[1], shape)
+    values = ctx.initial_blobs([role], [shape], [filler])
     path = ctx.add_module(module)
-    ctx.attach(module, path, ["weight"], values, [shape])
+    ctx.attach(module, path, [attr], values, [shape])
     return [Blob(ctx.call_module(path, x.node), x.shape)]
 
 
@@ -887,17 +896,9 @@ def normalize(ctx, bottoms):
     """SSD's Normalize: x / sqrt(sum of squares + eps), over C*H*W (across_spatial) or over C
     at each position, times a learned scale (one, or one per channel)."""
     p = ctx.layer.norm_param
-    _bottoms(ctx, bottoms, 1)
-    x = bottoms[0]
-    if len(x.shape) < 2:
-        raise ctx.error(f"Normalize needs an input with channels, got {_fmt(x.shape)}")
-    _known(ctx, x.shape, (1,), "the channel count")
-    shape = () if p.channel_shared else (x.shape[1],)
-    module = M.CaffeNormalize(shape, bool(p.across_spatial), float(p.eps))
-    values = ctx.initial_blobs(["scale"], [shape], [_filler_or(p, "scale_filler", 1.0)])
-    path = ctx.add_module(module)
-    ctx.attach(module, path, ["scale"], values, [shape])
-    return [Blob(ctx.call_module(path, x.node), x.shape)]
+    return _channel_parameter(ctx, bottoms, "Normalize", p.channel_shared,
+                              lambda channels, shape: M.CaffeNormalize(shape, bool(p.across_spatial), float(p.eps)),
+                              "scale", "scale", _filler_or(p, "scale_filler", 1.0))
 
 
 @converter("ShuffleChannel")

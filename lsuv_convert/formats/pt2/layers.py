@@ -1,11 +1,5 @@
-"""The modules that stand for a program's conv / linear calls.
-
-Each holds the program's own weight (and bias) parameter and calls the node's aten op with the
-node's own arguments, so the result is bit for bit the program's. It subclasses ``nn.Conv*`` /
-``nn.Linear`` where the op is ``f(x, W) + bias`` (the engine then scales without re-running);
-otherwise (a bias computed at run time) it is a generic target the engine re-runs. One module
-per weight: a weight used by several calls is one layer, scaled once at its first use; calls
-that differ in constant arguments are variants, chosen by a leading index argument.
+"""The modules that stand for a program's conv / linear calls: :mod:`lsuv_convert.layer_calls`
+modules (the TorchScript plug-in uses them too) with this format's argument slots.
 """
 
 from __future__ import annotations
@@ -13,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
+
+from ...layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
 
 CONV = {"aten::conv1d", "aten::conv2d", "aten::conv3d"}
 CONV_TRANSPOSE = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
@@ -61,58 +56,29 @@ def layer_name(weight_path: str) -> str:
     return owner if attr == "weight" and owner else weight_path
 
 
-class _CallsNode:
-    """Mixin: ``forward(*dynamic)``, or ``forward(variant, *dynamic)`` for several variants."""
+class _CallsNode(CallsLayerOp):
+    """Calls the node's aten op (:class:`CallsLayerOp`) with slots ``("weight",)``, ``("bias",)``,
+    ``("const", value)`` or ``("dynamic", i)``."""
 
-    def _init_call(self, variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> None:
-        nn.Module.__init__(self)
-        self.weight = weight
-        self.register_parameter("bias", bias)
-        self.groups = variants[0].groups
-        self.lsuv_source_kind = variants[0].kind
-        self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
-
-    def forward(self, *args):
-        if len(self._variants) == 1:
-            (slots, op, n, kw_names), dynamic = self._variants[0], args
-        else:
-            (slots, op, n, kw_names), dynamic = self._variants[args[0]], args[1:]
-        full = [self.weight if s[0] == "weight" else self.bias if s[0] == "bias"
+    def _arguments(self, slots, dynamic) -> list:
+        return [self.weight if s[0] == "weight" else self.bias if s[0] == "bias"
                 else dynamic[s[1]] if s[0] == "dynamic" else s[1] for s in slots]
-        return op(*full[:n], **dict(zip(kw_names, full[n:])))
-
-    def extra_repr(self) -> str:
-        return f"{self.lsuv_source_kind}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
 
 
-class ProgramConv(_CallsNode, nn.modules.conv._ConvNd):
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
+class ProgramConv(_CallsNode, CallConv):
+    """A program's convolution call."""
 
 
-class ProgramConvTranspose(_CallsNode, nn.modules.conv._ConvTransposeNd):
-    """Weight stored (in, out/groups, k...)."""
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
+class ProgramConvTranspose(_CallsNode, CallConvTranspose):
+    """A program's transposed convolution call."""
 
 
-class ProgramLinear(_CallsNode, nn.Linear):
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
+class ProgramLinear(_CallsNode, CallLinear):
+    """A program's ``aten.linear`` call."""
 
 
-class ProgramLayer(_CallsNode, nn.Module):
+class ProgramLayer(_CallsNode, CallLayer):
     """A call whose output is not ``f(x, W) + self.bias``: re-run on every scaling."""
-
-    lsuv_target = True
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
-
-    def lsuv_grouped_view(self) -> torch.Tensor:
-        w = self.weight  # conv (out, in/g, k...), transposed (in, out/g, k...), linear (out, in)
-        return w.view(self.groups, w.shape[0] // self.groups, -1)
 
 
 def build_layer(variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module:

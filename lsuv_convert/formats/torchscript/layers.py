@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
+
 CONV = {"aten::conv1d", "aten::conv2d", "aten::conv3d"}
 CONV_TRANSPOSE = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
 CONV_GENERAL = {"aten::_convolution", "aten::convolution"}
@@ -165,39 +167,14 @@ class _Dynamic:
 _DYNAMIC = _Dynamic()
 
 
-class _RunsLayerCall:
-    """Mixin: calls the node's op with the weight / bias plugged in.
-
-    ``forward(*dynamic)`` for a weight used by one kind of call; when the same weight is
-    used by calls with different constant arguments (``variants``), ``forward(variant,
-    *dynamic)``. Either way one module per weight, so the engine sees a shared weight as
-    one layer and scales it once, at its first use.
-    """
-
-    lsuv_source_kind: str
+class _RunsLayerCall(CallsLayerOp):
+    """Calls the node's aten op with the weight / bias plugged in (:class:`CallsLayerOp`); a
+    TorchScript slot may also be the transposed weight or another parameter of the layer."""
 
     def _init_call(self, variants: list[LayerCall], weight: nn.Parameter, bias: nn.Parameter | None) -> None:
-        nn.Module.__init__(self)
-        self.weight = weight
-        self.register_parameter("bias", bias)
-        first = variants[0]
-        self.groups = first.groups
-        self.lsuv_source_kind = first.kind
-        self.lsuv_out_axis = first.out_axis
+        super()._init_call(variants, weight, bias)
+        self.lsuv_out_axis = variants[0].out_axis
         self.lsuv_parts = 1  # set by the reader when the output is split into q / k / v
-        self._variants = [(c.slots, c.op, len(c.slots) - len(c.kw_names), c.kw_names) for c in variants]
-
-    def forward(self, *args):
-        if len(self._variants) == 1:
-            slots, op, n, kw_names = self._variants[0]
-            dynamic = args
-        else:
-            slots, op, n, kw_names = self._variants[args[0]]
-            dynamic = args[1:]
-        full = self._arguments(slots, dynamic)
-        if kw_names:
-            return op(*full[:n], **dict(zip(kw_names, full[n:])))
-        return op(*full)
 
     def _arguments(self, slots, dynamic) -> list:
         args = []
@@ -217,44 +194,21 @@ class _RunsLayerCall:
                 args.append(self.bias)
         return args
 
-    def extra_repr(self) -> str:
-        return f"{self.lsuv_source_kind}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
+
+class ScriptConv(_RunsLayerCall, CallConv):
+    """A TorchScript convolution node."""
 
 
-class ScriptConv(_RunsLayerCall, nn.modules.conv._ConvNd):
-    """A TorchScript convolution node (``f(x, W) + b`` along dim 1)."""
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
+class ScriptConvTranspose(_RunsLayerCall, CallConvTranspose):
+    """A TorchScript transposed convolution node."""
 
 
-class ScriptConvTranspose(_RunsLayerCall, nn.modules.conv._ConvTransposeNd):
-    """A TorchScript transposed convolution node; weight stored (in, out/groups, k...)."""
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
+class ScriptLinear(_RunsLayerCall, CallLinear):
+    """A TorchScript ``aten::linear`` / ``aten::addmm`` node."""
 
 
-class ScriptLinear(_RunsLayerCall, nn.Linear):
-    """A TorchScript ``aten::linear`` / ``aten::addmm`` node (bias along the last dim)."""
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
-
-
-class ScriptLayer(_RunsLayerCall, nn.Module):
+class ScriptLayer(_RunsLayerCall, CallLayer):
     """A conv / linear node whose output is not ``f(x, W) + self.bias``: re-run on every scaling."""
-
-    lsuv_target = True
-
-    def __init__(self, variants, weight, bias):
-        self._init_call(variants, weight, bias)
-
-    def lsuv_grouped_view(self) -> torch.Tensor:
-        # conv (out, in/g, k...), transposed conv (in, out/g, k...), linear (out, in): the
-        # first dim splits into groups in every case.
-        w = self.weight
-        return w.view(self.groups, w.shape[0] // self.groups, -1)
 
 
 ATTENTION = "aten::_native_multi_head_attention"

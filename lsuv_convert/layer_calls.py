@@ -16,6 +16,12 @@ import torch
 from torch import nn
 
 
+def layer_name(weight_path: str) -> str:
+    """``layer1.0.conv1.weight`` -> ``layer1.0.conv1``; other parameter names stay whole."""
+    owner, _, attr = weight_path.rpartition(".")
+    return owner if attr == "weight" and owner else weight_path
+
+
 class CallsLayerOp:
     """Mixin: ``forward(*dynamic)``, or ``forward(variant, *dynamic)`` for several variants.
 

@@ -50,12 +50,6 @@ class LayerCall:
         self.linear_in_weight = False
 
 
-def layer_name(weight_path: str) -> str:
-    """``layer1.0.conv1.weight`` -> ``layer1.0.conv1``; other parameter names stay whole."""
-    owner, _, attr = weight_path.rpartition(".")
-    return owner if attr == "weight" and owner else weight_path
-
-
 class _CallsNode(CallsLayerOp):
     """Calls the node's aten op (:class:`CallsLayerOp`) with slots ``("weight",)``, ``("bias",)``,
     ``("const", value)`` or ``("dynamic", i)``."""

@@ -23,7 +23,8 @@ from torch import nn
 from ...atomic import atomic_path
 from ...errors import ConversionError, ModelFormatError, OutputError, first_line
 from ...graph import InputSpec, TargetLayer
-from .layers import LAYER_KINDS, LayerCall, build_layer, layer_name
+from ...layer_calls import layer_name
+from .layers import LAYER_KINDS, LayerCall, build_layer
 
 PROVENANCE_FILE = "lsuv_convert.json"  # extra file of the written program: how it was made
 CONTAINER = "lsuv_layers"  # the submodule of the GraphModule that holds the target modules

@@ -69,12 +69,6 @@ class LayerCall:
         self.linear_in_weight = False
 
 
-def layer_name(weight_path: str) -> str:
-    """``layer1.0.conv1.weight`` -> ``layer1.0.conv1``; other parameter names stay whole."""
-    owner, _, attr = weight_path.rpartition(".")
-    return owner if attr == "weight" and owner else weight_path
-
-
 def match_layer(kind: str, overload, args: list, read_of, is_const) -> LayerCall | None:
     """A LayerCall when the node is a conv / linear whose weight is a parameter, else None.
 

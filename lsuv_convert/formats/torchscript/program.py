@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .layers import ATTENTION, LAYER_KINDS, LayerCall, layer_name, match_attention, match_layer
+from ...layer_calls import layer_name
+from .layers import ATTENTION, LAYER_KINDS, LayerCall, match_attention, match_layer
 from .ops import Resolved, UnsupportedNode, _dispatcher_overload, resolve
 
 

@@ -168,12 +168,8 @@ def convolution(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
     module = cls(in_ch, out_ch, tuple(kernel), stride=tuple(stride), padding=tuple(pad), dilation=tuple(dilation),
                  groups=group, bias=p.bias_term, device="meta")
     w_shape = tuple(module.weight.shape)  # conv (out, in/g, k...), deconv (in, out/g, k...): Caffe's layouts
-    shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
-    if p.bias_term:
-        shapes.append((outputs,))
-        roles.append("bias")
-        fillers.append(_filler_or(p, "bias_filler", 0.0))
-        attrs.append("bias")
+    roles, shapes, fillers, attrs = _blob_and_bias(p, "weight", w_shape, _filler_or(p, "weight_filler", 0.0), "weight",
+                                                   (outputs,))
     values = ctx.initial_blobs(roles, shapes, fillers)
     path = ctx.add_module(module)
     shared = ctx.attach(module, path, attrs, values, shapes)
@@ -195,14 +191,9 @@ def inner_product(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
         raise ctx.error("num_output must be positive")
     module = nn.Linear(k, outputs, bias=p.bias_term, device="meta")
     w_shape = (k, outputs) if p.transpose else (outputs, k)
-    shapes, roles, fillers, attrs = [w_shape], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["weight"]
-    layouts = ["transpose" if p.transpose else "same"]
-    if p.bias_term:
-        shapes.append((outputs,))
-        roles.append("bias")
-        fillers.append(_filler_or(p, "bias_filler", 0.0))
-        attrs.append("bias")
-        layouts.append("same")
+    roles, shapes, fillers, attrs = _blob_and_bias(p, "weight", w_shape, _filler_or(p, "weight_filler", 0.0), "weight",
+                                                   (outputs,))
+    layouts = ["transpose" if p.transpose else "same"] + ["same"] * (len(roles) - 1)
     values = ctx.initial_blobs(roles, shapes, fillers)
     if p.transpose:
         values[0] = values[0].t().contiguous()
@@ -369,12 +360,7 @@ def scale(ctx: LayerContext, bottoms: list[Blob]) -> list[Blob]:
     if len(bottoms) == 1:
         axis, shape = _param_shape(ctx, x.shape, p.axis, p.num_axes)
         module = M.CaffeScale(shape, axis, p.bias_term)
-        roles, shapes, fillers, attrs = ["scale"], [shape], [_filler_or(p, "filler", 1.0)], ["weight"]
-        if p.bias_term:
-            roles.append("bias")
-            shapes.append(shape)
-            fillers.append(_filler_or(p, "bias_filler", 0.0))
-            attrs.append("bias")
+        roles, shapes, fillers, attrs = _blob_and_bias(p, "scale", shape, _filler_or(p, "filler", 1.0), "weight", shape)
         values = ctx.initial_blobs(roles, shapes, fillers)
         path = ctx.add_module(module)
         ctx.attach(module, path, attrs, values, shapes)
@@ -434,6 +420,18 @@ def prelu(ctx, bottoms):
     return _channel_parameter(ctx, bottoms, "PReLU", p.channel_shared,
                               lambda channels, shape: M.CaffePReLU(channels, p.channel_shared),
                               "slope", "weight", _filler_or(p, "filler", 0.25))
+
+
+def _blob_and_bias(p, role: str, shape: tuple, filler, attr: str, bias_shape: tuple):
+    """(roles, shapes, fillers, module attributes) of a layer's first blob and, with ``p.bias_term``,
+    of its bias blob (Caffe's ``bias_filler``, zero by default)."""
+    roles, shapes, fillers, attrs = [role], [shape], [filler], [attr]
+    if p.bias_term:
+        roles.append("bias")
+        shapes.append(bias_shape)
+        fillers.append(_filler_or(p, "bias_filler", 0.0))
+        attrs.append("bias")
+    return roles, shapes, fillers, attrs
 
 
 def _channel_parameter(ctx, bottoms, kind: str, shared: bool, build, role: str, attr: str, filler) -> list[Blob]:
@@ -688,12 +686,8 @@ def embed(ctx, bottoms):
     if rows <= 0 or outputs <= 0:
         raise ctx.error("Embed needs positive input_dim and num_output")
     module = M.CaffeEmbed(rows, outputs, p.bias_term)
-    shapes, roles, fillers, attrs = [(rows, outputs)], ["weight"], [_filler_or(p, "weight_filler", 0.0)], ["table"]
-    if p.bias_term:
-        shapes.append((outputs,))
-        roles.append("bias")
-        fillers.append(_filler_or(p, "bias_filler", 0.0))
-        attrs.append("bias")
+    roles, shapes, fillers, attrs = _blob_and_bias(p, "weight", (rows, outputs), _filler_or(p, "weight_filler", 0.0),
+                                                   "table", (outputs,))
     values = ctx.initial_blobs(roles, shapes, fillers)
     path = ctx.add_module(module)
     ctx.attach(module, path, attrs, values, shapes)

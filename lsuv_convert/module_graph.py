@@ -160,6 +160,8 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
     under each name the file has; ``file_key`` maps the module's key to the file's."""
     import torch
 
+    from .statistics import all_finite
+
     model = graph.module
     names_of: dict[int, list[str]] = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
@@ -169,7 +171,7 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
         for target in graph.targets:
             layer = model.get_submodule(target.module_path)
             for param in layer.parameters():  # an attention target's out_proj too
-                if not bool(torch.isfinite(param).all()):
+                if not all_finite(param):
                     raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
                 for key in names_of.get(id(param), []):
                     dest = tensors.get(file_key(key))

@@ -21,13 +21,13 @@ import onnx
 from onnx import TensorProto
 
 from .files import copy_fields
+from .targets import FLOAT_TYPES
 
-_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 KEEP_VALUES_UP_TO = 4096  # elements: a float tensor this small may feed a shape computation
 
 
 def _needs_values(tensor: TensorProto) -> bool:
-    if tensor.data_type not in _FLOAT_TYPES:
+    if tensor.data_type not in FLOAT_TYPES:
         return True
     count = 1
     for d in tensor.dims:

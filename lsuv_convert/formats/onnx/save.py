@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import ConversionError
+from ...statistics import all_finite
 from .files import NewTensor, copy_fields
 from .targets import effective_value, graph_view, stored_layout, unique_name
 
@@ -118,7 +119,7 @@ def read_differently(output: Output, plan, paths: dict[str, str], module) -> lis
         for slot in target.slots():
             resolved = g.resolve(output.model.graph.node[slot.node_index].input[slot.input_index])
             read = effective_value(g.stored(resolved[0]), resolved[1]) if resolved is not None else None
-            if read is None or not _same(read, _seen_value(target, slot, layer)):
+            if read is None or not _same(read, _seen_value(target, slot, layer, check=False)):  # checked when built
                 off.append(f"{target.label}.{slot.kind}")
     return off
 
@@ -149,18 +150,14 @@ def _write_stored(graph, initializers: list, position: dict, g, source: str, arr
     initializers[position[source]] = NewTensor(source, array, g.stored(source).doc_string)
 
 
-def _seen_value(target, slot, layer) -> np.ndarray:
-    """The slot's new value as the layer's node sees it (shape and element type after the chain)."""
+def _seen_value(target, slot, layer, check: bool = True) -> np.ndarray:
+    """The slot's new value as the layer's node sees it (shape and element type after the chain);
+    with ``check``, refused unless finite in that element type."""
     value = getattr(layer, slot.kind).detach().cpu()
     if slot.kind == "bias" and target.op == "Gemm" and target.attrs.get("beta", 1.0) != 1.0:
         value = value.double() / target.attrs["beta"]  # the module holds beta * C
     dtype = onnx.helper.tensor_dtype_to_np_dtype(slot.elem_type)
     array = value.numpy().astype(dtype, copy=False).reshape(slot.dims)  # a view of the parameter where it can be
-    try:  # a finite sum proves every element finite (NaN and inf propagate); else look element-wise
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = bool(np.isfinite(array.sum())) or bool(np.isfinite(array).all())
-    except TypeError:  # an element type numpy's isfinite doesn't know (bfloat16)
-        finite = bool(np.isfinite(array.astype(np.float64)).all())
-    if not finite:
+    if check and not all_finite(array):
         raise ConversionError(f"layer {target.label!r}: its new {slot.kind} is not finite in {dtype}; nothing written")
     return np.ascontiguousarray(array)

@@ -15,6 +15,7 @@ import torch
 from ...atomic import atomic_path
 from ...errors import ConversionError, OutputError
 from ...graph import ModelGraph
+from ...statistics import all_finite
 from .loader import ScriptState, set_training
 from .quiet import jit_deprecation_silenced
 
@@ -33,7 +34,7 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
         pairs += [(params[path], layer.get_parameter(attr)) for attr, path in _extra_params(graph, target).items()]
         if bias_path is not None:
             pairs.append((params[bias_path], layer.bias))
-        if not all(_all_finite(value) for _, value in pairs):
+        if not all(all_finite(value) for _, value in pairs):
             raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
         updates += pairs
     with torch.no_grad():
@@ -50,15 +51,6 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
                 raise OutputError(f"torch.jit.save failed: {str(exc).splitlines()[0]}", path=out_path) from None
     finally:
         set_training(module, {name: False for name in state.training})
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every element is finite: a finite sum proves it (an inf or a NaN makes the sum
-    non-finite) in one read of the tensor; only a non-finite sum (maybe an overflow) looks closer."""
-    with torch.no_grad():
-        if bool(torch.isfinite(tensor.sum())):
-            return True
-        return bool(torch.isfinite(tensor).all())
 
 
 def _extra_params(graph, target) -> dict[str, str]:

@@ -171,7 +171,7 @@ def weight_layers(model):
 def initialise(model, init: str, seed: int, lsuv_batch) -> int:
     """Apply ``init`` in place; returns the number of layers LSUV could not bring to tol."""
     from lsuv_convert import lsuv_init
-    from lsuv_convert.orthonormal import pre_initialize
+    from lsuv_convert.lsuv.orthonormal import pre_initialize
 
     layers = weight_layers(model)
     generator = torch.Generator().manual_seed(seed)

@@ -86,7 +86,7 @@ def input_shape(name: str, sizes: Sizes) -> tuple[int, ...]:
 
 
 def count_targets(model: nn.Module) -> int:
-    from lsuv_convert.engine import is_target
+    from lsuv_convert.lsuv.engine import is_target
 
     return sum(1 for m in model.modules() if is_target(m))
 
@@ -205,7 +205,7 @@ LSUV_HEADERS = ["model", "layers", "batch", "forward (ms)", "ours (s)", "ours / 
 
 
 def ortho_targets(name: str, sizes: Sizes) -> tuple[list[nn.Module], str]:
-    from lsuv_convert.engine import is_target
+    from lsuv_convert.lsuv.engine import is_target
 
     model = build_model(name)
     modules = [m for m in model.modules() if is_target(m)]
@@ -216,7 +216,7 @@ def ortho_targets(name: str, sizes: Sizes) -> tuple[list[nn.Module], str]:
 
 
 def ortho_row(name: str, sizes: Sizes, device: str) -> list[object]:
-    from lsuv_convert.orthonormal import pre_initialize
+    from lsuv_convert.lsuv.orthonormal import pre_initialize
 
     modules, label = ortho_targets(name, sizes)
     for m in modules:

@@ -45,7 +45,7 @@ def invoke(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     test needs a real process boundary (signals, the installed entry point, start-up cost)."""
     from click.testing import CliRunner
 
-    from lsuv_convert.cli import main
+    from lsuv_convert.command.cli import main
 
     old_cwd = os.getcwd()
     try:

@@ -40,7 +40,7 @@ def test_help_and_version_are_instant():
         assert proc.returncode == 0
         assert elapsed < 2.0  # the budget of 0.3 s is checked without torch import below
     probe = subprocess.run([shutil.which("python") or "python", "-c",
-                            "import sys, lsuv_convert.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"],
+                            "import sys, lsuv_convert.command.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"],
                            capture_output=True, text=True)
     assert probe.stdout.split() == ["False", "False"]
 

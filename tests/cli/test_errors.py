@@ -219,7 +219,7 @@ import lsuv_convert.atomic as atomic
 def full(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 atomic.os.fsync = full
-from lsuv_convert.cli import main
+from lsuv_convert.command.cli import main
 sys.argv = ["lsuv-convert"] + sys.argv[1:]
 main()
 """
@@ -230,7 +230,7 @@ import lsuv_convert.atomic as atomic
 def interrupted(fd):
     raise KeyboardInterrupt
 atomic.os.fsync = interrupted
-from lsuv_convert.cli import main
+from lsuv_convert.command.cli import main
 sys.argv = ["lsuv-convert"] + sys.argv[1:]
 main()
 """
@@ -332,7 +332,7 @@ def test_interrupt_swallowed_by_a_library_still_stops_the_write(tmp_path, capsys
     """A Ctrl-C whose KeyboardInterrupt some library code catches must not let the run write
     its output: the signal is remembered and checked before the output is renamed into place."""
     from lsuv_convert.atomic import write_bytes_atomic
-    from lsuv_convert.cli import _guarded
+    from lsuv_convert.command.cli import _guarded
 
     dest = tmp_path / "out.bin"
 

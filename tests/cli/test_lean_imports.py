@@ -15,7 +15,7 @@ from onnx_helpers import export_module
 
 PROBE = """
 import json, sys
-from lsuv_convert.pipeline import convert
+from lsuv_convert.command.convert import convert
 convert(sys.argv[1], sys.argv[2])
 heavy = ("onnx", "onnxruntime", "onnx2torch", "torchvision", "torch._dynamo", "transformers", "timm", "cv2")
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)))

@@ -13,7 +13,7 @@ from conftest import invoke
 from safety_helpers import TINY_PROTOTXT, snapshot, tiny_batch, tiny_onnx
 
 from lsuv_convert.atomic import TEMP_MARK, atomic_path, atomic_paths, clean_stale
-from lsuv_convert.discover import expand
+from lsuv_convert.command.discovery import expand
 from lsuv_convert.errors import OutputError
 
 

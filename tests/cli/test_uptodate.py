@@ -66,7 +66,7 @@ def test_a_newly_requested_log_or_plot_is_written(work):
 
 
 def test_a_log_that_failed_after_the_model_is_retried(work, monkeypatch):
-    from lsuv_convert import pipeline
+    from lsuv_convert.command import convert as pipeline
     from lsuv_convert.errors import OutputError
 
     def disk_full(log, path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lsuv_convert.statistics import all_finite
+from lsuv_convert.lsuv.statistics import all_finite
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])

@@ -1,10 +1,18 @@
-"""The layering, checked on the source: who may import whom (lazy imports inside functions count).
+"""The map of the package, checked on the source: who may import whom (lazy imports count).
 
-- The engine side (engine, api, orthonormal, settings, graph, statistics) never imports a
-  format plug-in, the pipeline or the CLI: it knows no file.
-- A format plug-in never imports another plug-in, the pipeline, the runner or the CLI.
-- No module imports itself back through others (no import circles, lazy ones included).
-- Discovering formats (the registry, ``--help``) imports no heavy library.
+Rooms, lowest first; a module may import its own room and the rooms below it, never above:
+
+- base: the modules directly in ``lsuv_convert/`` (errors, paths, atomic, ...): import only each other.
+- ``lsuv``: the method; knows no file.
+- ``formats`` core (``formats/__init__``, ``contract``, ``model_graph``, ``registry``) and
+  ``formats/shared``; then each plug-in, which never imports another plug-in.
+- ``batch``: the data batch; may read the input declarations (``formats.model_graph``) only.
+- ``command``: the CLI; may import everything.
+- the package's ``__init__`` is the front door and may reach any room (lazily).
+
+No import circles, no import of an ancestor package (``from .. import X`` counts as importing
+module ``X`` when ``X`` is a module), at most 12 modules directly in ``lsuv_convert/``, and
+discovering formats imports no heavy library.
 """
 
 from __future__ import annotations
@@ -17,8 +25,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lsuv_convert"
-ENGINE_SIDE = {"engine", "api", "orthonormal", "settings", "graph", "statistics"}
-UPPER = {"pipeline", "runner", "cli", "console"}
+FORMATS_CORE = {"lsuv_convert.formats", "lsuv_convert.formats.contract", "lsuv_convert.formats.model_graph",
+                "lsuv_convert.formats.registry"}
 
 
 def module_name(path: Path) -> str:
@@ -26,6 +34,11 @@ def module_name(path: Path) -> str:
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
+
+
+def _exists(module: str) -> bool:
+    rel = Path(*module.split("."))
+    return (PACKAGE.parent / rel).with_suffix(".py").is_file() or (PACKAGE.parent / rel / "__init__.py").is_file()
 
 
 def imports_of(path: Path) -> set[str]:
@@ -45,57 +58,83 @@ def imports_of(path: Path) -> set[str]:
                 target = node.module or ""
             if not target.startswith("lsuv_convert"):
                 continue
-            found.add(target)
-            for alias in node.names:  # ``from . import convert`` imports a submodule
-                candidate = f"{target}.{alias.name}"
-                if _exists(candidate):
-                    found.add(candidate)
+            submodules = {f"{target}.{alias.name}" for alias in node.names if _exists(f"{target}.{alias.name}")}
+            if submodules and len(submodules) == len(node.names):
+                found.update(submodules)  # ``from . import convert`` imports the submodule, not the package
+            else:
+                found.add(target)
+                found.update(submodules)
     found.discard(name)
     return {m for m in found if _exists(m)}
-
-
-def _exists(module: str) -> bool:
-    rel = Path(*module.split("."))
-    return (PACKAGE.parent / rel).with_suffix(".py").is_file() or (PACKAGE.parent / rel / "__init__.py").is_file()
 
 
 def graph() -> dict[str, set[str]]:
     return {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
 
 
-def plugin_of(module: str) -> str | None:
+def room(module: str) -> str:
+    """The room a module lives in: base, lsuv, formats, shared, plugin:NAME, batch, command, front."""
     parts = module.split(".")
-    if len(parts) >= 3 and parts[1] == "formats" and parts[2] not in ("base", "__init__"):
-        return parts[2]
-    return None
+    if module == "lsuv_convert":
+        return "front"
+    if len(parts) == 2 and parts[1] not in ("lsuv", "formats", "batch", "command"):
+        return "base"
+    if parts[1] == "formats":
+        if module in FORMATS_CORE:
+            return "formats"
+        if parts[2] == "shared":
+            return "shared"
+        return f"plugin:{parts[2]}"
+    return parts[1]
 
 
-def test_engine_side_knows_no_file_format():
-    edges = graph()
-    for module, targets in edges.items():
-        if module.split(".")[-1] in ENGINE_SIDE and module.count(".") == 1:
-            bad = {t for t in targets if t.startswith("lsuv_convert.formats") or t.split(".")[-1] in UPPER}
-            assert not bad, f"{module} imports {sorted(bad)}"
+ALLOWED = {
+    "base": {"base"},
+    "lsuv": {"base", "lsuv"},
+    "formats": {"base", "lsuv", "formats"},
+    "shared": {"base", "lsuv", "formats", "shared"},
+    "batch": {"base", "formats", "batch"},
+}
 
 
-def test_plugins_import_no_other_plugin_nor_the_layers_above():
-    edges = graph()
+def test_each_room_imports_only_itself_and_the_rooms_below():
     checked = 0
-    for module, targets in edges.items():
-        mine = plugin_of(module)
-        if mine is None:
+    for module, targets in graph().items():
+        mine = room(module)
+        if mine in ("front", "command"):
             continue
-        checked += 1
+        allowed = ALLOWED.get(mine) or {"base", "lsuv", "formats", "shared", mine}
         for target in targets:
-            other = plugin_of(target)
-            assert other in (None, mine), f"{module} (plug-in {mine}) imports {target} (plug-in {other})"
-            assert target.split(".")[-1] not in UPPER or target.count(".") > 1, f"{module} imports {target}"
-    assert checked > 20  # the walk really saw the plug-ins
+            theirs = room(target)
+            if mine == "batch" and theirs == "formats":
+                assert target == "lsuv_convert.formats.model_graph", f"{module} imports {target}"
+            assert theirs in allowed, f"{module} ({mine}) imports {target} ({theirs})"
+            checked += 1
+    assert checked > 100  # the walk really saw the package
+
+
+def test_no_module_imports_an_ancestor_package():
+    for module, targets in graph().items():
+        upward = sorted(t for t in targets if module.startswith(t + "."))
+        assert not upward, f"{module} imports its ancestor package(s) {upward}"
+
+
+def test_at_most_twelve_modules_directly_in_the_package():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, top
+
+
+def test_every_room_says_what_lives_there():
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        if init.parent.parent.name == "formats" and init.parent.name != "shared":
+            assert doc, f"plug-in {init.parent.name} has no docstring"
+            continue
+        assert doc and "May import" in doc or init.parent == PACKAGE, f"{init} does not say what it may import"
 
 
 def test_no_import_circles():
     edges = graph()
-    # the registry imports its plug-ins by name at run time (importlib), not through these edges
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -103,8 +142,6 @@ def test_no_import_circles():
         state[node] = 1
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
-            if _is_ancestor_package(nxt, node):
-                continue  # importing one's own package's __init__ is how Python runs anyway
             if state.get(nxt) == 1:
                 cycle = stack[stack.index(nxt):] + [nxt]
                 pytest.fail("import circle: " + " -> ".join(cycle))
@@ -118,13 +155,9 @@ def test_no_import_circles():
             visit(node)
 
 
-def _is_ancestor_package(candidate: str, module: str) -> bool:
-    return module.startswith(candidate + ".")
-
-
 def test_discovering_formats_imports_no_heavy_library():
     code = ("import sys; from lsuv_convert.formats import all_formats, model_extensions; all_formats(); "
-            "model_extensions(); import lsuv_convert.cli; "
+            "model_extensions(); import lsuv_convert.command.cli; "
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'onnx2torch', 'cv2', 'numpy', 'transformers') "
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ from torch import nn
 
 from attention_helpers import expected_maps, measure
 from lsuv_convert import lsuv_init
-from lsuv_convert.account import IncompleteError
+from lsuv_convert.lsuv.account import IncompleteError
 
 TOL = 0.02
 

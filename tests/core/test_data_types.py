@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsuv_convert.data import load_batch, synthetic
+from lsuv_convert.batch.load import load_batch, synthetic
 from lsuv_convert.errors import DataError
-from lsuv_convert.graph import InputSpec
+from lsuv_convert.formats.model_graph import InputSpec
 
 IDS = InputSpec("input_ids", (None, 12), dtype="int64", high=30)
 MASK = InputSpec("attention_mask", (None, 12), dtype="bool")
@@ -85,7 +85,7 @@ def test_unnormalized_images_warn_once(tmp_path):
     assert "variance" in load_batch(path, [IMAGE]).warnings[0]
     np.save(path, rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
     assert load_batch(path, [IMAGE]).warnings == []
-    from lsuv_convert.data import ImageOptions
+    from lsuv_convert.batch.load import ImageOptions
 
     np.save(path, (rng.random((4, 3, 8, 8)) * 255).astype(np.float32))
     given = load_batch(path, [IMAGE], image=ImageOptions(mean=(127.0,), std=(70.0,))).warnings

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsuv_convert.data import ImageOptions, load_batch
+from lsuv_convert.batch.load import ImageOptions, load_batch
 from lsuv_convert.errors import DataError
-from lsuv_convert.graph import InputSpec
+from lsuv_convert.formats.model_graph import InputSpec
 
 SPEC = [InputSpec("x", (None, 3, 4, 4))]
 

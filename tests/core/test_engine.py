@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lsuv_convert import lsuv_init
-from lsuv_convert.engine import output_stats
+from lsuv_convert.lsuv.engine import output_stats
 from live_bytes import LiveBytes
 from naive_lsuv import hook_variances, naive_lsuv
 

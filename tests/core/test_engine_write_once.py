@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from lsuv_convert import engine, lsuv_init
-from lsuv_convert.engine import output_stats
-from lsuv_convert.settings import LsuvSettings
+from lsuv_convert import lsuv_init
+from lsuv_convert.lsuv import engine
+from lsuv_convert.lsuv.engine import output_stats
+from lsuv_convert.lsuv.settings import LsuvSettings
 
 FLOAT_MAX = torch.finfo(torch.float32).max
 DEFAULT_CHUNK = engine.WRITE_CHUNK

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from lsuv_convert import lsuv_init
-from lsuv_convert.engine import is_target
+from lsuv_convert.lsuv.engine import is_target
 from naive_lsuv import hook_variances
 
 TOL = 0.02

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lsuv_convert.formats.base import LoadedModel
-from lsuv_convert.graph import InputSpec
-from lsuv_convert.module_graph import built_graph, module_target_layers
+from lsuv_convert.formats.contract import LoadedModel
+from lsuv_convert.formats.model_graph import InputSpec
+from lsuv_convert.formats.shared.eager_graph import built_graph, module_target_layers
 
 
 class TokenModel(nn.Module):
@@ -38,7 +38,7 @@ def test_typed_batch_travels_in_the_graph_and_the_callers_list_is_untouched():
 
 
 def test_graphs_without_typed_inputs_run_on_what_prepare_was_given():
-    from lsuv_convert.graph import ModelGraph
+    from lsuv_convert.formats.model_graph import ModelGraph
 
     graph = ModelGraph(module=nn.Linear(2, 2), targets=[], inputs=[InputSpec("x")], format="onnx", source=Path("m.onnx"))
     x = torch.randn(3, 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lsuv_convert.orthonormal import grouped_view, orthonormalize, pre_initialize
+from lsuv_convert.lsuv.orthonormal import grouped_view, orthonormalize, pre_initialize
 
 
 def orthonormality_error(m: torch.Tensor) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lsuv_convert import orthonormal
-from lsuv_convert.orthonormal import orthonormalize
+from lsuv_convert.lsuv import orthonormal
+from lsuv_convert.lsuv.orthonormal import orthonormalize
 
 
 def _error(q: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lsuv_convert import lsuv_init
-from lsuv_convert.orthonormal import grouped_view, pre_initialize
+from lsuv_convert.lsuv.orthonormal import grouped_view, pre_initialize
 from naive_lsuv import hook_variances
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky": lambda: nn.LeakyReLU(0.333),

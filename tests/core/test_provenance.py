@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lsuv_convert.data import Batch
-from lsuv_convert.pipeline import ConvertOptions, provenance
-from lsuv_convert.safetensors_io import provenance_of, with_provenance
+from lsuv_convert.batch.load import Batch
+from lsuv_convert.command.convert import ConvertOptions, provenance
+from lsuv_convert.formats.shared.safetensors_io import provenance_of, with_provenance
 
 
 def test_batch_hash_covers_values_dtype_and_shape():

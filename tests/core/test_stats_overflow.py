@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lsuv_convert.engine import output_stats
+from lsuv_convert.lsuv.engine import output_stats
 
 
 def test_variance_of_huge_but_finite_values_is_finite_and_exact():

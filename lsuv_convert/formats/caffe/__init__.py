@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError
-from ...graph import InputSpec, ModelGraph
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import InputSpec, ModelGraph
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 # A net or solver: a layer / net block anywhere, or a top-level net or solver field at a line start.
 _SNIFF = re.compile(rb"(?:^|[\s}])(?:layers?|net_param|train_net_param|test_net_param)\s*:?\s*[{<]|"
@@ -118,7 +118,7 @@ class CaffeFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         from .build import target_layers
         from .deploy import deploy_text
-        from ...statistics import population_stats
+        from ...lsuv.statistics import population_stats
         from .parse import read_model
         from .runtime import load_cv2, opencv_forward, opencv_net
 

@@ -19,7 +19,7 @@ import torch.fx
 from torch import nn
 
 from ...errors import ModelFormatError
-from ...graph import TargetLayer
+from ..model_graph import TargetLayer
 from .context import Blob, LayerContext, ParamLayer
 from .layers import CONVERTERS, unsupported_here
 from .parse import TARGET_TYPES, ParsedNet

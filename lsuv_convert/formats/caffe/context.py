@@ -16,7 +16,7 @@ import torch.fx
 from torch import nn
 
 from ...errors import ModelFormatError
-from ...graph import TargetLayer
+from ..model_graph import TargetLayer
 from .fillers import FillerError, fill, generator_for
 from .weights import StoredLayer, match_blobs
 

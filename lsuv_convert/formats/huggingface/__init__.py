@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError, first_line
-from ...graph import ModelGraph
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import ModelGraph
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 
 @dataclass
@@ -48,8 +48,8 @@ class HuggingFaceFormat(ModelFormat):
         return path.with_name(f"{path.name}.lsuv")
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from ...module_graph import declared_inputs, module_target_layers
-        from ...safetensors_io import provenance_of
+        from ..shared.eager_graph import declared_inputs, module_target_layers
+        from ..shared.safetensors_io import provenance_of
         from .folder import read_shards
 
         if not self.claims_directory(path):
@@ -65,12 +65,12 @@ class HuggingFaceFormat(ModelFormat):
                            targets=targets, notes=notes, provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ...module_graph import built_graph
+        from ..shared.eager_graph import built_graph
 
         return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from ...module_graph import copy_targets_into
+        from ..shared.eager_graph import copy_targets_into
         from .folder import write_folder
 
         state: FolderState = graph.state
@@ -81,7 +81,7 @@ class HuggingFaceFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
         each target's output measured with hooks."""
-        from ...module_graph import declared_inputs, measure_module, model_args, module_target_layers
+        from ..shared.eager_graph import declared_inputs, measure_module, model_args, module_target_layers
 
         transformers, torch = _libraries(model_path)
         config = _config(transformers, model_path)

@@ -55,7 +55,7 @@ def shard_names(folder: Path) -> list[str]:
 
 
 def read_shards(folder: Path) -> list[Shard]:
-    from ...safetensors_io import read_safetensors
+    from ..shared.safetensors_io import read_safetensors
 
     shards = []
     for name in shard_names(folder):
@@ -66,7 +66,7 @@ def read_shards(folder: Path) -> list[Shard]:
 
 def write_folder(source: Path, out: Path, shards: list[Shard], provenance: dict) -> None:
     """``out`` = ``source`` with the shards replaced by ``shards``; built aside, then renamed in."""
-    from ...safetensors_io import write_safetensors
+    from ..shared.safetensors_io import write_safetensors
 
     written = {s.name for s in shards}
     with _folder_swap(out) as tmp:

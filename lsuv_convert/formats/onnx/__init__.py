@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError
-from ...graph import InputSpec, ModelGraph, TargetLayer
-from ...stages import stage
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import InputSpec, ModelGraph, TargetLayer
+from ...timings import stage
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 
 @dataclass
@@ -113,15 +113,15 @@ class OnnxFormat(ModelFormat):
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from . import fidelity, files, runtime, save
+        from . import fidelity, files, runtime, write
 
         state: OnnxState = graph.state
         source = state.source_model if state.source_model is not None else state.model
         with stage("serialize"):
-            output = save.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
+            output = write.build_output(source, state.plan, state.converted.paths, graph.module, set(state.external))
         graph.notes.extend(n for n in output.notes if n not in graph.notes)
         with stage("final_check"):  # the written weights must mean in onnxruntime what LSUV measured in torch
-            off = save.read_differently(output, state.plan, state.converted.paths, graph.module)
+            off = write.read_differently(output, state.plan, state.converted.paths, graph.module)
             if fidelity.state_outside(graph.module, state.target_parameters()) != state.judged_state:
                 off.insert(0, "the torch graph beyond the target weights (changed since the gate)")
             if off:
@@ -151,7 +151,7 @@ class OnnxFormat(ModelFormat):
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
         from . import files, runtime, targets
-        from ...statistics import population_stats
+        from ...lsuv.statistics import population_stats
 
         model, _ = files.read_model(Path(model_path))
         model, _ = runtime.runnable(model)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import onnx
 
-from ...account import ParamAccount
+from ...lsuv.account import ParamAccount
 from .targets import FLOAT_TYPES, TARGET_OPS, find_targets, graph_view, node_label
 
 RECURRENT = ("LSTM", "GRU", "RNN")

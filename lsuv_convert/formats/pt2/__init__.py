@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...graph import ModelGraph
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import ModelGraph
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 
 @register_format
@@ -42,7 +42,7 @@ class Pt2Format(ModelFormat):
                            provenance=provenance_in(state))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ...module_graph import built_graph
+        from ..shared.eager_graph import built_graph
 
         return built_graph(self.name, loaded, loaded.state.graph_module, inputs, check, engine_path="fx")
 
@@ -53,7 +53,7 @@ class Pt2Format(ModelFormat):
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written program loaded afresh with torch.export.load, each target's output hooked."""
-        from ...module_graph import measure_module, model_args
+        from ..shared.eager_graph import measure_module, model_args
 
         loaded = self.read(Path(model_path), request or LoadRequest())
         gm = loaded.state.graph_module

@@ -1,4 +1,4 @@
-"""The modules that stand for a program's conv / linear calls: :mod:`lsuv_convert.layer_calls`
+"""The modules that stand for a program's conv / linear calls: :mod:`lsuv_convert.formats.shared.layer_calls`
 modules (the TorchScript plug-in uses them too) with this format's argument slots.
 """
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ...layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
+from ..shared.layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
 
 CONV = {"aten::conv1d", "aten::conv2d", "aten::conv3d"}
 CONV_TRANSPOSE = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}

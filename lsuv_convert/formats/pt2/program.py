@@ -22,8 +22,8 @@ from torch import nn
 
 from ...atomic import atomic_path
 from ...errors import ConversionError, ModelFormatError, OutputError, first_line
-from ...graph import InputSpec, TargetLayer
-from ...layer_calls import layer_name
+from ..model_graph import InputSpec, TargetLayer
+from ..shared.layer_calls import layer_name
 from .layers import LAYER_KINDS, LayerCall, build_layer
 
 PROVENANCE_FILE = "lsuv_convert.json"  # extra file of the written program: how it was made

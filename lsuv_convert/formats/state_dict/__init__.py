@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFormatError
-from ...graph import ModelGraph
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import ModelGraph
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 _TORCH_SAVE_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -34,7 +34,7 @@ class StateDictFormat(ModelFormat):
     extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
 
     def sniff(self, path: Path) -> bool:
-        from ...safetensors_io import is_safetensors
+        from ..shared.safetensors_io import is_safetensors
         from .checkpoint import torch_save_kind
 
         if path.name.lower().endswith(".safetensors"):
@@ -42,8 +42,8 @@ class StateDictFormat(ModelFormat):
         return torch_save_kind(path) is not None
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
-        from ...module_graph import module_target_layers
-        from ...safetensors_io import provenance_of
+        from ..shared.eager_graph import module_target_layers
+        from ..shared.safetensors_io import provenance_of
         from .arch import build_architecture
         from .checkpoint import read_checkpoint
 
@@ -63,12 +63,12 @@ class StateDictFormat(ModelFormat):
                            provenance=provenance_of(checkpoint.metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
-        from ...module_graph import built_graph
+        from ..shared.eager_graph import built_graph
 
         return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from ...module_graph import copy_targets_into
+        from ..shared.eager_graph import copy_targets_into
         from .checkpoint import write_checkpoint
 
         state: StateDictState = graph.state
@@ -77,7 +77,7 @@ class StateDictFormat(ModelFormat):
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The named architecture built afresh with the written weights, measured with hooks."""
-        from ...module_graph import measure_module, model_args
+        from ..shared.eager_graph import measure_module, model_args
 
         loaded = self.read(model_path, request or LoadRequest())
         return measure_module(loaded.state.model, model_args(inputs, loaded.inputs), loaded.targets)

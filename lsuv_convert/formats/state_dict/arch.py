@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ModelFormatError
-from ...graph import InputSpec
+from ..model_graph import InputSpec
 
 _FORMS = "torchvision:NAME, timm:NAME or package.module:factory"
 
@@ -42,7 +42,7 @@ def build_architecture(spec: str, path: Path) -> Architecture:
     elif source == "timm":
         module, inputs = _timm(name, kwargs, spec, path)
     else:
-        from ...module_graph import declared_inputs
+        from ..shared.eager_graph import declared_inputs
 
         module = _factory(source, name, kwargs, spec, path)
         inputs = declared_inputs(module)  # a transformers model's token ids, else one float input

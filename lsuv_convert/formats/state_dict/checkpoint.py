@@ -18,7 +18,7 @@ from typing import Any
 
 from ...atomic import atomic_path
 from ...errors import ModelFormatError, OutputError, first_line
-from ...safetensors_io import read_safetensors, write_safetensors
+from ..shared.safetensors_io import read_safetensors, write_safetensors
 
 # torch.save's legacy format starts with this number, pickled (little-endian LONG1 payload)
 _LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")

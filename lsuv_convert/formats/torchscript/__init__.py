@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...graph import ModelGraph
-from .. import register_format
-from ..base import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import ModelGraph
+from ..registry import register_format
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 
 @register_format
@@ -38,7 +38,7 @@ class TorchScriptFormat(ModelFormat):
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
-        from ...stages import stage
+        from ...timings import stage
         from .loader import prepare_inputs
 
         graph: ModelGraph = loaded.state.graph
@@ -48,13 +48,13 @@ class TorchScriptFormat(ModelFormat):
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from .writer import save_script
+        from .write import save_script
 
         save_script(graph, Path(out_path))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None) -> dict[str, tuple[float, float]]:
         from .archive import inspect_archive
-        from .probe import measure_file
+        from .measure import measure_file
 
         inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
         return measure_file(Path(model_path), inputs)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
+from ..shared.layer_calls import CallConv, CallConvTranspose, CallLayer, CallLinear, CallsLayerOp
 
 CONV = {"aten::conv1d", "aten::conv2d", "aten::conv3d"}
 CONV_TRANSPOSE = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
@@ -239,7 +239,7 @@ def match_attention(overload, args: list, read_of, is_const) -> LayerCall | None
 class ScriptAttention(_RunsLayerCall, nn.Module):
     """``aten::_native_multi_head_attention`` as a module shaped like nn.MultiheadAttention
     (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight/bias``), so the engine fits q, k, v
-    and the output projection as it does for the eager module (see lsuv_convert.attention)."""
+    and the output projection as it does for the eager module (see lsuv_convert.lsuv.attention)."""
 
     lsuv_attention = True
     _qkv_same_embed_dim = True

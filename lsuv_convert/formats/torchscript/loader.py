@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
-from ...graph import InputSpec, ModelGraph, TargetLayer
-from ...stages import stage
+from ..model_graph import InputSpec, ModelGraph, TargetLayer
+from ...timings import stage
 from .archive import ArchiveInfo, inspect_archive
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ...layer_calls import layer_name
+from ..shared.layer_calls import layer_name
 from .layers import ATTENTION, LAYER_KINDS, LayerCall, match_attention, match_layer
 from .ops import Resolved, UnsupportedNode, _dispatcher_overload, resolve
 

@@ -169,7 +169,7 @@ def test_the_api_takes_conv1d_and_leaves_no_trace_on_the_model():
 
 def test_strict_names_a_weight_matrix_of_an_unknown_layer_class(work):
     from lsuv_convert import lsuv_init
-    from lsuv_convert.account import IncompleteError
+    from lsuv_convert.lsuv.account import IncompleteError
 
     folder, _, _ = work
     import importlib
@@ -201,9 +201,9 @@ def test_strict_names_a_weight_matrix_of_an_unknown_layer_class(work):
 def test_pre_init_views_rows_as_outputs_and_gaussian_uses_fan_in():
     """The (in, out) weight is pre-initialized as (groups, outputs, fan_in) matrices: q, k, v of
     c_attn each (32 x 32); c_fc (128 outputs of 32 inputs); the gaussian mode's N(0, 1/fan_in)."""
-    from lsuv_convert.api import find_targets
-    from lsuv_convert.conv1d import layouts
-    from lsuv_convert.orthonormal import grouped_view, pre_initialize
+    from lsuv_convert.lsuv.api import find_targets
+    from lsuv_convert.lsuv.conv1d import layouts
+    from lsuv_convert.lsuv.orthonormal import grouped_view, pre_initialize
 
     model = fresh_gpt2().transformer
     targets = find_targets(model)

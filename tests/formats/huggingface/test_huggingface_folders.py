@@ -13,7 +13,7 @@ import torch
 
 from checkpoint_helpers import assert_unit_variances, fresh_measure
 from conftest import invoke
-from lsuv_convert.discover import expand
+from lsuv_convert.command.discovery import expand
 from lsuv_convert.formats import find_format
 
 transformers = pytest.importorskip("transformers")

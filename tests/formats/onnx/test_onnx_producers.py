@@ -184,7 +184,7 @@ def test_integer_and_bool_inputs(tmp_path):
     """Declared int64 / bool inputs: the vocabulary bound comes from the Gather's table; the
     synthetic batch draws valid ids and an all-true mask; integer data is never cast to float,
     float data for an integer input is refused naming it."""
-    from lsuv_convert.data import load_batch
+    from lsuv_convert.batch.load import load_batch
     from lsuv_convert.formats import get_format
 
     onnx.save(_token_model(), str(tmp_path / "tokens.onnx"))

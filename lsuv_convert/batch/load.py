@@ -1,7 +1,7 @@
 """The data batch: read from .npy / .npz / a folder of images, or made up from the input shape.
 
 Every path returns one numpy array per model input, in the model's input order, of the type
-the input declares (:class:`~lsuv_convert.graph.InputSpec` ``dtype``): float inputs get float32
+the input declares (:class:`~lsuv_convert.formats.model_graph.InputSpec` ``dtype``): float inputs get float32
 (``uint8`` arrays are images, divided by 255; other integer arrays are cast), integer and bool
 inputs (token ids, masks) keep integer / bool values (cast to the declared width). A float
 array for an integer input is an error naming the input. Synthetic integer inputs draw ids
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .graph import InputSpec
+from ..errors import DataError
+from ..formats.model_graph import InputSpec
 
 log = logging.getLogger("lsuv_convert")
 
@@ -168,7 +168,7 @@ def _synthetic_one(rng, dims: tuple[int, ...], spec: InputSpec) -> np.ndarray:
 
 def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
     """A declared input of 1M x 1M must be an error, not an allocation of terabytes."""
-    from .budget import check_allocation
+    from ..budget import check_allocation
 
     total = sum(int(np.prod(d, dtype=object)) for d in dims) * 4
     check_allocation(total, f"a synthetic batch of shape {', '.join(str(tuple(d)) for d in dims)}",
@@ -185,7 +185,7 @@ def _check_array_header(path: Path) -> None:
 def _check_npz_members(path: Path) -> None:
     """Each member of a .npz is unpacked in memory: its header, like a .npy's, must match its
     size, and all of them together must fit."""
-    from .budget import check_allocation
+    from ..budget import check_allocation
 
     try:
         with zipfile.ZipFile(path) as zf:
@@ -199,7 +199,7 @@ def _check_npz_members(path: Path) -> None:
 
 
 def _check_declared_array(fh, size: int, path: Path, label: str) -> None:
-    from .budget import check_allocation
+    from ..budget import check_allocation
 
     try:
         version = np.lib.format.read_magic(fh)

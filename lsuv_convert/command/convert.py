@@ -12,14 +12,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .account import IncompleteError, check_strict, counts, graph_account, rename_layer
-from .atomic import write_bytes_atomic
-from .data import ImageOptions, load_batch
-from .errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
-from .formats import find_format
-from .formats.base import LoadRequest
-from .settings import DEFAULTS, LsuvSettings
-from .stages import recording, stage
+from ..lsuv.account import IncompleteError, check_strict, counts, graph_account, rename_layer
+from ..atomic import write_bytes_atomic
+from ..batch.load import ImageOptions, load_batch
+from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
+from ..formats import find_format
+from ..formats.contract import LoadRequest
+from ..lsuv.settings import DEFAULTS, LsuvSettings
+from ..timings import recording, stage
 
 
 @dataclass
@@ -74,7 +74,7 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
 
 def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float]) -> Result:
     with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
-        from .api import lsuv_init, resolve_device
+        from ..lsuv.api import lsuv_init, resolve_device
 
     options = options or ConvertOptions()
     settings = options.settings
@@ -196,7 +196,7 @@ def _weight_shape(layer) -> list[int]:
 
 def provenance(options: ConvertOptions, batch) -> dict:
     """What made an output: formats with a metadata slot that doesn't touch the computation store it."""
-    from . import __version__
+    from ..version import __version__
 
     return {"tool": "lsuv-convert", "version": __version__, "seed": options.seed,
             "settings": options.settings.to_log(), "batch_sha256": batch.sha256}
@@ -294,7 +294,7 @@ def sidecar_batch(model: Path) -> Path | None:
 def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
     """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
     ``folder``: the model is a folder (Hugging Face), and so is its output."""
-    from .paths import PathPlan
+    from ..paths import PathPlan
 
     paths = PathPlan()
     paths.read(model, f"the input model {model}")

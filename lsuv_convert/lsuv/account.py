@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import LsuvError
+from ..errors import LsuvError
 
 STATUSES = ("initialized", "unreached", "skipped")
 

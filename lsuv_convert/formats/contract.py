@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import DataError, ModelFormatError
-from ..graph import InputSpec, ModelGraph, TargetLayer
+from .model_graph import InputSpec, ModelGraph, TargetLayer
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def attention_inputs(mha: nn.Module, args, kwargs) -> list[torch.Tensor]:
 
 
 def attention_hooks(name: str, module: nn.Module, tracker) -> list | None:
-    """For :func:`~lsuv_convert.engine.lsuv_walk`: the hooks of an attention target, else None."""
+    """For :func:`~lsuv_convert.lsuv.engine.lsuv_walk`: the hooks of an attention target, else None."""
     return AttentionFit(name, module, tracker).register() if is_attention(module) else None
 
 

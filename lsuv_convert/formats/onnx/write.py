@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import ConversionError
-from ...statistics import all_finite
+from ...lsuv.statistics import all_finite
 from .files import NewTensor, copy_fields
 from .targets import effective_value, graph_view, stored_layout, unique_name
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ...errors import DataError, ModelFormatError
-from ...statistics import population_stats
+from ...lsuv.statistics import population_stats
 from .layers import scales_without_rerun
 from .quiet import jit_deprecation_silenced
 

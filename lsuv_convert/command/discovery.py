@@ -10,9 +10,9 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import is_temporary
-from .errors import LsuvError
-from .formats import directory_format, model_extensions
+from ..atomic import is_temporary
+from ..errors import LsuvError
+from ..formats import directory_format, model_extensions
 
 OUTPUT_MARK = ".lsuv."
 OUTPUT_FOLDER_SUFFIX = ".lsuv"  # a folder-format model's output: NAME.lsuv/

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ...account import check_strict, graph_account, rename_layer
+from ...lsuv.account import check_strict, graph_account, rename_layer
 from .loader import prepare_inputs, script_graph, set_training
 
 
@@ -44,7 +44,7 @@ def lsuv_init_script(script_module, batch: Any, *, kwargs=None, strict: bool = F
     """LSUV of a ScriptModule in place (its parameters); the report names layers as the file would."""
     if targets is not None or walker is not None:
         raise TypeError("targets / walker are chosen by the TorchScript reader for a ScriptModule")
-    from ...api import lsuv_init
+    from ...lsuv.api import lsuv_init
 
     graph = script_graph(script_module, "<ScriptModule>")
     state = graph.state

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConversionError, DataError, first_line
-from .graph import InputSpec, ModelGraph, TargetLayer
+from ...errors import ConversionError, DataError, first_line
+from ..model_graph import InputSpec, ModelGraph, TargetLayer
 
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
-    from .api import find_targets, without_tied_targets
+    from ...lsuv.api import find_targets, without_tied_targets
 
     kept, notes = without_tied_targets(model, find_targets(model))
     return list(kept), notes
@@ -90,10 +90,10 @@ def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, t
     (``F.linear`` on its own inputs and weight rows) and ``NAME.out_proj`` (the module's output)."""
     import torch
 
-    from .attention import attention_inputs, is_attention, projection_maps
-    from .conv1d import conv1d_layout, is_conv1d
-    from .engine import part_name
-    from .statistics import population_stats
+    from ...lsuv.attention import attention_inputs, is_attention, projection_maps
+    from ...lsuv.conv1d import conv1d_layout, is_conv1d
+    from ...lsuv.engine import part_name
+    from ...lsuv.statistics import population_stats
 
     stats: dict[str, tuple[float, float]] = {}
     order: list[str] = []  # the maps of each target, for targets the batch never reached
@@ -160,7 +160,7 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
     under each name the file has; ``file_key`` maps the module's key to the file's."""
     import torch
 
-    from .statistics import all_finite
+    from ...lsuv.statistics import all_finite
 
     model = graph.module
     names_of: dict[int, list[str]] = {}

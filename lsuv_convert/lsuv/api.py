@@ -182,7 +182,7 @@ def lsuv_init(
     ``report.notes``: scaling it would rescale the embedding, which runs first.
     The report's ``account`` says, for every parameter tensor, whether it was initialized,
     unreached (its layer never ran on the batch) or skipped (with the reason); ``strict=True``
-    raises :class:`~lsuv_convert.account.IncompleteError` when a conv / linear / attention
+    raises :class:`~lsuv_convert.lsuv.account.IncompleteError` when a conv / linear / attention
     weight is unreached or skipped (the weights are changed all the same).
     """
     if _is_script_module(module):

@@ -21,9 +21,9 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_bytes_atomic
-from .errors import LsuvError
+from ..version import __version__
+from ..atomic import write_bytes_atomic
+from ..errors import LsuvError
 
 _CHUNK = 1 << 20
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_path
-from .errors import LsuvError
+from ..atomic import atomic_path
+from ..errors import LsuvError
 
 
 def write_plot(log: dict, path: Path) -> None:

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .discover import ModelJob, expand, mirrored
-from .errors import LsuvError, OutputError, UnconvergedError, UsageError
-from .paths import PathPlan, same_file, identity
-from .pipeline import ConvertOptions, convert, finite_json, sidecar_batch
-from .record import digests, forget, is_up_to_date, write_record
+from .discovery import ModelJob, expand, mirrored
+from ..errors import LsuvError, OutputError, UnconvergedError, UsageError
+from ..paths import PathPlan, same_file, identity
+from .convert import ConvertOptions, convert, finite_json, sidecar_batch
+from .records import digests, forget, is_up_to_date, write_record
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Run:
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, job: ModelJob) -> Planned:
-        from .formats import find_format
+        from ..formats import find_format
 
         try:
             fmt = find_format(job.path)
@@ -256,7 +256,7 @@ def _silence_stdout() -> None:
 
 def inspect_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     from .console import print_inspection
-    from .pipeline import inspect
+    from .convert import inspect
 
     from .streams import model_stdout_to_stderr
 
@@ -272,7 +272,7 @@ def inspect_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
 def verify_model(model: Path, options: ConvertOptions, as_json: bool) -> int:
     """Re-measure per-layer variance of a written model with its format's own runtime."""
     from .console import print_verification
-    from .pipeline import verify
+    from .convert import verify
 
     from .streams import model_stdout_to_stderr
 

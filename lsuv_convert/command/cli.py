@@ -1,7 +1,7 @@
 """Command line: ``lsuv-convert MODEL... [options]``, ``lsuv-convert inspect``, ``lsuv-convert verify``.
 
 Thin by design: parse options, expand model arguments, and hand each model to
-:func:`lsuv_convert.pipeline.convert`. torch and onnx are imported only once there is work to
+:func:`lsuv_convert.command.convert.convert`. torch and onnx are imported only once there is work to
 do, so ``--help`` and ``--version`` are instant.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import click
 
-from . import __version__, interrupt
-from .errors import LsuvError
-from .settings import DEFAULTS, PRE_INIT_MODES, SEED_RANGE
+from .. import interrupt
+from ..version import __version__
+from ..errors import LsuvError
+from ..lsuv.settings import DEFAULTS, PRE_INIT_MODES, SEED_RANGE
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -129,8 +130,8 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
                     allow_unconverged, strict, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
-    from .data import ImageOptions
-    from .runner import Run
+    from ..batch.load import ImageOptions
+    from .run import Run
 
     size = None
     if image_size:
@@ -160,7 +161,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes, as_json, debug):
     """List MODEL's target layers (name, op, weight shape) and its declared inputs; changes nothing."""
-    from .runner import inspect_model
+    from .run import inspect_model
 
     options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages,
                        input_shapes=[_shape(s) for s in input_shapes] or None)
@@ -183,7 +184,7 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 def verify_command(model, data, weights, arch, trust_code, stages, input_shapes, tol, target_var, seed, as_json, debug):
     """Re-measure each target layer's output variance of a written MODEL with the format's own
     runtime (onnxruntime, OpenCV, torch.jit); exit 1 if any layer is out of tolerance."""
-    from .runner import verify_model
+    from .run import verify_model
 
     options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(tol=tol, target_var=target_var),
@@ -195,8 +196,8 @@ def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(),
     """The pipeline's ConvertOptions from option values (one place for every command)."""
     from dataclasses import replace
 
-    from .formats.base import LoadRequest
-    from .pipeline import ConvertOptions
+    from ..formats.contract import LoadRequest
+    from .convert import ConvertOptions
 
     return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code,
                                                          stages=tuple(stages)),

@@ -3,7 +3,7 @@ torch.jit): the one statistic ``verify`` compares with what LSUV measured. And t
 writer makes that a weight is finite.
 
 Two-pass in float64, so it is exact enough to judge |Var - 1| < tol whatever produced the
-array. (The engine's own, faster statistic is :func:`lsuv_convert.engine.output_stats`.)
+array. (The engine's own, faster statistic is :func:`lsuv_convert.lsuv.engine.output_stats`.)
 """
 
 from __future__ import annotations

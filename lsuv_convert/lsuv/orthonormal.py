@@ -153,7 +153,7 @@ def pre_initialize(modules: list[nn.Module], mode: str, generator: torch.Generat
     """Fill each module's weight per ``mode`` and zero its bias (``keep`` touches nothing).
 
     A parameter shared by several modules is initialized once. Modules may also be
-    :class:`~lsuv_convert.engine.LinearMap` views (one slice of a packed attention weight).
+    :class:`~lsuv_convert.lsuv.engine.LinearMap` views (one slice of a packed attention weight).
     """
     if mode not in PRE_INIT_MODES:
         raise ValueError(f"pre_init must be one of {PRE_INIT_MODES}, got {mode!r}")

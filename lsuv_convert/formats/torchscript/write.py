@@ -14,8 +14,8 @@ import torch
 
 from ...atomic import atomic_path
 from ...errors import ConversionError, OutputError
-from ...graph import ModelGraph
-from ...statistics import all_finite
+from ..model_graph import ModelGraph
+from ...lsuv.statistics import all_finite
 from .loader import ScriptState, set_training
 from .quiet import jit_deprecation_silenced
 

@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import ModelFormatError
+from ...errors import ModelFormatError
 
 PROVENANCE_PREFIX = "lsuv_convert."
 

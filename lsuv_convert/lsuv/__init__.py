@@ -1,0 +1,10 @@
+"""The method itself: orthonormal pre-init, the LSUV engine, and the account of every parameter.
+
+Lives here: ``api`` (``lsuv_init`` on an ``nn.Module``), ``engine`` (the layer-sequential pass),
+``orthonormal`` (the pre-init), ``attention`` / ``conv1d`` (layers that hold several maps or a
+transposed layout), ``account`` (what happened to each tensor), ``statistics`` (variance as another
+runtime computes it, finite checks), ``settings`` (the knobs and their defaults).
+
+May import: torch and the base modules (``errors``, ``timings``, ...). Never a format, the batch
+reader or the command: this room knows no file.
+"""

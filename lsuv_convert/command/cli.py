@@ -16,7 +16,7 @@ import click
 
 from .. import interrupt
 from ..version import __version__
-from ..errors import LsuvError
+from ..errors import LsuvError, shown
 from ..lsuv.settings import DEFAULTS, PRE_INIT_MODES, SEED_RANGE
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -227,7 +227,7 @@ def _guarded(action, debug: bool) -> int:
 
 
 def error_line(message: str) -> None:
-    message = " ".join(str(message).split())
+    message = shown(" ".join(str(message).split()))  # one line, whatever a name in it holds
     click.echo(f"lsuv-convert: error: {message}", err=True)
 
 

@@ -15,9 +15,10 @@ from typing import Callable
 from ..lsuv.account import IncompleteError, check_strict, counts, graph_account, rename_layer
 from ..atomic import write_bytes_atomic
 from ..batch.load import ImageOptions, load_batch
-from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
+from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError, shown
 from ..formats import find_format
 from ..formats.contract import LoadRequest
+from ..paths import PathPlan
 from ..lsuv.settings import DEFAULTS, LsuvSettings
 from ..timings import recording, stage
 
@@ -61,27 +62,31 @@ class Result:
 
 def convert(model: Path | str, output: Path | str | None = None, *, options: ConvertOptions | None = None,
             log_path: Path | str | None = None, on_layer: Callable | None = None,
-            on_targets: Callable[[int], None] | None = None) -> Result:
+            on_targets: Callable[[int], None] | None = None, fmt=None, paths: PathPlan | None = None) -> Result:
     """Initialize ``model`` and write it (same format) to ``output`` (default ``NAME.lsuv.EXT``).
 
     Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
     layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
+    ``fmt`` and ``paths`` are what the runner already found: the model's format and the checked
+    plan of every path of the run (files the format reads once loaded are checked against it);
+    without them, they are found and checked here.
     """
     seconds: dict[str, float] = {}
     with recording(seconds):
-        return _convert(model, output, options, log_path, on_layer, on_targets, seconds)
+        return _convert(Path(model), output, options or ConvertOptions(), log_path, on_layer, on_targets,
+                        seconds, fmt, paths)
 
 
-def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float]) -> Result:
+def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, on_targets, seconds: dict[str, float],
+             fmt, paths: PathPlan | None) -> Result:
     with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
         from ..lsuv.api import lsuv_init, resolve_device
 
-    options = options or ConvertOptions()
-    settings = options.settings
-    model = Path(model)
-    fmt = find_format(model)
+    settings = replace(options.settings, seed=options.seed)
+    fmt = fmt if fmt is not None else find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
-    _check_output(model, output, options, folder=fmt.claims_directory(model))
+    if paths is None:
+        paths = _checked_paths(model, output, options, fmt, log_path)
     try:
         device = resolve_device(options.device)
     except ValueError as exc:
@@ -90,6 +95,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
     with stage("load"):
         loaded = fmt.load(model, options.request)
     batch_path = _data_path(loaded, options)
+    _guarded(paths.check_reads, [*fmt.read_files(loaded), batch_path], f"a file {shown(model)} reads:")
     with stage("batch"):
         batch, inputs = _batch_for(loaded, batch_path, options)
     with stage("prepare"):
@@ -103,12 +109,8 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         if on_layer is not None:
             on_layer(source_name(report.name), report)
 
-    report = lsuv_init(
-        graph.module, tuple(graph.module_inputs(inputs)),
-        pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
-        center=settings.center, device=device, seed=options.seed,
-        targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
-    )
+    report = lsuv_init(graph.module, tuple(graph.module_inputs(inputs)), settings=settings, device=device,
+                       targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done)
     seconds.update(report.seconds)
 
     log = {
@@ -291,18 +293,27 @@ def sidecar_batch(model: Path) -> Path | None:
     return None
 
 
-def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
-    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
-    ``folder``: the model is a folder (Hugging Face), and so is its output."""
-    from ..paths import PathPlan
+def _checked_paths(model: Path, output: Path, options: ConvertOptions, fmt, log_path) -> PathPlan:
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`..paths`).
+    A folder output (Hugging Face) replaces an existing folder only when it is empty, is the
+    model itself (``in_place``) or was written by this tool."""
+    from .records import written_by_us
 
     paths = PathPlan()
-    paths.read(model, f"the input model {model}")
-    paths.read(options.weights, f"the --weights file {options.weights}")
-    paths.read(options.data, f"the data {options.data}")
-    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
+    paths.read(model, f"the input model {shown(model)}")
+    paths.read(options.weights, f"the --weights file {shown(options.weights)}")
+    paths.read(options.data, f"the data {shown(options.data)}")
+    paths.write(output, f"the output of {shown(model)}", may_overwrite=(model, options.weights) if options.in_place else (),
+                folder=fmt.claims_directory(model), ours=written_by_us(output))
+    paths.write(log_path, f"the log of {shown(model)}")
+    _guarded(paths.check)
+    return paths
+
+
+def _guarded(check, *args) -> None:
+    """A path check of the API: a collision is an OutputError (the CLI's plan makes it a usage error)."""
     try:
-        paths.check()
+        check(*args)
     except UsageError as exc:
         raise OutputError(str(exc)) from None
 

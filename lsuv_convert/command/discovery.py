@@ -10,7 +10,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import is_temporary
+from ..atomic import clean_stale, is_temporary
 from ..errors import LsuvError
 from ..formats import directory_format, model_extensions
 
@@ -63,8 +63,20 @@ def expand(args: list[str]) -> list[ModelJob]:
     return jobs
 
 
+def settle_beside(arg: str) -> None:
+    """Settle what a killed run left beside a model argument (an ``--in-place`` folder swap cut
+    half-way puts the model back), before the argument is looked at."""
+    base = arg.split("*")[0] if glob.has_magic(arg) else arg
+    path = Path(base)
+    for folder in {path.parent, path} if base else {Path(".")}:
+        if folder.is_dir():
+            clean_stale(folder)
+
+
 def _models_below(folder: Path) -> list[Path]:
-    """Model files below ``folder``, and folders that are one model (not searched further)."""
+    """Model files below ``folder``, and folders that are one model (not searched further);
+    what killed runs left in each folder is settled first."""
+    clean_stale(folder)
     found = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or is_own_output(entry):

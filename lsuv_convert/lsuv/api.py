@@ -163,6 +163,7 @@ def lsuv_init(
     on_layer: Callable | None = None,
     kwargs: dict | None = None,
     strict: bool = False,
+    settings: LsuvSettings | None = None,
 ) -> LsuvReport:
     """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch``.
 
@@ -176,7 +177,9 @@ def lsuv_init(
     device. ``walker`` is "fx" (walk a torch.fx GraphModule: the module, or its trace),
     "hooks" (walk the module's own forward) or "auto" (fx for a GraphModule, else hooks);
     all give the same weights, in one forward pass.
-    ``seed=None`` draws from torch's global generator.
+    ``seed=None`` draws from torch's global generator. ``settings`` (an
+    :class:`~lsuv_convert.lsuv.settings.LsuvSettings`, seed included) replaces the five knobs
+    and ``seed`` when given: the CLI hands its settings object over whole.
     Without ``targets``, a layer whose weight is tied to a module that is not a layer (a language
     model's output projection sharing the input embedding) is left out, with a note in
     ``report.notes``: scaling it would rescale the embedding, which runs first.
@@ -188,7 +191,9 @@ def lsuv_init(
     if _is_script_module(module):
         raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
                         "through the TorchScript reader")
-    settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
+    if settings is None:
+        settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
+    seed = settings.seed
     settings.validate()
     dev = resolve_device(device)
     report = LsuvReport(settings=settings, device=str(dev))

@@ -76,7 +76,10 @@ class HuggingFaceFormat(ModelFormat):
         state: FolderState = graph.state
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
         copy_targets_into(graph, tensors, lambda key: key, out_path)
-        write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        left_out = write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        if left_out:
+            graph.notes.append(f"not copied (links to folders, or dangling links): {', '.join(left_out[:5])}"
+                               + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),

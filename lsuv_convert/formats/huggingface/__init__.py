@@ -173,6 +173,8 @@ def load_weights(model, shards, path: Path) -> list[str]:
     folder, except names tied to one that does (an output layer sharing the embedding)."""
     import torch
 
+    from ..shared.stored_tensors import check_stored
+
     tensors = {key: t for shard in shards for key, t in shard.tensors.items()}
     own = model.state_dict(keep_vars=True)
     extra = [k for k in tensors if k not in own]
@@ -185,6 +187,7 @@ def load_weights(model, shards, path: Path) -> list[str]:
         if extra:
             parts.append(f"{len(extra)} tensor(s) in the folder that {type(model).__name__} does not have: {_first(extra)}")
         raise ModelFormatError("the folder's weights do not match its config.json: " + "; ".join(parts), path=path)
+    check_stored(own, tensors, path)  # integer / quantized weights (safetensors holds no ties)
     with torch.no_grad():
         for key, tensor in tensors.items():
             dest = own[key]

@@ -327,3 +327,22 @@ def test_stale_temporaries_of_every_kind_are_cleaned_at_once(tmp_path):
     (tmp_path / ".m.lsuv.lsuv-lock").write_bytes(b"")
     clean_stale(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # two real processes converting a Hugging Face folder
+def test_two_identical_runs_writing_one_folder_both_succeed(hf_model, tmp_path):
+    import subprocess
+
+    from conftest import CONSOLE_SCRIPT
+
+    (tmp_path / "bert").symlink_to(hf_model / "bert", target_is_directory=True)
+    (tmp_path / "ids.npy").write_bytes((hf_model / "ids.npy").read_bytes())
+    cmd = [CONSOLE_SCRIPT, "bert", "--data", "ids.npy", "-o", "out", "--force", "-q"]
+    env = dict(os.environ, LSUV_CONVERT_STATE=str(tmp_path / "state"))
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert err == ""
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "ids.npy", "out", "state"]

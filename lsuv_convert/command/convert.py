@@ -95,7 +95,7 @@ def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, o
     with stage("load"):
         loaded = fmt.load(model, options.request)
     batch_path = _data_path(loaded, options)
-    _guarded(paths.check_reads, [*fmt.read_files(loaded), batch_path], f"a file {shown(model)} reads:")
+    paths.check_reads([*fmt.read_files(loaded), batch_path], f"a file {shown(model)} reads:")  # before any write
     with stage("batch"):
         batch, inputs = _batch_for(loaded, batch_path, options)
     with stage("prepare"):
@@ -306,16 +306,11 @@ def _checked_paths(model: Path, output: Path, options: ConvertOptions, fmt, log_
     paths.write(output, f"the output of {shown(model)}", may_overwrite=(model, options.weights) if options.in_place else (),
                 folder=fmt.claims_directory(model), ours=written_by_us(output))
     paths.write(log_path, f"the log of {shown(model)}")
-    _guarded(paths.check)
-    return paths
-
-
-def _guarded(check, *args) -> None:
-    """A path check of the API: a collision is an OutputError (the CLI's plan makes it a usage error)."""
     try:
-        check(*args)
-    except UsageError as exc:
+        paths.check()
+    except UsageError as exc:  # the API's guard: an OutputError, as before (the CLI's plan: a usage error)
         raise OutputError(str(exc)) from None
+    return paths
 
 
 def write_log(log: dict, path: Path | str) -> None:

@@ -100,8 +100,8 @@ class Run:
             return CLOSED_STDOUT
         if len(jobs) > 1:
             self.console.summary(outcomes)
-        codes = [o.exit_code for o in outcomes if o.exit_code]
-        return 1 if any(c != 3 for c in codes) else (3 if codes else 0)
+        codes = {o.exit_code for o in outcomes if o.exit_code}
+        return codes.pop() if len(codes) == 1 else (1 if codes else 0)  # 2: usage, 3: unconverged, else 1
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, job: ModelJob) -> Planned:
@@ -128,7 +128,10 @@ class Run:
         paths.read(data, f"the --data {'folder' if data is not None and data.is_dir() else 'file'} {data}")
         for plan in plans:
             model = plan.job.path
-            paths.read(model, f"the input model {model}")
+            paths.read(model, f"the input model {shown(model)}")
+            if plan.fmt is not None:
+                for companion in plan.fmt.companion_files(model, self.options.request):
+                    paths.read(companion, f"a file the input model {shown(model)} names ({shown(companion)})")
             if data is None:
                 paths.read(sidecar_batch(model), f"the sample batch of {model}")
         for plan in plans:

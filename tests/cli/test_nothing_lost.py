@@ -346,3 +346,21 @@ def test_two_identical_runs_writing_one_folder_both_succeed(hf_model, tmp_path):
         assert err == ""
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "ids.npy", "out", "state"]
+
+
+@pytest.mark.parametrize("args", [["--log", "net.prototxt"], ["-o", "net.prototxt"], ["--plot", "net.prototxt"]])
+def test_the_net_a_solver_names_is_an_input_before_any_work(tmp_path, args):
+    (tmp_path / "net.prototxt").write_text(TINY_PROTOTXT)
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\n')
+    before = snapshot(tmp_path)
+    proc = invoke("solver.prototxt", *args, cwd=tmp_path)
+    one_error(proc, 2, "net.prototxt", "solver.prototxt")
+    nothing_changed(tmp_path, before)
+
+
+def test_an_external_data_file_found_at_load_is_never_written(tmp_path):
+    tiny_onnx(tmp_path / "m.onnx", external=True)
+    before = snapshot(tmp_path)
+    proc = invoke("m.onnx", "--log", "m.onnx.data", cwd=tmp_path)
+    one_error(proc, 2, "m.onnx.data", "--log file")
+    nothing_changed(tmp_path, before)

@@ -43,6 +43,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -180,8 +181,24 @@ def clean_stale(folder: Path, max_age: float = STALE_SECONDS) -> None:
             elif name.endswith(TEMP_MARK) and entry.is_file(follow_symlinks=False):
                 if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
                     os.unlink(entry.path)
+            elif _LEGACY.match(name) and entry.is_dir(follow_symlinks=False):
+                if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                    _clean_legacy(Path(entry.path))
         except OSError:
             continue
+
+
+# what versions before the journal left: ``.NAME.XXXXXXXX.tmp`` (a folder being built) and
+# ``.NAME.XXXXXXXX.old/NAME`` (the previous folder, moved aside for a swap that may have been cut)
+_LEGACY = re.compile(r"^\.(?P<dest>.+)\.[a-z0-9_]{8}\.(?P<kind>tmp|old)$")
+
+
+def _clean_legacy(path: Path) -> None:
+    found = _LEGACY.match(path.name)
+    kept = path / found["dest"]
+    if found["kind"] == "old" and kept.is_dir() and not os.path.lexists(path.parent / found["dest"]):
+        os.rename(kept, path.parent / found["dest"])  # the swap was cut: the previous folder goes back
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _clean_private(private: Path, old_enough: bool) -> None:

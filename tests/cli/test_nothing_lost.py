@@ -364,3 +364,18 @@ def test_an_external_data_file_found_at_load_is_never_written(tmp_path):
     proc = invoke("m.onnx", "--log", "m.onnx.data", cwd=tmp_path)
     one_error(proc, 2, "m.onnx.data", "--log file")
     nothing_changed(tmp_path, before)
+
+
+def test_folders_left_by_older_versions_are_restored_and_cleaned(tmp_path):
+    import time
+
+    building, moved = tmp_path / ".m.lsuv.ab12cd34.tmp", tmp_path / ".m.lsuv.zz99yy88.old"
+    (building / "sub").mkdir(parents=True)
+    (moved / "m.lsuv").mkdir(parents=True)
+    (moved / "m.lsuv" / "model.safetensors").write_bytes(b"the previous output")
+    past = time.time() - 7 * 3600
+    for folder in (building, moved):
+        os.utime(folder, (past, past))
+    clean_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.lsuv"]
+    assert (tmp_path / "m.lsuv" / "model.safetensors").read_bytes() == b"the previous output"

@@ -52,12 +52,12 @@ from pathlib import Path
 
 from . import interrupt
 from .errors import OutputError
+from .paths import NAME_BYTES
 
 TEMP_MARK = ".lsuv-tmp"
 LOCK_MARK = ".lsuv-lock"
 OWNER = ".owner"
 JOURNAL = "journal.json"
-NAME_BYTES = 255  # the longest file name most file systems take
 STALE_SECONDS = 6 * 3600  # where locks don't work: a private folder this old belongs to a killed run
 
 _active: dict[Path, int] = {}  # private folders of writes in progress -> their owner lock's fd

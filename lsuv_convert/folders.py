@@ -2,8 +2,9 @@
 
 :func:`copy_folder` copies a model folder's files into the new output: regular files as they
 are, a link to a regular file as that file's content (the runner has checked that file as an
-input); links to folders are not followed (no walk out of the folder, no loop), and anything
-that is not a regular file (a FIFO, a device) stops the copy.
+input); links to folders and dangling links are copied as the same links, never followed (no
+walk out of the folder, no loop), and anything that is not a regular file (a FIFO, a device)
+stops the copy.
 
 :func:`atomic_folder` builds the new folder in a private folder beside its destination and
 replaces the destination by the journal protocol of :mod:`lsuv_convert.atomic`: the previous
@@ -76,7 +77,8 @@ def swap_in(private: Path, new: Path, dest: Path, *, between=None) -> None:
 
 def copy_folder(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[str]:
     """Copy ``source``'s files into the existing folder ``dest`` (``skip``: top-level names left
-    out); returns the links to folders and the dangling links that were not copied."""
+    out); links to folders and dangling links are copied as the same links, never followed:
+    returns their names."""
     left_out = []
     for rel, kind, path in walk_folder(source):
         if rel.split("/", 1)[0] in skip:
@@ -88,6 +90,7 @@ def copy_folder(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[
             shutil.copyfile(path, target)
             shutil.copymode(path, target)
         elif kind in ("dir-link", "dangling-link"):
+            os.symlink(os.readlink(path), target)
             left_out.append(rel)
         else:
             raise OutputError(f"{rel} in the model folder is {kind}, not a regular file; nothing was written",

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from .errors import UsageError, shown
 
+NAME_BYTES = 255  # the longest file name most file systems take
+
 
 @dataclass(frozen=True)
 class Role:
@@ -50,7 +52,7 @@ class PathPlan:
             return
         path = Path(path)
         self.reads.append(Role(path, what))
-        if path.is_dir():
+        if os.path.isdir(path):
             owner = identity(path)
             for rel, kind, file in walk_folder(path):
                 if kind not in ("dir", "dir-link", "dangling-link"):
@@ -78,7 +80,7 @@ class PathPlan:
                         hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
                         raise UsageError(f"{shown(w.path)} would be written as {w.what}, but it is {r.what}; "
                                          f"nothing was done{hint}")
-                elif r.path.is_dir() and _inside(w.path, r.path) and not allowed:
+                elif os.path.isdir(r.path) and _inside(w.path, r.path) and not allowed:
                     raise UsageError(f"{shown(w.path)} would be written as {w.what}, inside {r.what}; nothing was done")
                 elif w.folder and _inside(r.path, w.path) and not allowed:
                     raise UsageError(f"{shown(w.path)} would be replaced as {w.what}, but it holds {r.what}; "
@@ -143,7 +145,10 @@ def _check_writable(w: Role) -> None:
             if kind not in ("dir", "file", "dir-link", "dangling-link"):
                 raise UsageError(f"{shown(path)} would be replaced as {w.what}, but {shown(rel)} in it is {kind}; "
                                  "nothing was done")
-    blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+    if len(os.fsencode(Path(path).name)) > NAME_BYTES:
+        raise UsageError(f"{shown(path)} can't be written as {w.what}: its name is longer than {NAME_BYTES} bytes, "
+                         "more than file systems take; nothing was done")
+    blocking = next((p for p in Path(path).parents if os.path.exists(p) and not os.path.isdir(p)), None)
     if blocking is not None:
         raise UsageError(f"{shown(path)} can't be written as {w.what}: {shown(blocking)} is a file, not a folder")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -288,7 +289,7 @@ def sidecar_batch(model: Path) -> Path | None:
     """``NAME.npy`` / ``NAME.npz`` beside ``NAME.EXT``: the model's own sample batch, if shipped."""
     for ext in (".npz", ".npy"):
         candidate = model.with_suffix(ext)
-        if candidate.is_file():
+        if os.path.isfile(candidate):
             return candidate
     return None
 

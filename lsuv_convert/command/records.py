@@ -202,7 +202,15 @@ def write_record(output: Path, *, settings: dict, inputs: dict[str, str | None],
 
 def is_up_to_date(output: Path, *, settings: dict, inputs: list[Path], extras: dict[str, Path | None]) -> bool:
     """Whether ``output``'s record shows the same inputs (by content), settings, tool version,
-    and every requested log / plot from that run, unchanged."""
+    and every requested log / plot from that run, unchanged. A record that is not what this
+    tool writes (edited by hand, damaged) means: rebuild."""
+    try:
+        return _matches(output, settings, inputs, extras)
+    except (TypeError, AttributeError, ValueError):
+        return False
+
+
+def _matches(output: Path, settings: dict, inputs: list[Path], extras: dict[str, Path | None]) -> bool:
     try:
         record = json.loads(record_path(output).read_text())
     except (OSError, ValueError):

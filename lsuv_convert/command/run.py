@@ -111,6 +111,8 @@ class Run:
             fmt = find_format(job.path)
         except LsuvError as exc:
             return Planned(job, error=exc)
+        except OSError as exc:  # a name too long for the file system, ...
+            return Planned(job, error=LsuvError(f"cannot read: {exc.strerror or exc}", path=job.path))
         output = self._output_for(job, fmt)
         plan = Planned(job, fmt, output, self._side_path(self.log_path, job, output, ".json"),
                        self._side_path(self.plot_path, job, output, ".png"))
@@ -123,9 +125,9 @@ class Run:
         """Every path written vs every path read and every other path written (see :mod:`.paths`)."""
         paths = PathPlan()
         weights = self.options.weights
-        paths.read(weights, f"the --weights file {weights}")
+        paths.read(weights, f"the --weights file {shown(weights)}")
         data = self.options.data
-        paths.read(data, f"the --data {'folder' if data is not None and data.is_dir() else 'file'} {data}")
+        paths.read(data, f"the --data {'folder' if data is not None and os.path.isdir(data) else 'file'} {shown(data)}")
         for plan in plans:
             model = plan.job.path
             paths.read(model, f"the input model {shown(model)}")
@@ -133,7 +135,7 @@ class Run:
                 for companion in plan.fmt.companion_files(model, self.options.request):
                     paths.read(companion, f"a file the input model {shown(model)} names ({shown(companion)})")
             if data is None:
-                paths.read(sidecar_batch(model), f"the sample batch of {model}")
+                paths.read(sidecar_batch(model), f"the sample batch of {shown(model)}")
         for plan in plans:
             if plan.output is None:
                 continue
@@ -150,7 +152,7 @@ class Run:
             paths.write(plan.plot, f"the --plot file of {shown(model)}")
             if self.options.in_place:
                 named = [identity(model)] + ([identity(weights)] if weights is not None else [])
-                if not any(same_file(identity(plan.output), n) for n in named) and plan.output.exists():
+                if not any(same_file(identity(plan.output), n) for n in named) and os.path.exists(plan.output):
                     raise UsageError(f"--in-place would overwrite {shown(plan.output)}, which was not named; nothing "
                                      "was done (pass it with --weights to start from it, or choose -o)")
         paths.check()
@@ -171,7 +173,7 @@ class Run:
         the input folders like --output-dir (two outputs still named alike there: a usage error)."""
         if option is None:
             return None
-        if self.many or option.is_dir() or str(option).endswith(("/", "\\")):
+        if self.many or os.path.isdir(option) or str(option).endswith(("/", "\\")):
             return mirrored(job, option, output.name + ext)
         return option
 

@@ -88,8 +88,9 @@ def test_a_link_loop_in_a_folder_model_is_not_followed(hf_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     out = tmp_path / "m.lsuv"
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert not (out / "model.safetensors").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "self"]
+    assert not (out / "model.safetensors").is_symlink()  # the linked file's content, with the new weights
+    assert os.readlink(out / "self") == "."  # the link itself, never walked
     assert any("self" in note for note in json.loads((tmp_path / "m.json").read_text())["notes"])
 
 
@@ -176,6 +177,18 @@ def test_a_legal_long_output_name_works(work):
     proc = invoke("m.onnx", "-o", name, "-q", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in work.iterdir()) == sorted(["m.onnx", "m.npy", name])
+    before = snapshot(work)
+    one_error(invoke("m.onnx", "--log", "j" * 256, cwd=work), 2, "longer than 255 bytes")
+    nothing_changed(work, before)
+
+
+def test_a_damaged_record_means_rebuild(work, state):
+    assert _status(invoke("m.onnx", "--json", cwd=work)) == "ok"
+    (record,) = state.glob("*.json")
+    data = json.loads(record.read_text())
+    for damage in ({"inputs": ["m.onnx"]}, {"inputs": {str(work / "m.onnx"): 5}}, {"outputs": 3}, {"outputs": [1]}):
+        record.write_text(json.dumps(dict(data, **damage)))
+        assert _status(invoke("m.onnx", "--json", cwd=work)) == "ok"
 
 
 def test_a_relative_arch_module_is_one_usage_line(tmp_path):

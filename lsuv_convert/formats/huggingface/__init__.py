@@ -78,7 +78,7 @@ class HuggingFaceFormat(ModelFormat):
         copy_targets_into(graph, tensors, lambda key: key, out_path)
         left_out = write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
         if left_out:
-            graph.notes.append(f"not copied (links to folders, or dangling links): {', '.join(left_out[:5])}"
+            graph.notes.append(f"links to folders copied as links, not followed: {', '.join(left_out[:5])}"
                                + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):

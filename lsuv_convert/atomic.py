@@ -55,6 +55,7 @@ from .errors import OutputError
 from .paths import NAME_BYTES
 
 TEMP_MARK = ".lsuv-tmp"
+NEW_MARK = ".lsuv-new"  # a private folder being set up (renamed to TEMP_MARK once locked)
 LOCK_MARK = ".lsuv-lock"
 OWNER = ".owner"
 JOURNAL = "journal.json"
@@ -74,7 +75,7 @@ interrupt.at_hard_stop(remove_active)
 
 def is_temporary(path: Path | str) -> bool:
     """Whether ``path`` is (inside) one of our private folders, or one of our lock files."""
-    return any(part.startswith(".") and part.endswith((TEMP_MARK, LOCK_MARK)) for part in Path(path).parts)
+    return any(part.startswith(".") and part.endswith((TEMP_MARK, LOCK_MARK, NEW_MARK)) for part in Path(path).parts)
 
 
 def short_name(name: str, room: int) -> str:
@@ -88,18 +89,24 @@ def short_name(name: str, room: int) -> str:
 
 # ---- private folders -------------------------------------------------------------------------------
 def new_private(folder: Path, dest_name: str) -> Path:
-    """A fresh private folder beside ``folder/dest_name``, locked by this process."""
+    """A fresh private folder beside ``folder/dest_name``, locked by this process.
+
+    It is made under a name no cleaner looks at (``...lsuv-new``) and renamed to its
+    ``.lsuv-tmp`` name only once its owner lock is held, so another run's cleanup never
+    takes a folder being set up for a stale one."""
     prefix = "." + short_name(dest_name, NAME_BYTES - 1 - 1 - 8 - len(TEMP_MARK)) + "."
-    private = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_MARK, dir=folder))
+    making = Path(tempfile.mkdtemp(prefix=prefix, suffix=NEW_MARK, dir=folder))
+    private = making.with_name(making.name[: -len(NEW_MARK)] + TEMP_MARK)
     fd = -1
     try:
-        fd = os.open(private / OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(making / OWNER, os.O_RDWR | os.O_CREAT, 0o600)
         with contextlib.suppress(OSError):  # no locks here: staleness falls back to age
             _flock(fd, blocking=False)
+        os.rename(making, private)
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(making, ignore_errors=True)
         raise
     _active[private] = fd
     return private
@@ -158,6 +165,15 @@ def settle(private: Path) -> None:
     finish_journal(private)
 
 
+def journal_dests(private: Path) -> list[Path]:
+    """The destinations a private folder's journal names (none without a journal)."""
+    try:
+        entries = json.loads((private / JOURNAL).read_text())["entries"]
+        return [private.parent / e["dest"] for e in entries]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _move_aside(path: Path, aside: Path) -> None:
     os.rename(path, aside)
 
@@ -178,6 +194,9 @@ def clean_stale(folder: Path, max_age: float = STALE_SECONDS) -> None:
                 _clean_private(Path(entry.path), now - entry.stat(follow_symlinks=False).st_mtime > max_age)
             elif name.endswith(LOCK_MARK) and entry.is_file(follow_symlinks=False):
                 _clean_lock(Path(entry.path))
+            elif name.endswith(NEW_MARK) and entry.is_dir(follow_symlinks=False):
+                if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                    shutil.rmtree(entry.path, ignore_errors=True)  # a run killed while setting one up
             elif name.endswith(TEMP_MARK) and entry.is_file(follow_symlinks=False):
                 if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
                     os.unlink(entry.path)
@@ -218,7 +237,10 @@ def _clean_private(private: Path, old_enough: bool) -> None:
         except OSError:
             if not old_enough:
                 return  # no locks here and young: it may be live
-        settle(private)  # we hold its lock now: no other run settles it at the same time
+        with contextlib.ExitStack() as locks:  # we hold its owner lock: no other run settles it meanwhile
+            for dest in journal_dests(private):  # and no live run replaces its destinations meanwhile
+                locks.enter_context(output_lock(dest))
+            settle(private)
         shutil.rmtree(private, ignore_errors=True)
     finally:
         os.close(fd)

@@ -7,7 +7,8 @@ checkpoints, Hugging Face folders), such a file is refused before any work, with
 naming the tensor:
 
 - **Shared storage.** Two entries whose memory overlaps in the file (``0.weight`` and
-  ``2.weight`` saved as one storage) are kept tied only when the architecture ties them too
+  ``2.weight`` saved as one storage; or a weight and a buffer) are kept tied only when the
+  architecture ties them too
   (one parameter under both names: one value, written under both names). When the
   architecture holds them as two weights, they would get two values that one storage can't
   hold: refused (save them untied, ``.clone()``, or tie them in the architecture).
@@ -33,13 +34,13 @@ def check_stored(model_tensors: dict, stored: dict, path: Path) -> None:
     weights = {k for k, v in model_tensors.items() if isinstance(v, torch.nn.Parameter) and v.is_floating_point()}
     spans: dict[tuple, list[tuple[int, int, str]]] = {}  # storage -> (start, end, key) in bytes
     for key, tensor in stored.items():
-        if key not in weights or not isinstance(tensor, torch.Tensor):
+        if key not in model_tensors or not isinstance(tensor, torch.Tensor) or tensor.is_quantized and key not in weights:
             continue
-        if tensor.is_quantized or not (tensor.is_floating_point() or tensor.is_complex()):
+        if key in weights and (tensor.is_quantized or not tensor.is_floating_point()):
             raise ModelFormatError(f"tensor {shown(key)} is stored as {str(tensor.dtype).replace('torch.', '')} "
                                    "(integer or quantized); LSUV writes float weights, which it can't hold: "
                                    "refused (dequantize it first)", path=path)
-        if tensor.numel() > 1 and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
+        if key in weights and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
             raise ModelFormatError(f"tensor {shown(key)} is stored expanded (stride 0: one value repeated), so it "
                                    "can't hold LSUV's values: refused (save it with .contiguous())", path=path)
         if tensor.numel() == 0:
@@ -52,9 +53,10 @@ def check_stored(model_tensors: dict, stored: dict, path: Path) -> None:
     for entries in spans.values():
         entries.sort()
         overlapping = [(k1, k2) for i, (s2, _, k2) in enumerate(entries) for (_, e1, k1) in entries[:i]
-                       if s2 < e1 and model_tensors[k1] is not model_tensors[k2]]
-        for k1, k2 in overlapping[:1]:
-                raise ModelFormatError(
-                    f"tensors {shown(k1)} and {shown(k2)} share one storage in the file (tied), but the architecture "
-                    "holds them as separate weights, which LSUV gives different values: refused (save them untied "
-                    "with .clone(), or tie them in the architecture)", path=path)
+                       if s2 < e1 and model_tensors[k1] is not model_tensors[k2] and (k1 in weights or k2 in weights)]
+        if overlapping:
+            k1, k2 = overlapping[0]
+            raise ModelFormatError(
+                f"tensors {shown(k1)} and {shown(k2)} share one storage in the file (tied), but the architecture "
+                "holds them as separate tensors, which LSUV would give different values: refused (save them untied "
+                "with .clone(), or tie them in the architecture)", path=path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -100,9 +101,23 @@ def fingerprint(options) -> dict:
     paths resolved, plus the tool version and, for an ``--arch module:factory``, the folder
     the module is imported from (its source files are recorded as inputs, :func:`code_files`)."""
     fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-    out = {"options": _plain(fields), "version": __version__}
+    out = {"options": _plain(fields), "version": __version__, "libraries": _library_versions()}
     if _factory_module(options) is not None:
         out["import_folder"] = os.path.realpath(os.getcwd())  # --arch imports from the working folder first
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str | None]:
+    """The versions of the libraries whose numerics and writers make the bytes of an output."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "numpy", "onnx", "onnx2torch", "safetensors", "transformers", "torchvision"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
     return out
 
 

@@ -392,3 +392,25 @@ def test_folders_left_by_older_versions_are_restored_and_cleaned(tmp_path):
     clean_stale(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.lsuv"]
     assert (tmp_path / "m.lsuv" / "model.safetensors").read_bytes() == b"the previous output"
+
+
+@pytest.mark.slow  # a Hugging Face conversion
+def test_in_place_on_a_folder_keeps_every_file_its_mode_and_its_links(hf_model, tmp_path):
+    m = tmp_path / "m"
+    m.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (m / name).write_bytes((hf_model / "bert" / name).read_bytes())
+        (m / name).chmod(0o640)
+    (m / "docs").mkdir()
+    (m / "docs" / "README.md").write_text("card")
+    os.symlink("docs", m / "card")
+    (tmp_path / "ids.npy").write_bytes((hf_model / "ids.npy").read_bytes())
+    before = snapshot(m)
+    proc = invoke("m", "--data", "ids.npy", "--in-place", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    after = snapshot(m)
+    assert sorted(after) == sorted(before) and after["model.safetensors"] != before["model.safetensors"]
+    assert all(after[k] == before[k] for k in after if k != "model.safetensors")
+    assert stat.S_IMODE(os.stat(m / "model.safetensors").st_mode) == 0o640
+    assert os.readlink(m / "card") == "docs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", "m"]

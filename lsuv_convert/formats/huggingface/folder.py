@@ -73,4 +73,5 @@ def write_folder(source: Path, out: Path, shards: list[Shard], provenance: dict)
             raise OutputError(f"cannot copy the folder's files: {exc}", path=out) from None
         for shard in shards:
             write_safetensors(shard.tensors, tmp / shard.name, shard.metadata, provenance)
+            shutil.copymode(source / shard.name, tmp / shard.name)  # the writer makes it 0600
     return left_out

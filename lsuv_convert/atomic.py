@@ -52,11 +52,8 @@ from pathlib import Path
 
 from . import interrupt
 from .errors import OutputError
-from .paths import NAME_BYTES
+from .paths import LOCK_MARK, NAME_BYTES, NEW_MARK, TEMP_MARK, kind_of
 
-TEMP_MARK = ".lsuv-tmp"
-NEW_MARK = ".lsuv-new"  # a private folder being set up (renamed to TEMP_MARK once locked)
-LOCK_MARK = ".lsuv-lock"
 OWNER = ".owner"
 JOURNAL = "journal.json"
 STALE_SECONDS = 6 * 3600  # where locks don't work: a private folder this old belongs to a killed run
@@ -71,11 +68,6 @@ def remove_active() -> None:
 
 
 interrupt.at_hard_stop(remove_active)
-
-
-def is_temporary(path: Path | str) -> bool:
-    """Whether ``path`` is (inside) one of our private folders, or one of our lock files."""
-    return any(part.startswith(".") and part.endswith((TEMP_MARK, LOCK_MARK, NEW_MARK)) for part in Path(path).parts)
 
 
 def short_name(name: str, room: int) -> str:
@@ -413,16 +405,6 @@ def check_replaceable(dest: Path) -> None:
         return  # the rename will say what is wrong
     if not stat.S_ISREG(st.st_mode):
         raise OutputError(f"exists as {kind_of(st.st_mode)}; refusing to replace it", path=dest)
-
-
-def kind_of(mode: int) -> str:
-    """What a file is, in words (for refusals)."""
-    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
-                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                        (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return words
-    return "a special file"
 
 
 def make_folder(folder: Path, dest: Path) -> None:

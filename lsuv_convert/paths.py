@@ -27,6 +27,26 @@ from pathlib import Path
 from .errors import UsageError, shown
 
 NAME_BYTES = 255  # the longest file name most file systems take
+TEMP_MARK = ".lsuv-tmp"  # our private folders (see :mod:`.atomic`)
+NEW_MARK = ".lsuv-new"  # a private folder being set up (renamed to TEMP_MARK once locked)
+LOCK_MARK = ".lsuv-lock"  # an output's lock file
+
+
+def is_temporary(path: Path | str) -> bool:
+    """Whether ``path`` is (inside) one of our private folders, or one of our lock files."""
+    return any(part.startswith(".") and part.endswith((TEMP_MARK, LOCK_MARK, NEW_MARK)) for part in Path(path).parts)
+
+
+def kind_of(mode: int) -> str:
+    """What a file is, in words (for refusals)."""
+    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return words
+    return "a special file"
+
+
 
 
 @dataclass(frozen=True)
@@ -111,15 +131,11 @@ def _check_readable(r: Role) -> None:
     except OSError:
         return  # missing: the reader names it in its own words
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        from .atomic import kind_of
-
         raise UsageError(f"{shown(r.path)} ({r.what}) is {kind_of(st.st_mode)}, not a regular file; "
                          "nothing was read")
 
 
 def _check_writable(w: Role) -> None:
-    from .atomic import kind_of
-
     path = w.path
     try:
         st = os.lstat(path)
@@ -157,8 +173,6 @@ def walk_folder(folder: Path):
     """``(relative path, kind, path)`` for everything below ``folder``, sorted, never following a
     link to a folder. ``kind``: "dir", "file" (a regular file, or a link to one), "dir-link",
     "dangling-link", or what a special file is ("a FIFO (named pipe)", ...)."""
-    from .atomic import is_temporary, kind_of
-
     folder = Path(folder)
     stack = [""]
     while stack:

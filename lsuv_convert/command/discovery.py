@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import clean_stale, is_temporary
+from ..atomic import clean_stale
+from ..paths import is_temporary
 from ..errors import LsuvError
 from ..formats import directory_format, model_extensions
 

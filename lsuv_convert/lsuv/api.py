@@ -193,8 +193,8 @@ def lsuv_init(
                         "through the TorchScript reader")
     if settings is None:
         settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
-    seed = settings.seed
     settings.validate()
+    pre_init, seed = settings.pre_init, settings.seed  # the rest is read from settings below
     dev = resolve_device(device)
     report = LsuvReport(settings=settings, device=str(dev))
     home = _module_device(module)

@@ -21,7 +21,7 @@ def _net(seed=0):
                                     dict(center=True), dict(tol=0.5), dict(max_iter=1), dict(seed=7)])
 def test_a_settings_object_gives_what_its_fields_give(change):
     x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    settings = replace(DEFAULTS, seed=3, **change)
+    settings = replace(DEFAULTS, **{"seed": 3, **change})
     whole, by_field = _net(), _net()
     lsuv_init(whole, x, settings=settings, device="cpu")
     lsuv_init(by_field, x, pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter,

@@ -114,11 +114,12 @@ class Run:
         weights = self.options.weights
         paths.read(weights, f"the --weights file {weights}")
         data = self.options.data
-        paths.read(data, f"the --data {'folder' if data is not None and data.is_dir() else 'file'} {data}")
+        for path in data.read_paths(missing_ok=True):
+            paths.read(path, f"the --data {'folder' if path.is_dir() else 'file'} {path}")
         for plan in plans:
             model = plan.job.path
             paths.read(model, f"the input model {model}")
-            if data is None:
+            if not data.given:
                 paths.read(sidecar_batch(model), f"the sample batch of {model}")
         for plan in plans:
             if plan.output is None:
@@ -160,7 +161,8 @@ class Run:
         return option
 
     def _inputs_of(self, model: Path) -> list[Path]:
-        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        data = self.options.data
+        paths = [model, *(data.read_paths() if data.given else [sidecar_batch(model)]), self.options.weights]
         return [p for p in paths if p is not None]
 
     def _fingerprint(self) -> dict:
@@ -170,9 +172,9 @@ class Run:
         o = self.options
         return json.loads(json.dumps({
             "settings": asdict(o.settings), "device": o.device, "input_shapes": o.input_shapes,
-            "image": asdict(o.image), "allow_unconverged": o.allow_unconverged,
+            "allow_unconverged": o.allow_unconverged,
             "arch": o.request.arch, "trust_code": o.request.trust_code,
-            "data": os.path.realpath(o.data) if o.data is not None else None,
+            "data": o.data.fingerprint(),
             "weights": os.path.realpath(o.weights) if o.weights is not None else None,
         }, default=str))
 

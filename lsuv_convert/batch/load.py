@@ -122,8 +122,9 @@ def _prepared(sample: SampleFiles, specs: list[InputSpec], data: DataOptions, fo
     processor = None
     if "image" in preprocessor_kinds(folder):
         if data.image.given:
-            raise DataError(f"{', '.join(data.image.given)} apply to models without an image processor; "
-                            f"{PREPROCESSOR_CONFIG} says how this model's images are prepared", path=folder)
+            given = data.image.given
+            raise DataError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to models without an image "
+                            f"processor; {PREPROCESSOR_CONFIG} says how this model's images are prepared", path=folder)
         processor = load_image_processor(folder)
     return image_batch(files, specs, data.image, processor, folder), files
 

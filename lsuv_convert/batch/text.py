@@ -78,18 +78,18 @@ def text_batch(files: list[Path], specs: list[InputSpec], *, tokenizer_path: Pat
     if not _takes_ids(main):
         raise DataError(f"text data feeds token ids, but the model's input {main.name!r} takes {main.dtype} values",
                         path=first)
+    texts, read = read_texts(files, samples)
     source = tokenizer_path if tokenizer_path is not None else (model_folder if has_tokenizer(model_folder) else None)
     if source is None:
         raise DataError("text data needs a tokenizer, and the model has none: pass --tokenizer PATH_OR_FOLDER "
                         "(a tokenizer folder or tokenizer.json)", path=first)
-    texts, read = read_texts(files, samples)
     tokenizer = load_tokenizer(source)
     length, padding = _length(main, tokenizer, model_folder, max_length, first)
     check_sample_bytes(length * 8 * 3, len(texts), "texts", first)
     name = type(tokenizer).__name__
-    if tokenizer.pad_token is None:  # GPT-2 and others: pad with the end token (the mask hides it)
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None and padding == "longest" and len(texts) > 1:
+    if tokenizer.pad_token is None:  # GPT-2, a bare tokenizer.json: a padding token it has (the mask hides it)
+        fallback = _padding_token(tokenizer)
+        if fallback is None:
             raise DataError(f"{name} defines no padding token to make texts of one length", path=source)
         tokenizer.pad_token = fallback
     try:
@@ -103,6 +103,19 @@ def text_batch(files: list[Path], specs: list[InputSpec], *, tokenizer_path: Pat
             f"{arrays[0].shape[1]} tokens" + (" (padded to the longest)" if padding == "longest" else ""))
     prepared = Prepared(arrays, names, desc, processor={"class": name, "source": str(source)}, normalized=True)
     return prepared, read + ([tokenizer_path] if tokenizer_path is not None else [])
+
+
+PADDING_TOKENS = ("[PAD]", "<pad>", "<PAD>", "<|pad|>", "<|endoftext|>")
+
+
+def _padding_token(tokenizer) -> str | None:
+    """A token to pad with when the tokenizer names none: a usual padding token of its vocabulary,
+    else its end or unknown token."""
+    vocab = tokenizer.get_vocab()
+    for token in PADDING_TOKENS:
+        if token in vocab:
+            return token
+    return tokenizer.eos_token or tokenizer.unk_token
 
 
 def _takes_ids(spec: InputSpec) -> bool:

@@ -100,6 +100,11 @@ def _matches(source: str | Path) -> list[Path]:
     raise DataError("data file not found", path=path)
 
 
+def looks_like_data(path: Path) -> bool:
+    """A file of a data kind (an array, text, a clip, an image): never a model."""
+    return Path(path).suffix.lower() in KINDS and not Path(path).is_dir()
+
+
 @dataclass
 class SampleFiles:
     """The files of a sample, all of one kind."""

@@ -72,6 +72,7 @@ class Run:
 
     def run(self, args: list[str]) -> int:
         jobs = expand(args)
+        _refuse_data_as_models(jobs)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
             raise UsageError("-o/--output names one file but several models were given; use --output-dir")
@@ -231,6 +232,17 @@ class Run:
             return Outcome(job.path, output, "failed", error=message, seconds=time.perf_counter() - start, exit_code=1)
         finally:
             progress.end_model()
+
+
+def _refuse_data_as_models(jobs: list[ModelJob]) -> None:
+    """``--data parts/*.npy`` unquoted: the shell hands the second part on as a model. Refused before
+    any work, so no model is initialized on part of the sample."""
+    from ..batch.sample import looks_like_data
+
+    stray = [job.path for job in jobs if looks_like_data(job.path)]
+    if stray:
+        raise UsageError(f"{stray[0]} is data, not a model; nothing was done (a glob given to --data must be quoted, "
+                         f"e.g. --data '{stray[0].parent / ('*' + stray[0].suffix)}', or the shell expands it)")
 
 
 CLOSED_STDOUT = 141  # like a shell's status for a command killed by SIGPIPE

@@ -95,6 +95,14 @@ def test_the_record_hashes_every_part(parts):
     assert grown.returncode == 0 and "up to date" not in grown.stderr.lower()
 
 
+def test_a_glob_the_shell_expanded_is_refused_before_any_work(parts):
+    work, model, _ = parts
+    parts_ = sorted((work / "parts").glob("*.npy"))
+    proc = invoke(model, "--data", *parts_)  # what `--data parts/*.npy` becomes without quotes
+    assert proc.returncode == 2 and f"{parts_[1]} is data, not a model" in proc.stderr and "quoted" in proc.stderr
+    assert not (work / "net.lsuv.onnx").exists()
+
+
 def test_the_budget_check_names_the_sample_before_reading(parts, monkeypatch):
     work, model, _ = parts
     monkeypatch.setenv("LSUV_CONVERT_MEMORY_LIMIT", "10000")  # the sample needs 18 KiB

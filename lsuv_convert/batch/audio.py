@@ -72,6 +72,9 @@ def _soundfile(where: Path):
 
 def _info(sf, path: Path) -> tuple[int, int]:
     """(sample rate, frames) from the file's header."""
+    if path.suffix.lower() == ".mp3" and "MP3" not in sf.available_formats():
+        raise DataError(f"this libsndfile ({sf.__libsndfile_version__}) reads no MP3 (1.1 and later do, as in "
+                        "soundfile's wheels): convert the clips to WAV or FLAC, or update soundfile", path=path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # noqa: BLE001 - libsndfile's refusal, an unreadable file

@@ -44,11 +44,12 @@ class Batch:
 
     @functools.cached_property
     def sha256(self) -> str:
-        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order); computed once."""
+        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order); computed once,
+        without a copy of the sample."""
         digest = hashlib.sha256()
         for a in self.arrays:
             digest.update(f"{a.dtype.str}{tuple(a.shape)}".encode())
-            digest.update(np.ascontiguousarray(a).tobytes())
+            digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))
         return digest.hexdigest()
 
     def stats(self) -> list[dict]:
@@ -56,13 +57,14 @@ class Batch:
         image-like input (N, C, H, W) with at most 4 channels also per channel."""
         out = []
         for i, a in enumerate(self.arrays):
-            values = a.astype(np.float64, copy=False)
+            mean, var = moments(a) if a.size else (None, None)
             entry = {"name": self.names[i] if self.names and i < len(self.names) else f"input{i}",
                      "shape": list(a.shape), "dtype": str(a.dtype),
-                     "mean": float(values.mean()) if a.size else None, "var": float(values.var()) if a.size else None}
+                     "mean": float(mean) if a.size else None, "var": float(var) if a.size else None}
             if a.dtype.kind == "f" and a.ndim == 4 and a.shape[1] <= 4 and a.size:
-                entry["channel_mean"] = [float(m) for m in values.mean(axis=(0, 2, 3))]
-                entry["channel_var"] = [float(v) for v in values.var(axis=(0, 2, 3))]
+                mean, var = moments(a, (0, 2, 3))
+                entry["channel_mean"] = [float(m) for m in mean.ravel()]
+                entry["channel_var"] = [float(v) for v in var.ravel()]
             out.append(entry)
         return out
 
@@ -72,6 +74,28 @@ class Batch:
         if self.processor is not None:
             log["processor"] = self.processor
         return log
+
+
+MOMENTS_CHUNK = 1 << 22  # float64 values converted at a time: a sample's statistics never copy it whole
+
+
+def moments(a: np.ndarray, axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, variance) of ``a`` over ``axes`` (None: every element), in float64, a slab of rows at a
+    time (Chan et al.'s pairwise update), so a large sample is never copied whole as float64."""
+    if a.ndim == 0:
+        return np.float64(a), np.float64(0.0)
+    step = max(1, MOMENTS_CHUNK // max(1, int(np.prod(a.shape[1:], dtype=np.int64))))
+    count, mean, m2 = 0, np.float64(0.0), np.float64(0.0)
+    for start in range(0, a.shape[0], step):
+        chunk = a[start:start + step].astype(np.float64)
+        k = chunk.size if axes is None else chunk.size // int(np.prod([chunk.shape[d] for d in range(a.ndim) if d not in axes]))
+        chunk_mean = chunk.mean(axis=axes, keepdims=axes is not None)
+        chunk_m2 = ((chunk - chunk_mean) ** 2).sum(axis=axes, keepdims=axes is not None)
+        delta, total = chunk_mean - mean, count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + chunk_m2 + delta ** 2 * (count * k / total)
+        count = total
+    return mean, m2 / count
 
 
 def load_batch(data: DataOptions | Path | str | None, specs: list[InputSpec], *, seed: int = 0,

@@ -164,9 +164,9 @@ def test_raw_audio_for_an_onnx_model_needs_sample_rate(tmp_path):
     soundfile = pytest.importorskip("soundfile")
     (tmp_path / "clips").mkdir()
     rng = np.random.default_rng(0)
-    for k, (rate, seconds) in enumerate([(8000, 0.2), (22050, 0.1), (44100, 0.15)]):
+    for k, (rate, seconds, ext) in enumerate([(8000, 0.2, "wav"), (22050, 0.1, "mp3"), (44100, 0.15, "flac")]):
         data = rng.uniform(-0.5, 0.5, (int(rate * seconds), 2 if k == 2 else 1))
-        soundfile.write(tmp_path / "clips" / f"{k}.wav", data, rate)
+        soundfile.write(tmp_path / "clips" / f"{k}.{ext}", data, rate)
     model = _onnx(TinyAudioNet(), torch.zeros(2, 1600), tmp_path / "audio.onnx", "audio", (0, 1))
     proc = invoke(model, "--data", tmp_path / "clips")
     assert proc.returncode == 1 and "needs --sample-rate" in proc.stderr

@@ -215,3 +215,15 @@ def test_images_without_a_processor_keep_image_size_mean_and_std(tmp_path):
     assert stats["shape"] == [3, 3, 4, 4]
     assert stats["channel_mean"] == pytest.approx([(1 / 3 - 0.5) / 0.25] * 3, abs=1e-5)
     assert len(batch.files) == 3 and not batch.warnings
+
+
+def test_statistics_of_a_large_sample_are_taken_a_slab_at_a_time_and_exact(monkeypatch):
+    from lsuv_convert.batch import load
+
+    monkeypatch.setattr(load, "MOMENTS_CHUNK", 500)  # many slabs
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((37, 3, 9, 7)) * np.array([1.0, 2.0, 3.0])[:, None, None] + 5).astype(np.float32)
+    (stats,) = load.Batch([a], "", [], ["x"]).stats()
+    exact = a.astype(np.float64)
+    assert stats["mean"] == pytest.approx(exact.mean(), rel=1e-12) and stats["var"] == pytest.approx(exact.var(), rel=1e-12)
+    assert stats["channel_var"] == pytest.approx(exact.var(axis=(0, 2, 3)).tolist(), rel=1e-12)

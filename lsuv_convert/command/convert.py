@@ -176,8 +176,8 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
         targets, module, inputs = graph.targets, graph.module, graph.inputs
     info = {
         "model": str(model), "format": fmt.name,
-        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
-                   for s in inputs],
+        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype,
+                    **({"optional": True} if s.optional else {})} for s in inputs],
         "targets": [{"index": i, "name": t.name, "op": t.op,
                      "weight_shape": _weight_shape(module.get_submodule(t.module_path)) if module is not None else None}
                     for i, t in enumerate(targets)],

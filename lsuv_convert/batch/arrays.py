@@ -32,8 +32,9 @@ class Part:
 
 
 def read_arrays(files: list[Path], specs: list[InputSpec], samples: int | None,
-                where) -> tuple[list[np.ndarray], list[str], str]:
-    """(arrays, the inputs they feed, a description) for the sample in ``files``."""
+                where) -> tuple[list[np.ndarray], list[str], str, list[Path]]:
+    """(arrays, the inputs they feed, a description, the files whose rows are in the sample) for the
+    sample in ``files``."""
     parts = [_declared(f) for f in files]
     members, names = _fed_members(parts[0], specs)
     for part in parts[1:]:
@@ -43,7 +44,7 @@ def read_arrays(files: list[Path], specs: list[InputSpec], samples: int | None,
                             "holds the same arrays)", path=part.path)
     if len(parts) == 1 and samples is None:
         arrays = _load_whole(parts[0], members)
-        return arrays, names, f"{files[0]} {', '.join(str(tuple(a.shape)) for a in arrays)}"
+        return arrays, names, f"{files[0]} {', '.join(str(tuple(a.shape)) for a in arrays)}", list(files)
     rows = [_rows(part, members) for part in parts]
     for part in parts[1:]:
         for m in members:
@@ -66,7 +67,7 @@ def read_arrays(files: list[Path], specs: list[InputSpec], samples: int | None,
     arrays = [out[m] for m in members]
     desc = (f"{take} samples from {used} file(s) ({', '.join(str(tuple(a.shape)) for a in arrays)})"
             + (f" of {total}" if take < total else ""))
-    return arrays, names, desc
+    return arrays, names, desc, files[:used]
 
 
 def _prefix(rows: list[int], take: int):

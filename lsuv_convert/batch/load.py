@@ -136,8 +136,8 @@ def _prepared(sample: SampleFiles, specs: list[InputSpec], data: DataOptions, fo
         return text_batch(files, specs, tokenizer_path=data.tokenizer, model_folder=folder,
                           max_length=data.max_length, samples=data.samples)
     if kind in ("npy", "npz"):
-        arrays, names, desc = read_arrays(files, specs, data.samples, where)
-        return Prepared(arrays, names, desc), files
+        arrays, names, desc, used = read_arrays(files, specs, data.samples, where)
+        return Prepared(arrays, names, desc), used
     files = files[: data.samples] if data.samples is not None else files
     if kind == "audio":
         prepared = audio_batch(files, specs, model_folder=folder, sample_rate=data.sample_rate,

@@ -76,7 +76,7 @@ def test_samples_caps_the_sample(parts):
                   "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     log = json.loads((work / "log.json").read_text())
-    assert log["batch"]["samples"] == 5 and "5 samples from 2 file(s)" in log["data"]
+    assert log["batch"]["samples"] == 5 and log["batch"]["files"] == 2 and "5 samples from 2 file(s)" in log["data"]
     variances = _variances(work / "net.lsuv.onnx", np.concatenate(arrays)[:5])
     assert all(abs(v - 1) < 0.021 for v in variances.values()), variances
 

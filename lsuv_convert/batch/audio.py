@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..formats.model_graph import InputSpec
-from .processors import Prepared, check_sample_bytes, feed_outputs, load_feature_extractor, preprocessor_kinds
+from .processors import (Prepared, check_sample_bytes, check_takes_values, feed_outputs, load_feature_extractor,
+                         preprocessor_kinds)
 
 MAX_DEFAULT_SECONDS = 30.0
 
@@ -28,8 +29,7 @@ MAX_DEFAULT_SECONDS = 30.0
 def audio_batch(files: list[Path], specs: list[InputSpec], *, model_folder: Path | None, sample_rate: int | None,
                 seconds: float | None) -> Prepared:
     sf = _soundfile(files[0])
-    if not specs:
-        raise DataError("the model declares no input for audio", path=files[0])
+    check_takes_values(specs, "audio clips", files[0])
     extractor = load_feature_extractor(model_folder) if "audio" in preprocessor_kinds(model_folder) else None
     infos = [_info(sf, f) for f in files]
     declared = _declared_length(specs[0]) if extractor is None else None

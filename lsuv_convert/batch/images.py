@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..formats.model_graph import InputSpec
-from .processors import Prepared, check_sample_bytes, feed_outputs
+from .processors import Prepared, check_sample_bytes, check_takes_values, feed_outputs
 
 
 @dataclass
@@ -37,8 +37,7 @@ class ImageOptions:
 def image_batch(files: list[Path], specs: list[InputSpec], options: ImageOptions, processor=None,
                 processor_source: Path | None = None) -> Prepared:
     """``files`` as the model's image input: through ``processor`` when the model folder has one."""
-    if not specs:
-        raise DataError("the model declares no input for images", path=files[0])
+    check_takes_values(specs, "images", files[0])
     if processor is not None:
         return _processed(files, specs, processor, processor_source)
     if len(specs) - sum(s.optional for s in specs) > 1:

@@ -158,18 +158,21 @@ _APPLICABLE = {
     "--max-length": ("text",), "--tokenizer": ("text",),
     "--sample-rate": ("audio",), "--audio-seconds": ("audio",),
     "--image-size": ("image",), "--samples": ("npy", "npz", "text", "audio", "image"),
+    "--mean": ("npy", "npz", "image", None), "--std": ("npy", "npz", "image", None),  # a synthetic batch ignores them
 }
 
 
 def _check_applicable(kind: str | None, data: DataOptions) -> None:
     """An option that does nothing for this data is a mistake worth one clear line."""
     given = {"--max-length": data.max_length, "--tokenizer": data.tokenizer, "--sample-rate": data.sample_rate,
-             "--audio-seconds": data.audio_seconds, "--image-size": data.image.size, "--samples": data.samples}
+             "--audio-seconds": data.audio_seconds, "--image-size": data.image.size, "--samples": data.samples,
+             "--mean": data.image.mean, "--std": data.image.std}
     for option, value in given.items():
         if value is not None and kind not in _APPLICABLE[option]:
             if kind is None:
                 raise DataError(f"{option} applies to the data given with --data, and there is none")
-            raise DataError(f"{option} applies to {' or '.join(KIND_NAMES[k] for k in _APPLICABLE[option])}, "
+            kinds = " or ".join(KIND_NAMES[k] for k in _APPLICABLE[option] if k is not None)
+            raise DataError(f"{option} applies to {kinds}, "
                             f"but the data is {KIND_NAMES[kind]}", path=data.where())
 
 

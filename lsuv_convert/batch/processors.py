@@ -121,6 +121,23 @@ def feed_outputs(outputs: dict, specs: list[InputSpec], processor: str, where: P
     return arrays, names
 
 
+def takes_ids(spec: InputSpec) -> bool:
+    """Whether the input takes integers (token ids) rather than values."""
+    try:
+        return np.dtype(spec.dtype or "float32").kind in "iub"
+    except TypeError:
+        return False
+
+
+def check_takes_values(specs: list[InputSpec], kind: str, where: Path) -> None:
+    """Audio and images feed float values: a model whose first input takes token ids gets one clear line."""
+    if not specs:
+        raise DataError(f"the model declares no input for {kind}", path=where)
+    if takes_ids(specs[0]):
+        raise DataError(f"{kind} feed float values, but the model's input {specs[0].name!r} takes {specs[0].dtype} "
+                        "token ids (text data feeds those)", path=where)
+
+
 def check_sample_bytes(per_sample: int, count: int, what: str, where: Path) -> None:
     """The whole sample must fit the memory budget: checked from the first sample's size."""
     from ..budget import available_bytes, check_allocation, human

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..formats.model_graph import InputSpec
-from .processors import Prepared, check_sample_bytes, feed_outputs, has_tokenizer, load_tokenizer
+from .processors import Prepared, check_sample_bytes, feed_outputs, has_tokenizer, load_tokenizer, takes_ids
 
 DEFAULT_MAX_LENGTH = 128
 # config.json keys that give a text model's position limit (BERT-like, GPT-2, others)
@@ -75,7 +75,7 @@ def text_batch(files: list[Path], specs: list[InputSpec], *, tokenizer_path: Pat
     if not specs:
         raise DataError("the model declares no input for text", path=first)
     main = specs[0]
-    if not _takes_ids(main):
+    if not takes_ids(main):
         raise DataError(f"text data feeds token ids, but the model's input {main.name!r} takes {main.dtype} values",
                         path=first)
     texts, read = read_texts(files, samples)
@@ -116,13 +116,6 @@ def _padding_token(tokenizer) -> str | None:
         if token in vocab:
             return token
     return tokenizer.eos_token or tokenizer.unk_token
-
-
-def _takes_ids(spec: InputSpec) -> bool:
-    try:
-        return np.dtype(spec.dtype or "float32").kind in "iu"
-    except TypeError:
-        return False
 
 
 def _length(main: InputSpec, tokenizer, folder: Path | None, asked: int | None, where: Path) -> tuple[int, str]:

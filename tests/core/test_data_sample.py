@@ -100,6 +100,8 @@ def test_npz_parts_join_per_input_and_must_hold_the_same_arrays(tmp_path):
     ("bad_image", "cannot read image"),
     ("max_length_for_arrays", "--max-length applies to text"),
     ("samples_without_data", "--samples applies to the data given with --data"),
+    ("audio_for_ids", "takes int64 token ids"),
+    ("mean_for_text", "--mean applies to .npy arrays or .npz archives or images, but the data is text"),
 ])
 def test_every_data_error_names_the_file_and_what_is_wrong(tmp_path, case, message):
     specs = [IMAGE]
@@ -142,6 +144,17 @@ def test_every_data_error_names_the_file_and_what_is_wrong(tmp_path, case, messa
         named = tmp_path / "clip.wav"
         soundfile.write(named, np.sin(np.arange(800) / 5.0), 8000)
         specs = [AUDIO]
+    elif case in ("audio_for_ids", "mean_for_text"):
+        import soundfile
+
+        named = tmp_path / ("clip.wav" if case == "audio_for_ids" else "data.txt")
+        if case == "audio_for_ids":
+            soundfile.write(named, np.sin(np.arange(800) / 5.0), 8000)
+            options = {"sample_rate": 8000}
+        else:
+            named.write_text("a text\n")
+            options = {"image": ImageOptions(mean=(0.5,))}
+        specs = [IDS]
     elif case == "bad_image":
         (tmp_path / "imgs").mkdir()
         named = tmp_path / "imgs" / "broken.png"

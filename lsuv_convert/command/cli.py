@@ -115,7 +115,7 @@ def _data_options(command):
 
 @main.command("convert")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--data", multiple=True, help=DATA_HELP + " Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
+@click.option("--data", multiple=True, metavar="PATH", help=DATA_HELP + " Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
@@ -174,7 +174,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
-@click.option("--data", multiple=True, help="Data to build the net for (as for convert; default: the declared input shape).")
+@click.option("--data", multiple=True, metavar="PATH", help="Data to build the net for (as for convert; default: the declared input shape).")
 @_data_options
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape to build the net for, e.g. 1,3,224,224 (repeat per input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -190,7 +190,7 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 
 @main.command("verify")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", multiple=True, help="The data, as given to convert (default: NAME.npy beside the model, else seeded N(0,1)).")
+@click.option("--data", multiple=True, metavar="PATH", help="The data, as given to convert (default: NAME.npy beside the model, else seeded N(0,1)).")
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")

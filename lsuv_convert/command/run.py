@@ -94,7 +94,8 @@ class Run:
         if len(jobs) > 1:
             self.console.summary(outcomes)
         codes = [o.exit_code for o in outcomes if o.exit_code]
-        return 1 if any(c != 3 for c in codes) else (3 if codes else 0)
+        # one kind of failure keeps its own code (2: usage, 3: unconverged, ...); a mix is 1
+        return 0 if not codes else (codes[0] if len(set(codes)) == 1 else 1)
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, job: ModelJob) -> Planned:

@@ -9,15 +9,20 @@ A format's life cycle is the same for all of them:
     Build the complete torch graph for this batch and run the format's own checks (ONNX's
     fidelity gate against onnxruntime, ...). Only ``prepare`` makes a ``ModelGraph``, and it
     hands out only complete ones (module built, every target resolvable to a weight).
-``save(graph, out_path)``
-    Write the initialized graph back in the format. Refuses a graph that ``prepare`` did not
-    check, so no format can skip its checks by being called in another order.
+``account(graph, reports)``
+    What happened to every parameter tensor, named as in the file (the log's ``account``).
+    The default accounts for the module's parameters; a format whose file names its tensors
+    otherwise (ONNX) or holds tensors no module has (TorchScript) overrides it.
+``save(graph, out_path, provenance)``
+    Write the initialized graph back in the format, with the tool's provenance where the format
+    has room for it. Refuses a graph that ``prepare`` did not check, so no format can skip its
+    checks by being called in another order.
 ``measure(model_path, weights_path, inputs, names=None)``
     ``{layer name: (variance, mean)}`` of each target layer's output in the written file,
     computed by the format's own runtime (``verify``). ``names=None`` means every target;
     an unknown name is an error, in every format.
 
-Plug-ins implement the hooks ``read``, ``build``, ``write`` and (optionally) ``measure_all``;
+Plug-ins implement the hooks ``read``, ``build``, ``write`` and (optionally) ``account`` and ``measure_all``;
 the public methods above are template methods that check before and after they call them.
 Plug-in modules import torch/onnx/... lazily (inside functions) so that discovering formats
 stays cheap.
@@ -100,8 +105,16 @@ class ModelFormat(ABC):
         """The complete torch graph for this batch; ``check`` runs the format's own checks."""
 
     @abstractmethod
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
-        """Write ``graph``'s weights back in this format, atomically."""
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
+        """Write ``graph``'s weights back in this format, atomically; ``provenance`` (tool version,
+        seed, settings, batch hash) goes into the file where the format keeps metadata."""
+
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The log's account of every parameter (:class:`~lsuv_convert.lsuv.account.ParamAccount`),
+        named as in the file, given the engine's layer reports."""
+        from ..lsuv.account import module_graph_account
+
+        return module_graph_account(graph.module, graph.targets, reports)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any],
                     request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
@@ -128,16 +141,18 @@ class ModelFormat(ABC):
         check_inputs(loaded.inputs, inputs, loaded.source)
         graph = self.build(loaded, inputs, check)
         _check_complete(graph, self.name)
+        if graph.run_inputs is None:
+            graph.run_inputs = list(inputs)
         graph.checked = bool(check)
         return graph
 
-    def save(self, graph: ModelGraph, out_path: Path | str) -> None:
+    def save(self, graph: ModelGraph, out_path: Path | str, provenance: dict | None = None) -> None:
         """Write ``graph``; only a graph ``prepare`` built with its checks on can be written."""
         if graph.format != self.name:
             raise TypeError(f"a {graph.format!r} graph handed to the {self.name!r} plug-in")
         if not graph.checked:
             raise RuntimeError("save() needs a graph from prepare(..., check=True): its checks never ran")
-        self.write(graph, Path(out_path))
+        self.write(graph, Path(out_path), dict(provenance or {}))
 
     def measure(self, model_path: Path | str, weights_path: Path | str | None, inputs: list[Any],
                 names: list[str] | None = None, request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:

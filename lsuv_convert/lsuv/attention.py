@@ -21,16 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import LinearMap, declared
+from .engine import LinearMap
+from .targets import is_attention
 
 
 def join(owner: str, name: str) -> str:
     return f"{owner}.{name}" if owner else name
-
-
-def is_attention(module: nn.Module) -> bool:
-    """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
-    return isinstance(module, nn.MultiheadAttention) or bool(declared(module, "lsuv_attention"))
 
 
 def projection_maps(mha: nn.MultiheadAttention) -> list[tuple[str, LinearMap]]:

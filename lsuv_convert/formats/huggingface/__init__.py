@@ -69,14 +69,14 @@ class HuggingFaceFormat(ModelFormat):
 
         return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_targets_into
         from .folder import write_folder
 
         state: FolderState = graph.state
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
         copy_targets_into(graph, tensors, lambda key: key, out_path)
-        write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        write_folder(graph.source, Path(out_path), state.shards, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),

@@ -25,18 +25,23 @@ class ModelJob:
     root: Path  # the folder the path was found under (for --output-dir mirroring)
 
     @property
-    def shard_key(self) -> tuple[str, str, str]:
-        """What ranks this model for ``--shard``, alike on every machine of a job array: its path below
-        the argument that found it (the zoo's mount point and the order of listing play no part),
-        then the root and the path as written, which only tell apart models whose relative paths
-        are equal (``a/m.onnx b/m.onnx`` given as files). Unicode names are compared in NFC, as a
-        macOS and a Linux client of one file server may spell them differently."""
+    def shard_key(self) -> tuple:
+        """What ranks this model for ``--shard``, alike on every machine of a job array.
+
+        First its path below the argument that found it; models whose paths there are equal
+        (``zooA/ zooB/`` both holding ``m.onnx``; ``a/m.onnx b/m.onnx`` given as files) are told
+        apart by their root's folder names read from the innermost out, so a zoo mounted at
+        ``/data/zooA`` on one node and ``/mnt/nfs/zooA`` on another ranks alike; the order the shell
+        or the file system lists files plays no part. Names are compared in NFC, as a macOS and a
+        Linux client of one file server may spell them differently; the path as written comes
+        last, only to keep the keys of distinct files distinct.
+        """
         try:
             relative = self.path.relative_to(self.root).as_posix()
         except ValueError:
             relative = self.path.as_posix()
-        return (unicodedata.normalize("NFC", relative), unicodedata.normalize("NFC", self.root.as_posix()),
-                self.path.as_posix())  # the last, unnormalized, keeps the keys of distinct files distinct
+        inward = tuple(unicodedata.normalize("NFC", part) for part in reversed(self.root.parts))
+        return unicodedata.normalize("NFC", relative), inward, self.path.as_posix()
 
 
 def is_own_output(path: Path) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsuv_convert.command.discovery import expand
+from lsuv_convert.command.discovery import expand, mirrored
 from lsuv_convert.command.shards import COUNT_VARIABLE, Shard, parse_shard, select
 from lsuv_convert.errors import UsageError
 
@@ -116,6 +116,9 @@ def test_glob_root_ends_before_the_first_wildcard_part(tmp_path):
     for pattern in ("zoo/[ab]/*.onnx", "zoo/?/m.onnx", "zoo/**/*.onnx"):
         jobs = expand([str(tmp_path / pattern)])
         assert [job.shard_key[0] for job in jobs] == ["a/m.onnx", "b/m.onnx"], pattern
+        # --output-dir mirrors the folders below that root (before, zoo/[ab]/ flattened both to out/m...)
+        assert [mirrored(job, Path("out"), "m.lsuv.onnx") for job in jobs] == [Path("out/a/m.lsuv.onnx"),
+                                                                               Path("out/b/m.lsuv.onnx")]
 
 
 # ---- the value of --shard ----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ JQ_SUMMARY = r"""
   (map(select(has("summary")))) as $shards
   | (map(select(has("model")))) as $models
   | {complete: (($shards | map(.shard.count) | unique | length) == 1
+                and ($shards | map(.run_models) | unique | length) == 1
                 and ($shards | map(.shard.index) | unique | length) == $shards[0].shard.count
                 and ($models | length) == $shards[0].run_models),
      models: ($models | length),
@@ -200,3 +201,5 @@ def test_the_documented_jq_recipe_folds_the_shards_into_one_summary(tmp_path):
     assert sorted(whole["problems"]) == sorted(models) and whole["exit_code"] == 1
     assert fold(outputs[:1])["complete"] is False  # a task that never finished is missing
     assert fold([outputs[0], outputs[0], outputs[1]])["complete"] is False  # one task's lines twice
+    other = invoke(*models[:4], "--json", "--shard", "1/2", cwd=tmp_path, env=NO_ARRAY).stdout
+    assert fold([outputs[0], other])["complete"] is False  # the tasks did not see the same zoo

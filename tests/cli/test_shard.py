@@ -165,14 +165,14 @@ def test_bad_values_are_one_usage_line_and_touch_nothing(tmp_path, value, env, n
 
 
 def test_a_collision_between_shards_stops_every_shard(tmp_path):
-    """a/m.onnx and b/m.onnx would both log to logs/m.lsuv.onnx.json: refused by the whole run,
-    whichever shard each model falls in."""
-    for folder in ("a", "b"):
-        tiny_onnx(tmp_path / "zoo" / folder / "m.onnx")
+    """zooA/m.onnx and zooB/m.onnx would both be written to out/m.lsuv.onnx: refused by the whole
+    run, whichever shard each model falls in (two tasks would overwrite each other's file)."""
+    for zoo in ("zooA", "zooB"):
+        tiny_onnx(tmp_path / zoo / "m.onnx")
     before = snapshot(tmp_path)
     for k in range(2):
-        proc = invoke("zoo", "--output-dir", "out", "--log", "logs", "--shard", f"{k}/2", cwd=tmp_path, env=NO_ARRAY)
-        assert proc.returncode == 2 and "written twice" in proc.stderr
+        proc = invoke("zooA", "zooB", "--output-dir", "out", "--shard", f"{k}/2", cwd=tmp_path, env=NO_ARRAY)
+        assert proc.returncode == 2 and "written twice" in proc.stderr, proc.stderr
     assert snapshot(tmp_path) == before
 
 

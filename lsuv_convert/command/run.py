@@ -101,7 +101,8 @@ class Run:
         if len(jobs) > 1:
             self.console.summary(outcomes)
         codes = [o.exit_code for o in outcomes if o.exit_code]
-        code = 1 if any(c != 3 for c in codes) else (3 if codes else 0)
+        # one kind of failure keeps its own code (2: usage, 3: unconverged, ...); a mix is 1
+        code = 0 if not codes else (codes[0] if len(set(codes)) == 1 else 1)
         if self.json_lines and shard is not None and not _emit(json.dumps(
                 summary_line(shard, outcomes, planned=len(plans), run_models=len(jobs), exit_code=code))):
             return CLOSED_STDOUT

@@ -213,6 +213,3 @@ def rename_layer(layer: str, rename) -> str:
     return rename(head) + bracket + tail
 
 
-def summary_line(account: list[ParamAccount]) -> str:
-    c = counts(account)
-    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped"

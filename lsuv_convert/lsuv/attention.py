@@ -103,7 +103,9 @@ class AttentionFit:
         if not self.tracker.first_use(self.name, self.key):
             return None  # fitted at an earlier call: runs as it is
         for (suffix, linear_map), x in zip(self.maps[:3], self._inputs(args, kwargs)):
-            run = (lambda x=x, m=linear_map: F.linear(x, m.weight, m.bias))
+            def run(x=x, m=linear_map):
+                return F.linear(x, m.weight, m.bias)
+
             self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         out = self.mha.out_proj
         self.saved = (out.weight.detach().clone(), out.bias.detach().clone() if out.bias is not None else None)
@@ -124,7 +126,9 @@ class AttentionFit:
             out.bias.copy_(bias)
         attended, weights = output if isinstance(output, tuple) else (output, None)
         suffix, linear_map = self.maps[3]
-        run = lambda: F.linear(attended, linear_map.weight, linear_map.bias)  # noqa: E731
+        def run():
+            return F.linear(attended, linear_map.weight, linear_map.bias)
+
         projected = self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         return (projected, weights) if isinstance(output, tuple) else projected
 

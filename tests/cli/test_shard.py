@@ -108,7 +108,8 @@ JQ_SUMMARY = r"""
      models: ($models | length),
      status: ($models | group_by(.status) | map({key: .[0].status, value: length}) | from_entries),
      problems: [$models[] | select(.status == "failed" or .status == "unconverged") | .model],
-     exit_code: ($shards | map(.exit_code) | if any(. == 1) then 1 elif any(. == 3) then 3 else 0 end)}
+     exit_code: ($shards | map(.exit_code) | map(select(. != 0)) | unique
+                 | if length == 0 then 0 elif length == 1 then .[0] else 1 end)}
 """
 
 
@@ -203,3 +204,9 @@ def test_the_documented_jq_recipe_folds_the_shards_into_one_summary(tmp_path):
     assert fold([outputs[0], outputs[0], outputs[1]])["complete"] is False  # one task's lines twice
     other = invoke(*models[:4], "--json", "--shard", "1/2", cwd=tmp_path, env=NO_ARRAY).stdout
     assert fold([outputs[0], other])["complete"] is False  # the tasks did not see the same zoo
+
+    def codes(*per_shard):  # summary lines alone: how the tasks' exit codes combine
+        return fold([json.dumps({"shard": {"index": k, "count": len(per_shard)}, "summary": {}, "models": 0,
+                                 "run_models": 0, "exit_code": c}) + "\n" for k, c in enumerate(per_shard)])["exit_code"]
+
+    assert (codes(0, 0), codes(3, 0, 3), codes(3, 1), codes(2, 3), codes(1, 0)) == (0, 3, 1, 1, 1)

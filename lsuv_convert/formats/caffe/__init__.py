@@ -57,7 +57,7 @@ class CaffeFormat(ModelFormat):
             return False
         return b"\x00" not in head and _SNIFF.search(head) is not None
 
-    accepts_weights = True
+    options = frozenset({"weights", "stages"})
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .build import target_layers

@@ -89,7 +89,7 @@ class HuggingFaceFormat(ModelFormat):
         with _offline():
             try:
                 model = cls.from_pretrained(str(model_path), config=config, local_files_only=True, dtype=torch.float32)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder; one line names it
                 raise ModelFormatError(f"transformers cannot load the folder: {first_line(exc)}", path=model_path) from None
         model.eval()
         targets, _ = module_target_layers(model)
@@ -158,7 +158,7 @@ def build_model(path: Path):
                 model = cls.from_config(config, dtype=torch.float32)
             else:
                 model = cls._from_config(config, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the model class refuses its config in many ways; one line names it
             raise ModelFormatError(f"transformers cannot build {cls.__name__} from config.json: {first_line(exc)}",
                                    path=path) from None
     model.eval()

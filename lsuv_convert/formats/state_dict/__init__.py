@@ -32,6 +32,7 @@ class StateDictState:
 class StateDictFormat(ModelFormat):
     name = "state_dict"
     extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
+    options = frozenset({"arch"})
 
     def sniff(self, path: Path) -> bool:
         from ..shared.safetensors_io import is_safetensors

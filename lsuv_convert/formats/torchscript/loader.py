@@ -266,7 +266,7 @@ def _compare_translation(graph: ModelGraph, args: list, expected) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)
             actual = graph.module(*args)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         cause = exc.__cause__ if isinstance(exc, DataError) and exc.__cause__ is not None else exc  # the op's own words
         raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(cause)}", path=graph.source) from exc
     problem = _compare(expected, actual)
@@ -289,7 +289,7 @@ def _snapshot_mutable(state: ScriptState):
         with torch.no_grad():
             for tensor, copy in saved_tensors.values():
                 tensor.copy_(copy)
-        for (path, name), (owner, value) in saved_attrs.items():
+        for (_path, name), (owner, value) in saved_attrs.items():
             owner.setattr(name, value)
 
     return restore

@@ -85,9 +85,13 @@ def _slurm(environ: Mapping[str, str]) -> Shard:
     ``%`` limit) are ranges; an index list that is not one evenly spaced range is refused."""
     task = _number(environ, "SLURM_ARRAY_TASK_ID", required=True)
     first = _number(environ, "SLURM_ARRAY_TASK_MIN", required=True)
-    step = _number(environ, "SLURM_ARRAY_TASK_STEP") or 1
+    given_step = _number(environ, "SLURM_ARRAY_TASK_STEP")
+    step = given_step or 1
     last = _number(environ, "SLURM_ARRAY_TASK_MAX")
     count = _number(environ, "SLURM_ARRAY_TASK_COUNT")
+    if given_step is None and last is None and count != 1:
+        raise UsageError("--shard auto: Slurm sets neither SLURM_ARRAY_TASK_STEP nor SLURM_ARRAY_TASK_MAX, so a "
+                         "stepped array can't be told from a plain one; pass --shard I/N")
     if count is None:
         if last is None:
             raise UsageError("--shard auto: Slurm sets SLURM_ARRAY_TASK_ID but neither SLURM_ARRAY_TASK_COUNT "

@@ -172,6 +172,7 @@ def test_auto_from_a_slurm_array_without_a_step_variable():
     _slurm(3, 0, 8, 2, count=5),
     {"SLURM_ARRAY_TASK_ID": "3"},  # no MIN
     {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0"},  # neither COUNT nor MAX
+    {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "5"},  # 0-9:2 or 0-4?
     {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"},
     dict(SLURM_0_9, SLURM_ARRAY_TASK_ID="3", **{COUNT_VARIABLE: "5"}),  # two different counts
     dict(SLURM_0_9, SLURM_ARRAY_TASK_ID="3", JOB_COMPLETION_INDEX="3"),  # two job arrays

@@ -125,7 +125,7 @@ def main():
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
 @click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
+@click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout (with --shard, then one line for the shard).")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,

@@ -1,11 +1,11 @@
 """What ``--data`` names, as a sample: the data options of a run (:class:`DataOptions`) and the files
 they resolve to.
 
-``--data`` may be repeated; each value is a file, a folder (of images or audio clips) or a quoted
-glob (``'parts/*.npy'``, ``**`` reaches into sub-folders). A glob's matches and a folder's files are
-taken in sorted order, values in the order given; a file named twice is read once. All files of a
-sample are of one kind: ``.npy`` arrays, ``.npz`` archives, text (``.txt``, ``.jsonl``), audio
-clips or images.
+``--data`` may be repeated; each value is a file, a folder (of images or audio clips, else of array
+or text files) or a quoted glob (``'parts/*.npy'``, ``**`` reaches into sub-folders). A glob's
+matches and a folder's files are taken in sorted order, values in the order given; a file named
+twice is read once. All files of a sample are of one kind: ``.npy`` arrays, ``.npz`` archives,
+text (``.txt``, ``.jsonl``), audio clips or images.
 """
 
 from __future__ import annotations
@@ -137,11 +137,18 @@ def sample_files(options: DataOptions) -> SampleFiles:
     return SampleFiles(next(iter(kinds)), files)
 
 
+FOLDER_KINDS = (("image", "audio"), ("npy",), ("npz",), ("text",))  # what a folder stands for, first found wins
+
+
 def _folder_members(folder: Path) -> list[Path]:
-    media = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
-    members = sorted(p for p in folder.rglob("*") if p.suffix.lower() in media and p.is_file()
-                     and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not members:
-        raise DataError("the folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + ") or audio clips ("
-                        + ", ".join(AUDIO_EXTENSIONS) + ")", path=folder)
-    return members
+    """The folder's images or audio clips (its sub-folders' too); a folder without any: its .npy
+    parts, else its .npz parts, else its text files. Other files (a README, labels.txt beside the
+    images) are not data. Hidden files and folders are skipped."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in KINDS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for kinds in FOLDER_KINDS:
+        members = [f for f in files if KINDS[f.suffix.lower()] in kinds]
+        if members:
+            return members
+    raise DataError("the folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + "), audio clips ("
+                    + ", ".join(AUDIO_EXTENSIONS) + "), .npy / .npz arrays or text files", path=folder)

@@ -240,3 +240,19 @@ def test_statistics_of_a_large_sample_are_taken_a_slab_at_a_time_and_exact(monke
     exact = a.astype(np.float64)
     assert stats["mean"] == pytest.approx(exact.mean(), rel=1e-12) and stats["var"] == pytest.approx(exact.var(), rel=1e-12)
     assert stats["channel_var"] == pytest.approx(exact.var(axis=(0, 2, 3)).tolist(), rel=1e-12)
+
+
+def test_a_folder_is_its_images_or_clips_else_its_array_parts(tmp_path):
+    from PIL import Image
+
+    arrays = _parts(tmp_path / "parts", [2, 3])
+    (tmp_path / "parts" / "README.txt").write_text("how these were made\n")  # not data when parts are there
+    batch = load_batch(tmp_path / "parts", [IMAGE])
+    assert np.array_equal(batch.arrays[0], np.concatenate(arrays))
+    (tmp_path / "imgs" / ".cache").mkdir(parents=True)
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(tmp_path / "imgs" / "a.png")
+    Image.new("RGB", (4, 4), (90, 20, 130)).save(tmp_path / "imgs" / "b.png")
+    (tmp_path / "imgs" / ".cache" / "c.png").write_bytes(b"hidden: never read")
+    (tmp_path / "imgs" / "labels.txt").write_text("cat\ndog\n")
+    np.save(tmp_path / "imgs" / "mean.npy", np.zeros(3))
+    assert load_batch(tmp_path / "imgs", [IMAGE]).files == [tmp_path / "imgs" / "a.png", tmp_path / "imgs" / "b.png"]

@@ -122,7 +122,11 @@ def _library_versions() -> dict[str, str | None]:
 
 
 def _plain(value):
-    """``value`` as JSON-able data: dataclasses by field, paths resolved, tuples as lists."""
+    """``value`` as JSON-able data: an object's own ``fingerprint()`` when it has one (the data
+    options: globs expanded), dataclasses by field, paths resolved, tuples as lists."""
+    own = getattr(value, "fingerprint", None)
+    if callable(own) and not isinstance(value, type):
+        return _plain(own())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, os.PathLike):

@@ -18,6 +18,7 @@ from ..errors import LsuvError, OutputError, UnconvergedError, UsageError, shown
 from ..paths import PathPlan, same_file, identity
 from .convert import ConvertOptions, convert, finite_json, sidecar_batch
 from .records import code_files, digests, fingerprint, forget, is_up_to_date, write_record, written_by_us
+from .shards import Shard, select, summary_line
 
 
 @dataclass
@@ -32,11 +33,11 @@ class Outcome:
     exit_code: int = 0
     log: dict | None = field(default=None, repr=False)
 
-    def to_json(self) -> str:
+    def to_json(self, **extra) -> str:
         return json.dumps({
             "model": str(self.model), "output": str(self.output) if self.output else None, "status": self.status,
             "error": self.error, "layers": self.layers, "unconverged": self.unconverged,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), **extra,
         })
 
 
@@ -71,10 +72,12 @@ class Run:
         self.console = Console(quiet=quiet, table=table)
         self.many = False
 
-    def run(self, args: list[str]) -> int:
+    def run(self, args: list[str], shard: Shard | None = None) -> int:
+        """Convert the models ``args`` name; with ``shard``, only that part of them (a job array's task)."""
         for arg in args:  # a replace a killed run left half-done is undone before anything else
             settle_beside(arg)
         jobs = expand(args)
+        _refuse_data_as_models(jobs)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
             raise UsageError("-o/--output names one file but several models were given; use --output-dir")
@@ -83,14 +86,19 @@ class Run:
 
             require_matplotlib()
         plans = [self._plan(job) for job in jobs]
-        self.paths = self._check_paths(plans)  # before any work: a collision stops the whole run
+        self.paths = self._check_paths(plans)  # before any work, over the whole run: a collision stops every shard
+        plans = select(plans, shard, key=lambda plan: plan.job.shard_key)
+        if shard is not None:
+            origin = f" ({shard.origin})" if shard.origin else ""
+            self.console.note(f"shard {shard}{origin}: {len(plans)} of {len(jobs)} model(s)")
+        tag = {"shard": shard.as_json()} if shard is not None else {}
         outcomes: list[Outcome] = []
         closed = False
-        with self.console.models(len(jobs)) as progress:
+        with self.console.models(len(plans)) as progress:
             for plan in plans:
                 outcome = self._one(plan, progress)
                 outcomes.append(outcome)
-                if self.json_lines and not _emit(outcome.to_json()):
+                if self.json_lines and not _emit(outcome.to_json(**tag)):
                     closed = True  # the reader went away: stop after this (complete) model
                     break
                 progress.advance()
@@ -100,8 +108,13 @@ class Run:
             return CLOSED_STDOUT
         if len(jobs) > 1:
             self.console.summary(outcomes)
-        codes = {o.exit_code for o in outcomes if o.exit_code}
-        return codes.pop() if len(codes) == 1 else (1 if codes else 0)  # 2: usage, 3: unconverged, else 1
+        codes = [o.exit_code for o in outcomes if o.exit_code]
+        # one kind of failure keeps its own code (2: usage, 3: unconverged, ...); a mix is 1
+        code = 0 if not codes else (codes[0] if len(set(codes)) == 1 else 1)
+        if self.json_lines and shard is not None and not _emit(json.dumps(
+                summary_line(shard, outcomes, planned=len(plans), run_models=len(jobs), exit_code=code))):
+            return CLOSED_STDOUT
+        return code
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, job: ModelJob) -> Planned:
@@ -127,14 +140,15 @@ class Run:
         weights = self.options.weights
         paths.read(weights, f"the --weights file {shown(weights)}")
         data = self.options.data
-        paths.read(data, f"the --data {'folder' if data is not None and os.path.isdir(data) else 'file'} {shown(data)}")
+        for path in data.read_paths(missing_ok=True):
+            paths.read(path, f"the --data {'folder' if os.path.isdir(path) else 'file'} {shown(path)}")
         for plan in plans:
             model = plan.job.path
             paths.read(model, f"the input model {shown(model)}")
             if plan.fmt is not None:
                 for companion in plan.fmt.companion_files(model, self.options.request):
                     paths.read(companion, f"a file the input model {shown(model)} names ({shown(companion)})")
-            if data is None:
+            if not data.given:
                 paths.read(sidecar_batch(model), f"the sample batch of {shown(model)}")
         for plan in plans:
             if plan.output is None:
@@ -178,7 +192,8 @@ class Run:
         return option
 
     def _inputs_of(self, model: Path) -> list[Path]:
-        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        data = self.options.data
+        paths = [model, *(data.read_paths() if data.given else [sidecar_batch(model)]), self.options.weights]
         return [p for p in paths if p is not None]
 
     def _fingerprint(self) -> dict:
@@ -242,6 +257,17 @@ class Run:
             return Outcome(job.path, output, "failed", error=message, seconds=time.perf_counter() - start, exit_code=1)
         finally:
             progress.end_model()
+
+
+def _refuse_data_as_models(jobs: list[ModelJob]) -> None:
+    """``--data parts/*.npy`` unquoted: the shell hands the second part on as a model. Refused before
+    any work, so no model is initialized on part of the sample."""
+    from ..batch.sample import looks_like_data
+
+    stray = [job.path for job in jobs if looks_like_data(job.path)]
+    if stray:
+        raise UsageError(f"{stray[0]} is data, not a model; nothing was done (a glob given to --data must be quoted, "
+                         f"e.g. --data '{stray[0].parent / ('*' + stray[0].suffix)}', or the shell expands it)")
 
 
 CLOSED_STDOUT = 141  # like a shell's status for a command killed by SIGPIPE

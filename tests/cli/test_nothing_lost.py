@@ -414,3 +414,40 @@ def test_in_place_on_a_folder_keeps_every_file_its_mode_and_its_links(hf_model, 
     assert stat.S_IMODE(os.stat(m / "model.safetensors").st_mode) == 0o640
     assert os.readlink(m / "card") == "docs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", "m"]
+
+
+def _two_convs(tied: bool):
+    """conv 0 and conv 2 on one storage: one Parameter (tied in the module) or two views of it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(2, 2, 3, padding=1))
+    if tied:
+        net[2].weight = net[0].weight
+    else:
+        shared = torch.randn(2, 2, 3, 3)
+        net[0].weight, net[2].weight = torch.nn.Parameter(shared), torch.nn.Parameter(shared.view(2, 2, 3, 3))
+    return net
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "pt2"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied-in-module", "two-weights-one-storage"])
+def test_the_storage_rule_holds_in_programs_too(tmp_path, kind, tied):
+    import warnings
+
+    net = _two_convs(tied).eval()
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32))
+    name = "net.pt" if kind == "torchscript" else "net.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "torchscript":
+            torch.jit.script(net).save(str(tmp_path / name))
+        else:
+            torch.export.save(torch.export.export(net, (torch.randn(4, 2, 6, 6),)), str(tmp_path / name))
+    before = snapshot(tmp_path)
+    proc = invoke(name, "--data", "x.npy", "-q", cwd=tmp_path)
+    if tied:  # one weight used twice: kept tied, scaled once
+        assert proc.returncode == 0, proc.stderr
+        verified = invoke("verify", tmp_path / name.replace(".pt", ".lsuv.pt"), "--data", "x.npy", cwd=tmp_path)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    else:
+        one_error(proc, 1, "0.weight", "2.weight", "share one storage")
+        nothing_changed(tmp_path, before)

@@ -2,9 +2,9 @@
 
 LSUV gives every weight its own float values. A stored tensor that can't hold them would make
 the written file differ from what the log reports (the old "last write wins" and "int8 written
-as zeros"), so, in every format that loads stored tensors into a module (state_dict
-checkpoints, Hugging Face folders), such a file is refused before any work, with a line
-naming the tensor:
+as zeros"), so, in every format whose file stores tensors that may share memory (state_dict checkpoints,
+Hugging Face folders, TorchScript archives), such a file is refused before any work, with a
+line naming the tensor:
 
 - **Shared storage.** Two entries whose memory overlaps in the file (``0.weight`` and
   ``2.weight`` saved as one storage; or a weight and a buffer) are kept tied only when the
@@ -26,12 +26,15 @@ from pathlib import Path
 from ...errors import ModelFormatError, shown
 
 
-def check_stored(model_tensors: dict, stored: dict, path: Path) -> None:
+def check_stored(model_tensors: dict, stored: dict, path: Path, weights: set[str] | None = None) -> None:
     """``model_tensors``: the architecture's ``state_dict(keep_vars=True)``; ``stored``: the
-    file's tensor for each of those keys. Raise ModelFormatError by the rule above."""
+    file's tensor for each of those keys (the same dict where the file is the module: a
+    TorchScript archive); ``weights``: the keys that are float weights (default: the
+    ``nn.Parameter`` entries). Raise ModelFormatError by the rule above."""
     import torch
 
-    weights = {k for k, v in model_tensors.items() if isinstance(v, torch.nn.Parameter) and v.is_floating_point()}
+    if weights is None:
+        weights = {k for k, v in model_tensors.items() if isinstance(v, torch.nn.Parameter) and v.is_floating_point()}
     spans: dict[tuple, list[tuple[int, int, str]]] = {}  # storage -> (start, end, key) in bytes
     for key, tensor in stored.items():
         if key not in model_tensors or not isinstance(tensor, torch.Tensor) or tensor.is_quantized and key not in weights:

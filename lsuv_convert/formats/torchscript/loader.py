@@ -289,7 +289,7 @@ def _snapshot_mutable(state: ScriptState):
         with torch.no_grad():
             for tensor, copy in saved_tensors.values():
                 tensor.copy_(copy)
-        for (path, name), (owner, value) in saved_attrs.items():
+        for (_path, name), (owner, value) in saved_attrs.items():
             owner.setattr(name, value)
 
     return restore

@@ -29,9 +29,11 @@ class TorchScriptFormat(ModelFormat):
         return is_torchscript(Path(path))
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from ..shared.no_network import no_network
         from .loader import load_script
 
-        graph = load_script(path, trust_code=request.trust_code)  # complete already: TorchScript's graph doesn't depend on the batch shape
+        with no_network(f"reading {path.name}", path):
+            graph = load_script(path, trust_code=request.trust_code)  # complete already: TorchScript's graph doesn't depend on the batch shape
         graph.state.graph = graph
         return LoadedModel(format=self.name, source=path, inputs=graph.inputs, state=graph.state,
                            targets=list(graph.targets), notes=list(graph.notes))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from conftest import invoke
-from lsuv_convert.formats.pt2.opcheck import graph_targets
+from lsuv_convert.formats.pt2.vetting import graph_targets
 
 pytestmark = pytest.mark.slow  # torch.export of three programs: seconds
 

@@ -73,8 +73,8 @@ def load_program(path: Path, *, trust_code: bool = False) -> ProgramState:
         with guard:
             program = torch.export.load(str(path), extra_files=extra)
     except UnvettedUnpickle as exc:
-        raise ModelFormatError(f"torch.export.load would unpickle what the checks cannot vouch for ({exc}): "
-                               "refused, nothing ran (pass --trust-code to load it anyway)", path=path) from None
+        raise ModelFormatError(f"{exc}, which the checks cannot vouch for: refused, nothing ran "
+                               "(pass --trust-code to load it anyway)", path=path) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged / newer files
         raise ModelFormatError(f"torch.export.load cannot read it: {first_line(exc)}", path=path) from None
     mutated = {name: program.state_dict[name].detach().clone()

@@ -395,12 +395,18 @@ def unpickling_refused(what: str):
 
     real_load = torch.load
 
-    def weights_only_load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return real_load(*args, **kwargs)
-
     def refuse(*_args, **_kwargs):
-        raise UnvettedUnpickle(f"{what} would be unpickled in full")
+        raise UnvettedUnpickle(f"torch would unpickle {what} in full")
+
+    def weights_only_load(*args, **kwargs):
+        asked = kwargs.get("weights_only")
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - torch's own refusal, or a damaged payload
+            if asked is True:
+                raise  # the caller's own weights-only attempt: it falls back, which is refused below
+            refuse()
 
     patches = [(torch, "load", weights_only_load), (torch._C, "_pickle_load_obj", refuse)]
     try:

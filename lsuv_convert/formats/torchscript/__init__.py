@@ -55,8 +55,8 @@ class TorchScriptFormat(ModelFormat):
         save_script(graph, Path(out_path))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None) -> dict[str, tuple[float, float]]:
-        from .archive import inspect_archive
+        from .archive import inspect_archive, register_library_ops
         from .measure import measure_file
 
-        inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
+        register_library_ops(inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code)))
         return measure_file(Path(model_path), inputs)

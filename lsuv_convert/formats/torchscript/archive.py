@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ...errors import ModelFormatError
 
-MAX_EXTRA_BYTES = 64 << 20  # extra files are kept in memory and written back with the output
+MAX_EXTRA_BYTES = 64 << 20
+MAX_CODE_BYTES = 64 << 20  # extra files are kept in memory and written back with the output
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model) or torch.jit.trace(model, example) and torch.jit.save(...)"
@@ -30,6 +31,7 @@ class ArchiveInfo:
     prefix: str  # the archive's top folder
     version: int | None  # the file format version the writer recorded
     extra_files: list[str] = field(default_factory=list)  # names saved with _extra_files
+    uses_torchvision_ops: bool = False  # its code calls ops.torchvision.* (registered by importing torchvision)
 
 
 def is_torchscript(path: Path) -> bool:
@@ -85,7 +87,19 @@ def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
         real_prefix = archive.find(f"{prefix}/data.pkl").filename.split("/", 1)[0]
         extra = sorted(info.filename[len(real_prefix) + len("/extra/"):] for key, info in archive.members.items()
                        if key.startswith(f"{prefix}/extra/") and not info.is_dir())
-    return ArchiveInfo(real_prefix, version, extra)
+        torchvision = any(b"ops.torchvision." in archive.read_info(info, MAX_CODE_BYTES)
+                          for key, info in archive.members.items()
+                          if key.startswith(f"{prefix}/code/") and key.endswith(".py"))
+    return ArchiveInfo(real_prefix, version, extra, torchvision)
+
+
+def register_library_ops(info: ArchiveInfo) -> None:
+    """torchvision's operators (nms, roi_align) exist once torchvision is imported."""
+    if info.uses_torchvision_ops:
+        try:
+            import torchvision.ops  # noqa: F401
+        except ImportError:
+            pass
 
 
 def _check_root_object(archive, prefix: str, path: Path) -> None:

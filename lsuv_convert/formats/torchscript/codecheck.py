@@ -29,8 +29,7 @@ from pathlib import Path
 
 from ...errors import ModelFormatError
 from ..shared.operator_policy import classify, is_registered, refusal
-
-MAX_CODE_BYTES = 64 << 20  # all sources of one archive together
+from .archive import MAX_CODE_BYTES
 
 # bare calls of TorchScript's Python subset (the language, not operators)
 TORCHSCRIPT_BUILTINS: frozenset[str] = frozenset("""
@@ -55,16 +54,6 @@ def check_archive_code(archive, prefix: str, path: Path) -> None:
         raise ModelFormatError(
             f"its TorchScript code {refusal(finding.name, f'{finding.file}, line {finding.line}', finding.why)}",
             path=path)
-    if any("ops.torchvision." in text for text in sources.values()):
-        _register_torchvision_ops()
-
-
-def _register_torchvision_ops() -> None:
-    """torchvision's operators (nms, roi_align) exist once torchvision is imported."""
-    try:
-        import torchvision.ops  # noqa: F401
-    except ImportError:
-        pass
 
 
 def read_sources(archive, prefix: str, path: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import torch
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ..model_graph import InputSpec, ModelGraph, TargetLayer
 from ...timings import stage
-from .archive import ArchiveInfo, inspect_archive
+from .archive import ArchiveInfo, inspect_archive, register_library_ops
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
 from .quiet import jit_deprecation_silenced
@@ -40,6 +40,7 @@ class ScriptState:
 def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
     with stage("parse"):  # the archive's layout and code check, then torch.jit.load
         info = inspect_archive(path, check_code=not trust_code)
+        register_library_ops(info)
         extra = {name: "" for name in info.extra_files}
         script_module = _jit_load(path, extra)
     with stage("conversion"):  # the inlined graph read into a Program, then an fx graph

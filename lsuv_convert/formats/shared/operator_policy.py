@@ -93,6 +93,25 @@ DENIED_OPS: dict[str, str] = {
     "prim::AddStatValue": "reports to torch's process-wide statistics logger",
 }
 
+# Names that look like side effects (files, printing, devices, streams, seeds, profiling) in the
+# compute namespaces, reviewed and allowed: they only read or compute. The tests require every
+# such name of the registry to be here or in DENIED_OPS, so a new one gets a decision.
+REVIEWED_ALLOWED: dict[str, str] = {
+    "aten::_cufft_get_plan_cache_max_size": "reads a setting",
+    "aten::_cufft_get_plan_cache_size": "reads a setting",
+    "aten::device": "a tensor's device",
+    "aten::get_device": "a tensor's device index",
+    "prim::device": "a tensor's device",
+    "prims::device_put": "copies a tensor to a device",
+    "aten::initial_seed": "reads the seed, changes nothing",
+    "aten::isprintable": "a string method",
+    "aten::record_stream": "stream bookkeeping of a tensor's memory",
+    "prim::profile": "a marker of TorchScript's profiling executor (no callback)",
+    "prim::profile_ivalue": "a marker of TorchScript's profiling executor (no callback)",
+}
+SIDE_EFFECT_WORDS = (r"file|save|load|print|rpc|remote|owner|to_here|record|profil|hook|seed|socket|url|env|system|"
+                     r"exec|spawn|dump|write|read|mmap|ipc|share|device|stream|cufft|thread|python")
+
 # torch.export's higher-order operators (Python, not in the schema registry): their bodies are
 # subgraphs of the same program, checked like the rest of it.
 HIGHER_ORDER_OPS: frozenset[str] = frozenset("""

@@ -1,0 +1,84 @@
+"""The operator policy classifies torch's whole schema registry; every denied operator is refused
+in TorchScript code and in a .pt2 graph with one line naming it and its file."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from archive_helpers import assert_refused
+from conftest import invoke
+from lsuv_convert.formats.shared import operator_policy as policy
+from safety_helpers import HolderNet, rewrite_code, scripted_bytes
+
+FORWARD = "    d = self.d\n"
+
+
+def _full_registry() -> list[str]:
+    """Every registered operator once the libraries that register some are imported."""
+    import torch.distributed  # noqa: F401 - c10d, symm_mem
+    import torchvision  # noqa: F401 - torchvision::, image::
+
+    return policy.registered_operators()
+
+
+def test_every_registered_operator_is_classified():
+    names = _full_registry()
+    assert len(names) > 2000
+    missing = policy.unclassified(names)
+    assert not missing, f"namespaces without a decision in operator_policy ({len(missing)} ops): {missing[:40]}"
+
+
+def test_names_that_look_like_side_effects_have_a_decision():
+    pattern = re.compile(policy.SIDE_EFFECT_WORDS, re.I)
+    undecided = [n for n in _full_registry()
+                 if n.partition("::")[0] in policy.COMPUTE_NAMESPACES and pattern.search(n.partition("::")[2])
+                 and n not in policy.DENIED_OPS and n not in policy.REVIEWED_ALLOWED]
+    assert not undecided, f"add these to DENIED_OPS or REVIEWED_ALLOWED, with a reason: {undecided}"
+
+
+def test_the_lists_name_real_operators():
+    names = set(_full_registry())
+    stale = [n for n in (*policy.DENIED_OPS, *policy.REVIEWED_ALLOWED) if n not in names]
+    assert not stale, f"no longer registered by torch: {stale}"
+    assert all(policy.DENIED_OPS.values()) and all(policy.DENIED_NAMESPACES.values())
+
+
+def test_verdicts():
+    assert policy.classify("aten::_upsample_nearest_exact1d").allowed
+    assert policy.classify("aten::_weight_norm").allowed
+    assert policy.classify("aten::set_grad_enabled").allowed
+    assert policy.classify("aten::unique_dim.default").allowed
+    assert policy.classify("torchvision::nms").allowed
+    assert not policy.classify("aten::from_file").allowed
+    assert not policy.classify("prim::Print").allowed
+    assert not policy.classify("c10d::barrier").allowed
+    assert "custom operator" in policy.classify("mylib::launch").reason
+
+
+@pytest.fixture(scope="module")
+def base() -> bytes:
+    return scripted_bytes(HolderNet())
+
+
+def _denied_examples() -> list[str]:
+    _full_registry()
+    ops = sorted(policy.DENIED_OPS)
+    by_namespace = {}
+    for name in policy.registered_operators():
+        ns = name.partition("::")[0]
+        if ns in policy.DENIED_NAMESPACES:
+            by_namespace.setdefault(ns, name)
+    return ops + sorted(by_namespace.values())
+
+
+@pytest.mark.parametrize("op", _denied_examples())
+def test_denied_operators_are_refused_in_torchscript_code(base, tmp_path, op):
+    ns, _, name = op.partition("::")
+    model = rewrite_code(base, tmp_path / "m.pt", FORWARD, f"{FORWARD}    _9 = ops.{ns}.{name}(x)\n")
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 8, 8), np.float32))
+    proc = invoke(model, "--data", tmp_path / "x.npy")
+    line = assert_refused(proc, tmp_path / "never", op, ".py", "--trust-code")
+    assert policy.classify(op).reason in line

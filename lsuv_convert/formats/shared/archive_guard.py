@@ -181,6 +181,13 @@ BINGET LONG_BINGET BINPUT LONG_BINPUT LONG1 PROTO STOP
 """.split())
 
 
+# TorchScript pickles are read by torch's own C++ unpickler, which resolves no Python global: data
+# opcodes beyond the weights-only set are harmless there (globals and calls stay checked)
+_TORCHSCRIPT_DATA_OPCODES = frozenset("""
+SHORT_BINUNICODE BINUNICODE8 SHORT_BINBYTES BINBYTES BINBYTES8 BINSTRING FRAME MEMOIZE LONG4 ADDITEMS
+""".split())
+
+
 class PickleRefused(Exception):
     """What a pickle wants that the rules refuse (the text names it)."""
 
@@ -230,7 +237,7 @@ def scan_pickle(data: bytes, *, torchscript: bool = False, stream: IO[bytes] | N
     try:
         for opcode, arg, _ in pickletools.genops(source):
             op = opcode.name
-            if op not in _WEIGHTS_ONLY_OPCODES:
+            if op not in _WEIGHTS_ONLY_OPCODES and not (torchscript and op in _TORCHSCRIPT_DATA_OPCODES):
                 raise PickleRefused(f"pickle opcode {op}, which torch's weights-only unpickler does not accept")
             if op == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
@@ -272,7 +279,17 @@ def scan_pickle(data: bytes, *, torchscript: bool = False, stream: IO[bytes] | N
                 n = int(op[-1])
                 items = [pop() for _ in range(n)][::-1]
                 stack.append(_Tuple(tuple(items)))
-            elif op in ("BINUNICODE", "SHORT_BINSTRING"):
+            elif op == "MEMOIZE":
+                if not stack:
+                    raise PickleRefused("a malformed pickle (stack underflow)")
+                memo[len(memo)] = stack[-1]
+            elif op == "FRAME":
+                continue
+            elif op == "ADDITEMS":
+                pop_mark()
+                if not stack:
+                    raise PickleRefused("a malformed pickle (stack underflow)")
+            elif op in ("BINUNICODE", "SHORT_BINSTRING", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING"):
                 value = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
                 stack.append(_Text(value))
             elif op == "BINPERSID":

@@ -100,7 +100,9 @@ def first_disallowed(sources: dict[str, str]) -> Finding | None:
 def _refused(kind: str, called: str, defined: set[str]) -> tuple[str, str] | None:
     """(name, why) to refuse for one use, or None when it is allowed."""
     if kind == "denied":
-        return called, "custom C++ code" if called.startswith("custom class") else "not an operator"
+        if called.startswith("custom class"):
+            return called, "custom C++ code"
+        return called, "a namespace handed around as a value, which could reach any operator"
     if kind == "op":
         verdict = classify(called)
         return None if verdict.allowed else (called, verdict.reason)
@@ -190,6 +192,8 @@ class _Collector(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Store):
             self.defined.add(node.id)
+        elif node.id in ("torch", "ops"):  # a namespace as a value: getattr(torch, "from_file") would reach any op
+            self.needs.append(("denied", node.id, getattr(node, "lineno", 0)))
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         dotted = _dotted(node)

@@ -44,6 +44,11 @@ def test_code_named_with_another_case_is_checked(base, work):
     assert trusted.returncode == 0, trusted.stderr
 
 
+def test_an_operator_reached_through_getattr_is_refused(base, work):
+    hostile = rewrite_code(base, work / "m.pt", SETSTATE, f'self.b = getattr(torch, "from_file")("{work / "secret.txt"}")')
+    assert_refused(_convert(hostile, work), work / "out.pt", "torch", "namespace", "--trust-code")
+
+
 def test_a_payload_in_constants_pkl_is_refused(base, work):
     marker = work / "marker"
     hostile = rewrite_zip(base, work / "m.pt", replace={member(base, "/constants.pkl"): payload_pickle(marker)})

@@ -40,7 +40,7 @@ class LoadRequest:
 
     weights: Path | None = None  # trained weights to start from (Caffe .caffemodel, ...)
     arch: str | None = None  # architecture for checkpoints that hold only tensors (--arch)
-    trust_code: bool = False  # run code a file carries beyond the allowlist (--trust-code)
+    trust_code: bool = False  # run code, operators and pickles a file carries that the trust checks refuse (--trust-code)
     stages: tuple[str, ...] = ()  # net stages that select layers (Caffe include/exclude { stage }; --stage)
 
 

@@ -171,7 +171,7 @@ def _dotted(node: ast.AST) -> str | None:
 
 class _Collector(ast.NodeVisitor):
     """One walk of a file: the names it defines (functions, methods, classes, arguments,
-    variables) and, in order, the references and calls the allowlist alone doesn't allow."""
+    variables) and, in order, the references and calls the operator policy judges."""
 
     def __init__(self):
         self.defined: set[str] = set()

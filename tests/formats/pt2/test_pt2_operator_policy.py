@@ -1,4 +1,4 @@
-"""The operator allowlist of .pt2 programs: a program calling a custom operator (defined here with
+"""The shared operator policy on .pt2 programs: a program calling a custom operator (defined here with
 torch.library) is refused before torch.export.load, with one line naming the operator, unless
 ``--trust-code``; so are forged graphs naming ``torch.load`` or ``aten::from_file``, and a custom
 operator inside a ``torch.cond`` branch. Programs of torch's own operators (dynamic batch: symbolic

@@ -41,9 +41,10 @@ from typing import IO
 
 from ...errors import ModelFormatError
 
-MAX_MEMBERS = 1_000_000
+MAX_MEMBERS = 200_000  # a model's archive holds one member per tensor and code file
+MAX_DIRECTORY_BYTES = 256 << 20  # the zip's central directory, read whole by zipfile
 MAX_EXPANSION = 100  # a compressed member may expand this much (torch's writers store, they don't compress)
-MAX_PICKLE_BYTES = 1 << 30  # a data.pkl holds structure, the tensors live in other members
+MAX_PICKLE_BYTES = 256 << 20  # a data.pkl holds structure, the tensors live in other members
 TRUST_HINT = "pass --trust-code to load it anyway"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -97,6 +98,7 @@ class Archive:
 def open_archive(source: Path | IO[bytes], where: object = None) -> Archive:
     """The zip at ``source`` with its directory checked, or ModelFormatError saying what is wrong."""
     where = where if where is not None else source
+    _check_directory_size(source, where)
     try:
         zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, ValueError, EOFError) as exc:
@@ -121,6 +123,25 @@ def open_archive(source: Path | IO[bytes], where: object = None) -> Archive:
                                    "without case, so which one it reads is undefined); refused", path=where)
         members[key] = info
     return Archive(zf, where, root, members)
+
+
+def _check_directory_size(source, where: object) -> None:
+    """The member count and directory size the zip declares, read from its end record before
+    :class:`zipfile.ZipFile` parses (and holds in memory) the whole directory."""
+    try:
+        with contextlib.ExitStack() as stack:
+            fh = source if hasattr(source, "seek") else stack.enter_context(open(source, "rb"))
+            end = zipfile._EndRecData(fh)
+            if hasattr(source, "seek"):
+                source.seek(0)
+    except (OSError, AttributeError):
+        return  # zipfile says what is wrong with it
+    if not end:
+        return
+    count, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if count > MAX_MEMBERS or size > MAX_DIRECTORY_BYTES:
+        raise ModelFormatError(f"is a zip archive of {count} members ({size} bytes of directory), more than the "
+                               f"{MAX_MEMBERS} members a model archive may hold; refused", path=where)
 
 
 def _check_member(info: zipfile.ZipInfo, root: str, where: object) -> None:

@@ -34,6 +34,7 @@ import logging
 import pickletools
 import stat
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,11 +480,13 @@ class _NoPickle:
 
 @contextlib.contextmanager
 def quiet_torch_logs():
-    """No log record is emitted while inside: torch's loggers (a logged traceback of a refused
-    fallback) would put their lines beside our one error line."""
+    """No log record and no Python warning is emitted while inside: torch's loggers (a logged
+    traceback of a refused fallback) and warnings would put their lines beside our one error line."""
     saved = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logging.disable(saved)

@@ -17,10 +17,10 @@ import torch
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ..model_graph import InputSpec, ModelGraph, TargetLayer
 from ...timings import stage
+from ..shared.archive_guard import quiet_torch_logs
 from .archive import ArchiveInfo, inspect_archive, register_library_ops
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
-from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
 from .usage import input_types, skipped_parameters
 
@@ -148,7 +148,7 @@ def set_training(script_module, flags: dict[str, bool]) -> None:
 
 def _jit_load(path: Path, extra: dict):
     try:
-        with jit_deprecation_silenced():
+        with quiet_torch_logs():  # torch's warnings and log lines would stand beside our one line
             return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / c10::Error alike
         text = str(exc)

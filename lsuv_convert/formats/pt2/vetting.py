@@ -1,6 +1,7 @@
 """Everything a ``.pt2`` archive could make ``torch.export.load`` execute, checked before it runs.
 
-``torch.export.load`` reads more than the graph: it unpickles the sample inputs and any weight
+``torch.export.load`` reads more than the graph: it evaluates each symbolic-size expression
+with ``sympy.sympify`` (Python's ``eval``), it unpickles the sample inputs and any weight
 or constant marked ``use_pickle`` (falling back to a full ``torch.load(weights_only=False)``),
 hands ``opaque_obj_*`` constants to ``pickle.loads`` and ``custom_obj_*`` ones to TorchScript's
 unpickler, loads ``data/aotinductor/`` shared libraries, and resolves every node target of the
@@ -11,6 +12,8 @@ graph to a live callable (an operator of any namespace registered in the process
 * every pickle torch would read (sample inputs, pickled weights and constants, legacy weight
   files, any other ``.pt`` / ``.pkl`` member) passes the weights-only rules of
   :mod:`..shared.archive_guard`; opaque and custom-class objects and compiled code are refused;
+* every symbolic-size expression (``expr_str``, which torch hands to ``sympy.sympify``, an
+  ``eval`` of Python) is sympy's printed form of size arithmetic and nothing else;
 * every node target of the serialized graphs (``models/*.json``, read without deserializing,
   ``cond`` / ``map`` subgraphs and operators passed as arguments included) is an operator
   :mod:`..shared.operator_policy` allows, a higher-order operator of its list, or the scalar
@@ -22,7 +25,9 @@ full unpickle nothing here vouched for is refused rather than run. The first pro
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 from ...errors import ModelFormatError
@@ -40,10 +45,13 @@ def vet_archive(path: Path, *, trust_code: bool = False) -> None:
             return
         _refuse_compiled_code(archive)
         _check_pickles(archive)
-        for member, target in _graph_targets(archive):
-            why = _refused(target)
+        for member, kind, value in _graph_items(archive):
+            if kind == "expression":
+                _check_expression(value, member, path)
+                continue
+            why = _refused(value)
             if why is not None:
-                name = _operator_name(target)
+                name = _operator_name(value)
                 raise ModelFormatError(f"its program {refusal(name, member, why)}", path=path)
 
 
@@ -51,7 +59,7 @@ def graph_targets(path: Path) -> list[str]:
     """Every callable name the archive's serialized graphs hold, in order of appearance."""
     archive = open_archive(path)
     with archive.zf:
-        return [target for _, target in _graph_targets(archive)]
+        return [value for _, kind, value in _graph_items(archive) if kind == "target"]
 
 
 def _members(archive: Archive, folder: str):
@@ -124,37 +132,107 @@ def _read_json(archive: Archive, info) -> dict:
     return document
 
 
-def _graph_targets(archive: Archive) -> list[tuple[str, str]]:
-    """(member, callable name) of every node target and operator argument of every graph."""
+def _graph_items(archive: Archive) -> list[tuple[str, str, str]]:
+    """(member, "target" | "expression", text) for every node target, operator argument and
+    symbolic-size expression of every graph."""
     graphs = [info for name, info in _members(archive, "models") if name.endswith(".json") and "/" not in name]
     if not graphs:
         raise ModelFormatError(f"holds no serialized graph (models/*.json) whose operators could be checked "
                                f"({TRUST_HINT})", path=archive.where)
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, str]] = []
     for info in graphs:
-        found += [(info.filename, name) for name in _collect(_read_json(archive, info))]
+        found += [(info.filename, kind, text) for kind, text in _collect(_read_json(archive, info))]
     return found
 
 
-def _collect(document) -> list[str]:
-    """Node targets (a dict with ``target`` and ``inputs``) and operators passed as arguments
-    (``as_operator``), anywhere in the document: subgraphs of control-flow nodes included.
-    Iterative: the document's depth is the file's choice."""
-    names: list[str] = []
+def _collect(document) -> list[tuple[str, str]]:
+    """Node targets (a dict with ``target`` and ``inputs``), operators passed as arguments
+    (``as_operator``) and symbolic-size expressions (``expr_str``), anywhere in the document:
+    subgraphs of control-flow nodes included. Iterative: the document's depth is the file's choice."""
+    found: list[tuple[str, str]] = []
     pending = [document]
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
             target = value.get("target")
             if isinstance(target, str) and "inputs" in value:
-                names.append(target)
+                found.append(("target", target))
             operator = value.get("as_operator")
             if isinstance(operator, str):
-                names.append(operator)
+                found.append(("target", operator))
+            expression = value.get("expr_str")
+            if expression is not None:
+                found.append(("expression", expression if isinstance(expression, str) else repr(expression)))
             pending.extend(reversed([v for v in value.values() if isinstance(v, (dict, list))]))
         elif isinstance(value, list):
             pending.extend(reversed([v for v in value if isinstance(v, (dict, list))]))
-    return names
+    return found
+
+
+# torch.export.load hands every ``expr_str`` to ``sympy.sympify``, which evaluates the string as
+# Python: only sympy's printed form of size arithmetic may pass (calls of these classes, numbers,
+# operators, a Symbol's name).
+_SYMPY_CALLS = frozenset("""
+Symbol Dummy Integer Float Rational Add Mul Pow Mod Max Min Abs floor ceiling sqrt sign Piecewise ExprCondPair
+Eq Ne Lt Le Gt Ge Equality Unequality StrictLessThan StrictGreaterThan LessThan GreaterThan And Or Not Xor
+BooleanTrue BooleanFalse Infinity NegativeInfinity IntInfinity NegativeIntInfinity Tuple
+""".split())
+_SYMBOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _torch_sympy_functions() -> frozenset[str]:
+    """The size functions torch defines for sympy (FloorDiv, CeilToInt, ...)."""
+    import sympy
+    from torch.utils._sympy import functions
+
+    return frozenset(name for name, value in vars(functions).items()
+                     if isinstance(value, type) and issubclass(value, sympy.Basic) and not name.startswith("_"))
+
+
+def _check_expression(text: str, member: str, path: Path) -> None:
+    if not _plain_expression(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ModelFormatError(f"its {member} holds a symbolic size expression that is not plain arithmetic "
+                               f"({shown!r}); torch.export.load would evaluate it as Python: refused, nothing ran "
+                               f"({TRUST_HINT})", path=path)
+
+
+def _plain_expression(text: str) -> bool:
+    if len(text) > 100_000:
+        return False
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    calls = _SYMPY_CALLS | _torch_sympy_functions()
+    pending = [tree.body]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in calls):
+                return False
+            for keyword in node.keywords:
+                if keyword.arg is None or not (isinstance(keyword.value, ast.Constant)
+                                               and isinstance(keyword.value.value, (bool, int))):
+                    return False
+            if node.func.id in ("Symbol", "Dummy") and node.args:
+                name, *rest = node.args
+                if not (isinstance(name, ast.Constant) and isinstance(name.value, str) and _SYMBOL_NAME.match(name.value)):
+                    return False
+                pending.extend(rest)
+            else:
+                pending.extend(node.args)
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (bool, int, float)):
+                return False
+        elif isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                return False
+        elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)):
+            pending.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
+        else:
+            return False
+    return True
 
 
 def _operator_name(target: str) -> str:

@@ -144,3 +144,55 @@ def test_a_plain_program_still_converts_and_reloads(work):
     assert proc.returncode == 0, proc.stderr
     reloaded = torch.export.load(str(out)).module()
     assert reloaded(torch.randn(4, 3, 8, 8)).shape == (4, 2)
+
+
+class Sized(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x) * (x.shape[0] // 2)  # a symbolic size expression in the graph
+
+
+@pytest.fixture(scope="module")
+def dynamic_program(program):
+    path = program.parent / "sized.pt2"
+    batch = torch.export.Dim("batch", min=2)
+    torch.export.save(torch.export.export(Sized().eval(), (torch.randn(4, 3, 8, 8),), dynamic_shapes=({0: batch},)),
+                      str(path))
+    return path
+
+
+def _with_expression(source, dest, marker):
+    """The program with one symbolic-size expression turned into Python that creates ``marker``."""
+    name = member(source, "models/model.json")
+    text = read_member(source, name).decode()
+    found = text.index("\"Symbol('")
+    end = text.index('"', found + 1)
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch() or {text[found + 1:end]}"
+    return rewrite_zip(source, dest, replace={name: (text[:found + 1] + payload.replace('"', '\\"') + text[end:]).encode()})
+
+
+def test_symbolic_size_expressions_are_checked_before_sympy_evaluates_them(work, dynamic_program):
+    tmp, marker, program = work
+    hostile = _with_expression(dynamic_program, tmp / "sympy.pt2", marker)
+    assert_refused(_convert(hostile, program), marker, "symbolic size expression", "evaluate it as Python",
+                   "--trust-code")
+
+
+def test_the_expression_payload_is_a_real_hazard(work, dynamic_program):
+    """torch.export.load hands expr_str to sympy.sympify, which evaluates it."""
+    tmp, marker, _ = work
+    hostile = _with_expression(dynamic_program, tmp / "sympy.pt2", marker)
+    try:
+        torch.export.load(str(hostile))
+    except Exception:  # noqa: BLE001
+        pass
+    assert marker.exists()
+
+
+def test_a_dynamic_program_passes(work, dynamic_program):
+    tmp, marker, program = work
+    proc = invoke(dynamic_program, "--data", program.parent / "x.npy", "-o", tmp / "sized.out.pt2")
+    assert proc.returncode == 0, proc.stderr

@@ -69,6 +69,7 @@ DENIED_NAMESPACES: dict[str, str] = {
     "onnx_symbolic": "ONNX exporter internals",
     "_test": "torch's test operators",
     "_inductor_test": "torch's test operators",
+    "lsuv_convert_probe": "lsuv-convert's own measuring probes (a file calling them could forge what verify reports)",
 }
 
 DENIED_OPS: dict[str, str] = {

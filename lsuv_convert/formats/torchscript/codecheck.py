@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +151,36 @@ def _file_facts(text: str) -> _Facts | int:
         except RecursionError:
             found = 0
         else:
-            found = _Facts(frozenset(collector.defined), tuple(collector.needs))
+            found = _Facts(frozenset(collector.defined), tuple(collector.needs) + _text_needs(text))
     if len(_FACTS) >= _FACTS_LIMIT:
         _FACTS.clear()
     _FACTS[key] = found
     return found
+
+
+_OPS_TEXT = re.compile(r"(?<![\w.])(?:torch\s*\.\s*)?ops\s*\.\s*([A-Za-z_]\w*)\s*\.\s*([A-Za-z_]\w*)")
+_TORCH_TEXT = re.compile(r"(?<![\w.])torch\s*\.\s*([A-Za-z_]\w*)")
+_PRINT_TEXT = re.compile(r"(?<![\w.])print\s*\(")
+
+
+def _text_needs(text: str) -> tuple[tuple[str, str, int], ...]:
+    """The operators the raw text names, strings and all: Python's parser and TorchScript's may
+    disagree on what is code (a string here, a call there), so a denied name anywhere is judged."""
+    needs = []
+    for found in _OPS_TEXT.finditer(text):
+        use = _reference(f"ops.{found.group(1)}.{found.group(2)}")
+        if use is not None:
+            needs.append((*use, text.count("\n", 0, found.start()) + 1))
+    for found in _TORCH_TEXT.finditer(text):
+        name = found.group(1)
+        if name in ("ops", "classes"):
+            continue  # judged with what follows, above and by the syntax tree
+        use = _reference(f"torch.{name}")
+        if use is not None and not classify(use[1]).allowed:
+            needs.append((*use, text.count("\n", 0, found.start()) + 1))
+    for found in _PRINT_TEXT.finditer(text):
+        needs.append(("call", "print", text.count("\n", 0, found.start()) + 1))
+    return tuple(needs)
 
 
 def _dotted(node: ast.AST) -> str | None:

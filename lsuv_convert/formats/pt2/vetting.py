@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from ...errors import ModelFormatError
-from ..shared.archive_guard import TRUST_HINT, Archive, check_torch_save_bytes, open_archive, torch_key
+from ..shared.archive_guard import TRUST_HINT, Archive, check_torch_save_member, open_archive, torch_key
 from ..shared.operator_policy import HIGHER_ORDER_OPS, SCALAR_CALLABLES, classify, refusal
 
 MAX_JSON_BYTES = 1 << 30  # a graph or config JSON larger than this is not read
@@ -83,7 +83,7 @@ def _check_pickles(archive: Archive) -> None:
     def check(info) -> None:
         if info.filename not in checked:
             checked.add(info.filename)
-            check_torch_save_bytes(archive.read_info(info), info.filename, archive.where)
+            check_torch_save_member(archive, info)
 
     for folder, kind in (("data/weights", "weights"), ("data/constants", "constants")):
         members = dict(_members(archive, folder))

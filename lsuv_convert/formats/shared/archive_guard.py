@@ -16,7 +16,7 @@ unpickle calls any importable function), TorchScript code (compiled and run at l
   (``torch._weights_only_unpickler``'s list plus ``torch.serialization.get_safe_globals()``);
   TorchScript pickles may also name the archive's own ``__torch__`` classes (their code is
   checked by the TorchScript plug-in), never ``torch.classes``;
-* :func:`check_torch_save_bytes` / :func:`check_torch_save_file` apply both to a ``torch.save``
+* :func:`check_torch_save_member` / :func:`check_torch_save_file` apply both to a ``torch.save``
   file, zip or legacy pickle, nested in another archive or not;
 * :func:`unpickling_refused` is the second line while torch reads a vetted archive: any full
   unpickle torch would fall back to (``torch.export.load`` does for sample inputs, pickled
@@ -369,18 +369,33 @@ _LEGACY_PICKLES = 5  # magic number, protocol version, system info, the object, 
 
 
 def check_torch_save_bytes(data: bytes, member: str, where: object) -> None:
-    """A ``torch.save`` payload (zip or legacy), e.g. a member of a ``.pt2`` archive."""
-    if data[:2] == b"PK":
-        archive = open_archive(io.BytesIO(data), where=where)
-        try:
-            for info in pickle_members(archive):
-                check_pickle(archive.read_info(info), f"{member}:{info.filename}", where)
-        finally:
-            archive.zf.close()
+    """A ``torch.save`` payload (zip or legacy) held in memory."""
+    check_torch_save_stream(io.BytesIO(data), member, where)
+
+
+def check_torch_save_member(archive: Archive, info: zipfile.ZipInfo) -> None:
+    """A ``torch.save`` payload stored as a member of ``archive`` (a ``.pt2``'s sample inputs,
+    pickled weights, legacy weight files), read in place: only its pickles are read, however
+    large its tensors are."""
+    try:
+        with archive.zf.open(info) as fh:
+            check_torch_save_stream(fh, info.filename, archive.where)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        raise ModelFormatError(f"archive member {info.filename} cannot be read ({exc}); refused",
+                               path=archive.where) from None
+
+
+def check_torch_save_stream(fh: IO[bytes], member: str, where: object) -> None:
+    head = fh.read(2)
+    fh.seek(0)
+    if head == b"PK":
+        nested = open_archive(fh, where=where)
+        with nested.zf:
+            for info in pickle_members(nested):
+                check_pickle(nested.read_info(info), f"{member}:{info.filename}", where)
         return
-    if data[:1] == b"\x80":
-        stream = io.BytesIO(data)
-        _check_legacy(stream, member, where)
+    if head[:1] == b"\x80":
+        _check_legacy(fh, member, where)
         return
     raise ModelFormatError(f"its member {member} is neither a torch.save zip nor a pickle; refused", path=where)
 

@@ -64,9 +64,6 @@ class Archive:
     root: str  # the one top folder every member is in
     members: dict[str, zipfile.ZipInfo]  # torch_key(name) -> info
 
-    def names(self) -> list[str]:
-        return [info.filename for info in self.members.values()]
-
     def find(self, name: str) -> zipfile.ZipInfo | None:
         return self.members.get(torch_key(name))
 
@@ -90,10 +87,6 @@ class Archive:
             raise ModelFormatError(f"archive member {info.filename} expands past its declared size; refused",
                                    path=self.where)
         return data
-
-    def relative(self, info: zipfile.ZipInfo) -> str:
-        """The member's name below the root folder, compared the way torch does."""
-        return torch_key(info.filename)[len(self.root) + 1:]
 
 
 def open_archive(source: Path | IO[bytes], where: object = None) -> Archive:
@@ -366,11 +359,6 @@ def check_archive_pickles(archive: Archive, *, torchscript: bool = False) -> Non
 
 
 _LEGACY_PICKLES = 5  # magic number, protocol version, system info, the object, its storage keys
-
-
-def check_torch_save_bytes(data: bytes, member: str, where: object) -> None:
-    """A ``torch.save`` payload (zip or legacy) held in memory."""
-    check_torch_save_stream(io.BytesIO(data), member, where)
 
 
 def check_torch_save_member(archive: Archive, info: zipfile.ZipInfo) -> None:

@@ -160,13 +160,6 @@ def is_registered(op: str) -> bool:
         return True  # can't tell: treat it as real
 
 
-def registered_operators() -> list[str]:
-    """Every operator name of torch's schema registry (what is imported decides what is there)."""
-    import torch
-
-    return sorted({schema.name for schema in torch._C._jit_get_all_schemas()})
-
-
 def unclassified(names: list[str]) -> list[str]:
     """Names whose namespace this policy has not reviewed (refused by default, but a new
     namespace of torch deserves a decision)."""

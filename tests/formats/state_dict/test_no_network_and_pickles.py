@@ -124,3 +124,13 @@ def test_every_torchvision_builder_builds_offline(tmp_path, monkeypatch):
     assert not tried, tried
     assert len(built) == len(torchvision.models.list_models())
     assert not (tmp_path / "torch_home").exists()
+
+
+def test_deep_json_in_safetensors_metadata_is_kept_as_text(tmp_path, weights):
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in torch.load(io.BytesIO(weights), weights_only=True).items()}
+    deep = "[" * 100_000 + "]" * 100_000
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={"lsuv_convert.seed": deep})
+    proc = invoke("inspect", tmp_path / "w.safetensors", *ARCH)
+    assert proc.returncode == 0, proc.stderr

@@ -35,6 +35,7 @@ def no_network(who: str, path: object = None):
         raise NetworkRefused(f"lsuv-convert refused a network connection ({what})")
 
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_sendto, real_sendmsg = socket.socket.sendto, socket.socket.sendmsg
     real_open = urllib.request.OpenerDirector.open
 
     def connect(sock, address):
@@ -46,6 +47,16 @@ def no_network(who: str, path: object = None):
         if sock.family in _INTERNET:
             refuse(f"to reach {_address(address)}")
         return real_connect_ex(sock, address)
+
+    def sendto(sock, data, *args):
+        if sock.family in _INTERNET:
+            refuse(f"to send to {_address(args[-1])}")
+        return real_sendto(sock, data, *args)
+
+    def sendmsg(sock, buffers, *args):
+        if sock.family in _INTERNET and len(args) >= 3:
+            refuse(f"to send to {_address(args[2])}")
+        return real_sendmsg(sock, buffers, *args)
 
     def opener_open(opener, url, *args, **kwargs):
         full = getattr(url, "full_url", url)
@@ -59,6 +70,8 @@ def no_network(who: str, path: object = None):
     patches = [
         (socket.socket, "connect", connect),
         (socket.socket, "connect_ex", connect_ex),
+        (socket.socket, "sendto", sendto),
+        (socket.socket, "sendmsg", sendmsg),
         (socket, "create_connection", lambda address, *a, **k: refuse(f"to reach {_address(address)}")),
         (socket, "getaddrinfo", lambda host, *a, **k: refuse(f"to resolve {host}")),
         (socket, "gethostbyname", lambda host: refuse(f"to resolve {host}")),

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from ...errors import ModelFormatError
 
-MAX_EXTRA_BYTES = 64 << 20
-MAX_CODE_BYTES = 64 << 20  # extra files are kept in memory and written back with the output
+MAX_EXTRA_BYTES = 64 << 20  # extra files are kept in memory and written back with the output
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model) or torch.jit.trace(model, example) and torch.jit.save(...)"
@@ -48,6 +47,7 @@ def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
     ``check_code`` (no --trust-code), its pickles must pass the weights-only rules and its code
     may call only operators the policy allows."""
     from ..shared.archive_guard import check_archive_pickles, open_archive
+    from .codecheck import check_archive_code, read_sources
 
     try:
         with open(path, "rb") as fh:
@@ -79,17 +79,14 @@ def inspect_archive(path: Path, *, check_code: bool = True) -> ArchiveInfo:
         version = _read_version(archive, prefix)
         _check_extra_size(archive, prefix, path)
         _check_root_object(archive, prefix, path)
+        sources = read_sources(archive, prefix, path)
         if check_code:
-            from .codecheck import check_archive_code
-
             check_archive_pickles(archive, torchscript=True)
-            check_archive_code(archive, prefix, path)
+            check_archive_code(sources, path)
         real_prefix = archive.find(f"{prefix}/data.pkl").filename.split("/", 1)[0]
         extra = sorted(info.filename[len(real_prefix) + len("/extra/"):] for key, info in archive.members.items()
                        if key.startswith(f"{prefix}/extra/") and not info.is_dir())
-        torchvision = any(b"ops.torchvision." in archive.read_info(info, MAX_CODE_BYTES)
-                          for key, info in archive.members.items()
-                          if key.startswith(f"{prefix}/code/") and key.endswith(".py"))
+        torchvision = any("ops.torchvision." in text for text in sources.values())
     return ArchiveInfo(real_prefix, version, extra, torchvision)
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ...errors import ModelFormatError
 from ..shared.operator_policy import classify, is_registered, refusal
-from .archive import MAX_CODE_BYTES
+
+MAX_CODE_BYTES = 64 << 20  # all sources of one archive together
 
 # bare calls of TorchScript's Python subset (the language, not operators)
 TORCHSCRIPT_BUILTINS: frozenset[str] = frozenset("""
@@ -47,9 +48,8 @@ class Finding:
     line: int
 
 
-def check_archive_code(archive, prefix: str, path: Path) -> None:
+def check_archive_code(sources: dict[str, str], path: Path) -> None:
     """Raise ModelFormatError naming the first operator the policy refuses (with its file)."""
-    sources = read_sources(archive, prefix, path)
     finding = first_disallowed(sources)
     if finding is not None:
         raise ModelFormatError(

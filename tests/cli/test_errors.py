@@ -146,6 +146,9 @@ def _data_case(work: Path, kind: str) -> Path:
     elif kind == "text":
         path = work / "data.txt"
         path.write_text("1 2 3")
+    elif kind == "unsupported":
+        path = work / "data.csv"
+        path.write_text("1,2,3")
     elif kind == "notnpy":
         path.write_bytes(b"definitely not numpy")
     elif kind == "missing":
@@ -163,7 +166,8 @@ DATA_CASES = {
     "inf": ["Inf"],
     "constant": ["constant"],
     "object": ["pickle"],
-    "text": [".npy"],
+    "text": ["token ids", "float32"],  # text for an image model
+    "unsupported": ["unsupported", ".npy"],
     "notnpy": ["numpy"],
     "missing": ["not found"],
 }
@@ -340,7 +344,7 @@ def test_interrupt_swallowed_by_a_library_still_stops_the_write(tmp_path, capsys
         try:
             os.kill(os.getpid(), signal.SIGTERM)  # SIGINT may be ignored where the suite runs (nohup)
             time.sleep(1)  # the handler runs here and raises
-        except BaseException:  # what a careless library does
+        except BaseException:  # noqa: BLE001 - what a careless library does
             pass
         write_bytes_atomic(dest, b"data")
         return 0

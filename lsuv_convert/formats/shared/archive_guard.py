@@ -445,7 +445,7 @@ def unpickling_refused(what: str):
         kwargs["weights_only"] = True
         try:
             return real_load(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - torch's own refusal, or a damaged payload
+        except Exception:  # torch's own refusal, or a damaged payload
             if asked is True:
                 raise  # the caller's own weights-only attempt: it falls back, which is refused below
             refuse()

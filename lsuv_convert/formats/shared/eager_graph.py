@@ -20,28 +20,57 @@ from ..model_graph import InputSpec, ModelGraph, TargetLayer
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
-    from ...lsuv.api import find_targets, without_tied_targets
+    from ...lsuv.targets import find_targets, without_tied_targets
 
     kept, notes = without_tied_targets(model, find_targets(model))
     return list(kept), notes
 
 
 def declared_inputs(model) -> list[InputSpec]:
-    """The main input of a module: a transformers model's token ids (int64, below the vocabulary
-    size) or images, read from its ``main_input_name`` and config; else one undeclared float input."""
+    """The inputs of a module: a transformers model's main input (token ids: int64, below the
+    vocabulary size; images; audio), read from its ``main_input_name`` and config, followed by the
+    optional inputs a tokenizer or feature extractor also gives (:func:`_optional_inputs`); else one
+    undeclared float input."""
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", None)
     if config is None or not isinstance(name, str):
         return [InputSpec("input", None)]
     if name == "input_ids":
         vocab = getattr(config, "vocab_size", None)
-        return [InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)]
-    if name == "pixel_values":
+        main = InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)
+    elif name == "pixel_values":
         channels = getattr(config, "num_channels", 3)
         size = getattr(config, "image_size", None)
         size = size if isinstance(size, int) else None
-        return [InputSpec(name, (None, channels, size, size))]
-    return [InputSpec(name, None)]
+        main = InputSpec(name, (None, channels, size, size))
+    else:
+        main = InputSpec(name, None)
+    return [main, *_optional_inputs(model, name, config)]
+
+
+def _optional_inputs(model, main: str, config) -> list[InputSpec]:
+    """``attention_mask`` / ``token_type_ids`` where the forward takes them right after the main
+    input, in its own order (the batch is passed positionally): fed when the data has them."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+    names = [p.name for p in params]
+    if main not in names:
+        return []
+    specs = []
+    for name in names[names.index(main) + 1:]:
+        if name == "attention_mask":
+            specs.append(InputSpec(name, None, "int64", high=2, optional=True))
+        elif name == "token_type_ids":
+            types = getattr(config, "type_vocab_size", None)
+            specs.append(InputSpec(name, None, "int64", high=int(types) if types else None, optional=True))
+        else:
+            break
+    return specs
 
 
 def model_args(inputs: list, specs: list[InputSpec]) -> list:
@@ -74,13 +103,13 @@ def check_runs(model, args: list, source: Path) -> None:
 
 def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
     """A plug-in's ``build`` for a module that already computes the model: the batch as the module
-    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it), one checked run."""
+    takes it (handed on as the graph's ``run_inputs``, so the engine runs on it), one checked run."""
     args = model_args(inputs, loaded.inputs)
     if check:
         check_runs(module, args, loaded.source)
     return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
                       source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path,
-                      typed_inputs=args)
+                      run_inputs=args)
 
 
 def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, tuple[float, float]]:
@@ -90,8 +119,9 @@ def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, t
     (``F.linear`` on its own inputs and weight rows) and ``NAME.out_proj`` (the module's output)."""
     import torch
 
-    from ...lsuv.attention import attention_inputs, is_attention, projection_maps
-    from ...lsuv.conv1d import conv1d_layout, is_conv1d
+    from ...lsuv.attention import attention_inputs, projection_maps
+    from ...lsuv.conv1d import conv1d_layout
+    from ...lsuv.targets import is_attention, is_conv1d
     from ...lsuv.engine import part_name
     from ...lsuv.statistics import population_stats
 

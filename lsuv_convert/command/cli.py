@@ -120,7 +120,7 @@ def _data_options(command):
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
-@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist (runs that code).")
+@click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code): runs that code.")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one model only). Default: NAME.lsuv.EXT beside the input.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Write outputs here, mirroring the input folders.")
@@ -174,7 +174,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights (Caffe .caffemodel).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
-@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code).")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("--data", multiple=True, metavar="PATH", help="Data to build the net for (as for convert; default: the declared input shape).")
 @_data_options
@@ -196,7 +196,7 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
-@click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
+@click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code).")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers, as given to convert (Caffe include/exclude { stage }); repeatable.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
 @click.option("--tol", type=POSITIVE, default=DEFAULTS.tol, show_default=True)

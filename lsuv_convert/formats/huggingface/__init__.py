@@ -128,6 +128,8 @@ def _config(transformers, path: Path):
         raw = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelFormatError(f"config.json is not valid JSON: {exc}", path=path) from None
+    except RecursionError:
+        raise ModelFormatError("config.json is nested too deeply to be read", path=path) from None
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ModelFormatError("config.json has no model_type: not a transformers model config", path=path)
     with _offline():
@@ -152,7 +154,9 @@ def build_model(path: Path):
     transformers, torch = _libraries(path)
     config = _config(transformers, path)
     cls = _model_class(transformers, config)
-    with _offline():
+    from ..shared.no_network import no_network
+
+    with _offline(), no_network(f"transformers {cls.__name__}", path):
         try:
             if cls is transformers.AutoModel:
                 model = cls.from_config(config, dtype=torch.float32)

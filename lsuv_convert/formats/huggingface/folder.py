@@ -44,7 +44,7 @@ def shard_names(folder: Path) -> list[str]:
         index = json.loads((folder / INDEX).read_text())
         weight_map = index["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelFormatError(f"{INDEX} is not a valid shard index ({type(exc).__name__}: {exc})", path=folder) from None
     for name in names:
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):

@@ -70,6 +70,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"objects: {_RESAVE_HINT}", path=path)
     if kind is None:
         raise ModelFormatError("is not a torch.save checkpoint (neither its zip nor its legacy format)", path=path)
+    from ..shared.archive_guard import check_torch_save_file
+
+    check_torch_save_file(path)  # its zip directory and every pickle, before torch reads a byte
     import torch
 
     try:

@@ -35,7 +35,7 @@ class StateDictFormat(ModelFormat):
 
     def sniff(self, path: Path) -> bool:
         from ..shared.safetensors_io import is_safetensors
-        from .checkpoint import torch_save_kind
+        from ..shared.torch_save import torch_save_kind
 
         if path.name.lower().endswith(".safetensors"):
             return is_safetensors(path)

@@ -187,7 +187,7 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ModelFormatError(f"the folder's weights do not match its config.json: {len(missing)} tensor(s) of {name} "
-                               f"missing from the folder: {first_of(missing)}", path=path)
+                               f"missing from the folder: {first_of(file_spelling(model, missing))}", path=path)
     mismatched = [str(m) for m in info.get("mismatched_keys") or []]
     if mismatched:
         raise ModelFormatError(f"{len(mismatched)} tensor(s) of the folder do not have the shape {name} gives them: "
@@ -205,6 +205,24 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
     if dtypes:
         notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
     return model, keys, notes
+
+
+def file_spelling(model, names: list[str]) -> list[str]:
+    """Model entries named as a file saved by ``save_pretrained`` names them, when transformers
+    renames them (``layers.1.mlp.fc2.weight (file key encoder.layer.1.output.dense.weight)``)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return names
+    state = model.state_dict()
+    out = []
+    for name in names:
+        try:
+            (spelled,) = revert_weight_conversion(model, {name: state[name]})
+        except Exception:  # noqa: BLE001 - a converter needs its whole group: the model's name it is
+            spelled = name
+        out.append(name if spelled == name else f"{name} (file key {spelled})")
+    return out
 
 
 def _example(keys: list[FileKey]) -> str:

@@ -36,7 +36,7 @@ ARCHITECTURES = {
     "bert": ("BertModel", "BertConfig", _TEXT, "text"),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=64),
              "text"),
-    "t5": ("T5EncoderModel", "T5Config", dict(vocab_size=96, d_model=32, d_kv=16, d_ff=64, num_layers=2,
+    "t5": ("T5ForConditionalGeneration", "T5Config", dict(vocab_size=96, d_model=32, d_kv=16, d_ff=64, num_layers=2,
                                               num_heads=2), "text"),
     "llama": ("LlamaForCausalLM", "LlamaConfig", dict(_TEXT, num_key_value_heads=1), "text"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(_TEXT, num_key_value_heads=1), "text"),
@@ -100,8 +100,13 @@ def measure_folder(path, batch_path) -> dict[str, list[float]]:
         if isinstance(m, layers):
             parts = 3 if isinstance(m, conv1d) and name.endswith("c_attn") else 1  # GPT-2's packed q, k, v
             handles.append(m.register_forward_hook(hook_for(name, parts)))
+    kwargs = {}
+    if config.is_encoder_decoder:  # the decoder reads the ids shifted right behind its start token
+        start = next((t for t in (getattr(config, "decoder_start_token_id", None), getattr(config, "pad_token_id", None))
+                      if isinstance(t, int)), 0)
+        kwargs["decoder_input_ids"] = torch.cat([torch.full_like(x[:, :1], start), x[:, :-1]], dim=1)
     with torch.no_grad():
-        model(x)
+        model(x, **kwargs)
     for h in handles:
         h.remove()
     return stats

@@ -80,6 +80,7 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.eager_graph import built_graph
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph.typed_inputs = with_decoder_inputs(loaded.state.model, graph.typed_inputs)
         graph.carried_params = _carried(loaded.state)
         return graph
 
@@ -103,7 +104,45 @@ class HuggingFaceFormat(ModelFormat):
 
         model, _ = from_pretrained(model_path)
         targets, _ = module_target_layers(model)
-        return measure_module(model, model_args(inputs, declared_inputs(model)), targets)
+        return measure_module(model, with_decoder_inputs(model, model_args(inputs, declared_inputs(model))), targets)
+
+
+def with_decoder_inputs(model, args: list) -> list:
+    """An encoder-decoder model (T5, BART, ...) given token ids alone: its decoder takes the same
+    ids shifted right, as in training with teacher forcing (the model's own
+    ``prepare_decoder_input_ids_from_labels`` / ``_shift_right``), passed in its forward's
+    ``decoder_input_ids`` place. Any other model: ``args`` as they are."""
+    import inspect
+
+    config = getattr(model, "config", None)
+    if len(args) != 1 or not getattr(config, "is_encoder_decoder", False) or args[0].is_floating_point():
+        return args
+    try:
+        names = list(inspect.signature(type(model).forward).parameters)[1:]  # the class's: past self
+    except (TypeError, ValueError):
+        return args
+    if "decoder_input_ids" not in names:
+        return args
+    place = names.index("decoder_input_ids")
+    return [args[0], *([None] * (place - 1)), _shifted_right(model, args[0])]
+
+
+def _shifted_right(model, ids):
+    """The model's own shift (``prepare_decoder_input_ids_from_labels`` / ``_shift_right``), else the
+    ids shifted right behind the decoder start token (pad, else 0) where the config names none."""
+    import torch
+
+    for method in ("prepare_decoder_input_ids_from_labels", "_shift_right"):
+        shift = getattr(model, method, None)
+        if callable(shift):
+            try:
+                return shift(ids)
+            except Exception:  # noqa: BLE001 - e.g. no decoder_start_token_id in the config
+                continue
+    config = model.config
+    start = next((t for t in (getattr(config, "decoder_start_token_id", None), getattr(config, "pad_token_id", None))
+                  if isinstance(t, int)), 0)
+    return torch.cat([torch.full_like(ids[:, :1], start), ids[:, :-1]], dim=1)
 
 
 def _carried(state: FolderState) -> list[dict]:

@@ -115,6 +115,19 @@ def libraries(path: Path):
     return transformers, torch
 
 
+@contextlib.contextmanager
+def _quiet(transformers):
+    """transformers' own load report (missing / unexpected keys) and config warnings are the
+    tool's to tell, in its words."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def read_config(transformers, path: Path):
     try:
         raw = json.loads((path / "config.json").read_text())
@@ -122,7 +135,7 @@ def read_config(transformers, path: Path):
         raise ModelFormatError(f"config.json is not valid JSON: {exc}", path=path) from None
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ModelFormatError("config.json has no model_type: not a transformers model config", path=path)
-    with offline():
+    with offline(), _quiet(transformers):
         try:
             return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001 - unknown model_type, remote code required, ...
@@ -142,18 +155,6 @@ def model_class(transformers, config, path: Path):
     except (KeyError, ValueError, AttributeError):
         raise ModelFormatError(f"transformers has no model class for {type(config).__name__} "
                                "(models that need remote code are not run)", path=path) from None
-
-
-@contextlib.contextmanager
-def _quiet(transformers):
-    """transformers' own load report (missing / unexpected keys) is the tool's to tell, in its words."""
-    logging = transformers.utils.logging
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
 
 
 def from_pretrained(path: Path, tensors: dict | None = None):

@@ -53,6 +53,10 @@ class ModelGraph:
     # Tensors of the file the architecture does not have (a checkpoint's extra entries), written
     # back unchanged; the account lists them as carried: dicts with name, shape and reason.
     carried_params: list[dict] = field(default_factory=list)
+    # A parameter's qualified name in ``module`` -> the file's key for it, where they differ
+    # (transformers loads ``encoder.layer.0.attention.attention.query.weight`` into
+    # ``layers.0.attention.q_proj.weight``): the account names parameters as the file does.
+    param_file_names: dict[str, str] = field(default_factory=dict)
     # A format whose file names its tensors otherwise than the module does (ONNX: stored tensors,
     # some held by no module) accounts for them itself: the engine's LayerReports -> ParamAccounts.
     file_account: Any = None

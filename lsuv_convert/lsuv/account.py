@@ -110,11 +110,14 @@ def unknown_layer_weight(owner_type: str, attr: str, shape) -> bool:
             and not any(marker in owner_type for marker, _ in _SKIP_REASONS))
 
 
-def module_account(module, targets: dict[str, Any], reports, rename=None, named=None) -> list[ParamAccount]:
+def module_account(module, targets: dict[str, Any], reports, rename=None, named=None,
+                   param_names: dict[str, str] | None = None) -> list[ParamAccount]:
     """The account of ``module``'s parameters given the engine's ``targets`` and ``reports``.
 
     ``rename`` maps a target's qualified name to the name shown (a format's source name);
-    ``named`` is ``module.named_modules()`` when the caller has listed it already.
+    ``named`` is ``module.named_modules()`` when the caller has listed it already;
+    ``param_names`` maps a parameter's qualified name to the file's key for it, where the file
+    names its tensors otherwise than the module (transformers' renamed modules).
     """
     from .attention import is_attention, join, parameter_names
     from .parametrized import weight_sources
@@ -160,7 +163,12 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
         hit = owner.get(id(p))
         if hit is not None:
             target_name, cover = hit
-            shown = rename(target_name) + pname[len(target_name):] if target_name and pname.startswith(target_name) else pname
+            if param_names and pname in param_names:
+                shown = param_names[pname]
+            elif target_name and pname.startswith(target_name):
+                shown = rename(target_name) + pname[len(target_name):]
+            else:
+                shown = pname
             is_weight = p.dim() >= 2
             if cover:
                 before = [r.var_before for r in cover]
@@ -173,15 +181,16 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
                                             reason="the batch never ran this layer: keeps its pre-init, unscaled"))
             continue
         owner_name, _, attr = pname.rpartition(".")
+        shown = param_names.get(pname, pname) if param_names else pname
         if module_types is None:
             module_types = {n: type(m).__name__ for n, m in named}
         owner_type = module_types.get(owner_name, type(module).__name__)
         if unknown_layer_weight(owner_type, attr, shape):
-            account.append(ParamAccount(pname, shape, numel, "skipped", linear=True,
+            account.append(ParamAccount(shown, shape, numel, "skipped", linear=True,
                                         reason=f"a weight matrix of {owner_type}, a module class the tool does not "
                                                "initialize (not a conv / linear layer it knows)"))
             continue
-        account.append(ParamAccount(pname, shape, numel, "skipped", reason=skip_reason(owner_type)))
+        account.append(ParamAccount(shown, shape, numel, "skipped", reason=skip_reason(owner_type)))
     return account
 
 
@@ -202,7 +211,8 @@ def graph_account(graph, reports) -> list[ParamAccount]:
         return graph.file_account(reports)
     by_path = graph.target_by_path()
     targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
-    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
+    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p,
+                             param_names=graph.param_file_names)
     for status, entries in (("skipped", graph.skipped_params), ("carried", graph.carried_params)):
         for p in entries:
             numel = 1

@@ -69,6 +69,21 @@ def _conversions(model) -> list:
     return list(get_model_conversion_mapping(model))
 
 
+def file_named(targets: list, keys: list[FileKey]) -> list:
+    """``targets`` (named by module path) renamed as the file names them: a layer whose weight is
+    stored under ``encoder.layer.0.attention.attention.query.weight`` is
+    ``encoder.layer.0.attention.attention.query``, as the log and ``verify`` name it; a layer whose
+    weight is stored otherwise (split, fused, weight-normed) keeps its module path."""
+    from dataclasses import replace
+
+    stored = {fk.param: fk.key for fk in keys if fk.param is not None and not fk.converted}
+    out = []
+    for target in targets:
+        key = stored.get(f"{target.module_path}.weight", "")
+        out.append(replace(target, name=key[: -len(".weight")]) if key.endswith(".weight") else target)
+    return out
+
+
 def file_values(model, keys: list[FileKey], names: set[str]) -> tuple[dict, dict]:
     """The values ``save_pretrained`` would write for the fitted entries ``names`` of the model's
     state_dict: (``{file key: tensor}`` of renamed keys, each the parameter itself; ``{file key:

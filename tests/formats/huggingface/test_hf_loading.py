@@ -50,6 +50,8 @@ def test_renamed_modules_are_fitted_and_written_under_the_files_keys(tmp_path):
                            after["encoder.layer.1.attention.attention.query.weight"])
     assert torch.equal(before["embeddings.position_embeddings"], after["embeddings.position_embeddings"])
     assert any("renamed by transformers" in note for note in log["notes"])
+    assert {e["name"] for e in log["account"]} <= set(before)  # parameters named as the file names them
+    assert "encoder.layer.0.attention.attention.query" in [layer["name"] for layer in log["layers"]]
     # the map streaming reuses: file key <-> model entry <-> shard
     keys = {fk.key: fk for fk in key_map(model, {s.name: list(s.tensors) for s in read_shards(tmp_path / "vit")})}
     query = keys["encoder.layer.0.attention.attention.query.weight"]
@@ -77,6 +79,7 @@ def test_weight_norm_is_written_as_the_weight_it_was_fitted_to(tmp_path, form):
     g_key = [k for k in written if "pos_conv" in k and k.endswith(("weight_g", "original0"))]
     assert len(g_key) == 1 and (g_key[0].endswith("weight_g") == (form == "weight_g"))
     account = {e["name"]: e["status"] for e in log["account"]}
+    assert set(account) <= set(written)
     assert [s for n, s in account.items() if "pos_conv_embed.conv" in n] == ["initialized"] * 3
 
 

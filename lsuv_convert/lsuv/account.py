@@ -57,10 +57,13 @@ class IncompleteError(LsuvError):
 
 
 def counts(account: Iterable[ParamAccount]) -> dict[str, int]:
-    """Number of parameter tensors per status."""
+    """Number of parameter tensors per status; ``carried`` only where the file has such entries
+    (the log of a file that carries nothing reads as before)."""
     out = dict.fromkeys(STATUSES, 0)
     for entry in account:
         out[entry.status] += 1
+    if not out["carried"]:
+        del out["carried"]
     return out
 
 
@@ -231,5 +234,5 @@ def rename_layer(layer: str, rename) -> str:
 
 def summary_line(account: list[ParamAccount]) -> str:
     c = counts(account)
-    carried = f", {c['carried']} carried" if c["carried"] else ""
+    carried = f", {c['carried']} carried" if c.get("carried") else ""
     return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped{carried}"

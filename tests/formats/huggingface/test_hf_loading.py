@@ -190,3 +190,24 @@ def test_verify_and_format_sniffing_of_a_bin_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"]
     assert os.listdir(tmp_path / "legacy.lsuv")  # written as a folder beside the input
+
+
+def test_tensors_fused_by_a_converter_are_written_back_through_its_reverse(tmp_path):
+    """Mixtral's file holds one tensor per expert; transformers 5 fuses them into one parameter when it
+    loads (a converter, not a renaming). The experts are no conv / linear layers: their tensors come
+    back bit for bit, under the file's own keys, while the attention layers are initialized."""
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                        num_experts_per_tok=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    data = batch("bert", tmp_path / "ids.npy")
+    _, log = _convert(tmp_path / "moe", data)
+    assert any("fused or split by transformers' converters" in note for note in log["notes"])
+    before, after = (load_file(str(tmp_path / f / "model.safetensors")) for f in ("moe", "moe.lsuv"))
+    assert list(after) == list(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "model.layers.1.self_attn.q_proj.weight" in changed
+    assert not any(".experts." in k for k in changed)
+    proc = invoke("verify", tmp_path / "moe.lsuv", "--data", data, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stderr

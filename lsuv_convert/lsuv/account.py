@@ -122,8 +122,9 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
     ``param_names`` maps a parameter's qualified name to the file's key for it, where the file
     names its tensors otherwise than the module (transformers' renamed modules).
     """
-    from .attention import is_attention, join, parameter_names
+    from .attention import join, parameter_names
     from .parametrized import weight_sources
+    from .targets import is_attention
 
     rename = rename or (lambda n: n)
     by_target: dict[str, list] = {}  # a report ``path`` or ``path[q]`` under its target's ``path``
@@ -208,22 +209,36 @@ def _named_parameters(named):
             yield (f"{prefix}.{key}" if prefix else key), p
 
 
-def graph_account(graph, reports) -> list[ParamAccount]:
-    """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
-    if graph.file_account is not None:
-        return graph.file_account(reports)
-    by_path = graph.target_by_path()
-    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
-    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p,
-                             param_names=graph.param_file_names)
-    for status, entries in (("skipped", graph.skipped_params), ("carried", graph.carried_params)):
-        for p in entries:
-            numel = 1
-            for d in p["shape"]:
-                numel *= int(d)
-            account.append(ParamAccount(p["name"], list(p["shape"]), numel, status, linear=bool(p.get("linear")),
-                                        reason=p.get("reason")))
-    return account
+def module_graph_account(module, targets, reports, param_names: dict[str, str] | None = None) -> list[ParamAccount]:
+    """The account of a format's module whose ``targets`` (TargetLayers: ``module_path`` and the
+    file's ``name``) the engine ran: parameters named as in the file (``param_names``: the file's
+    key of each parameter the file names otherwise)."""
+    by_path = {t.module_path: t for t in targets}
+    layers = {t.module_path: module.get_submodule(t.module_path) for t in targets}
+    return module_account(module, layers, reports, rename=lambda p: by_path[p].name if p in by_path else p,
+                          param_names=param_names)
+
+
+def skipped_entries(skipped: list[dict]) -> list[ParamAccount]:
+    """Account entries for file parameters no module holds: dicts with name, shape, reason, linear."""
+    return _file_entries(skipped, "skipped")
+
+
+def carried_entries(carried: list[dict]) -> list[ParamAccount]:
+    """Account entries for file tensors the architecture does not have, written back unchanged:
+    dicts with name, shape and reason."""
+    return _file_entries(carried, "carried")
+
+
+def _file_entries(entries: list[dict], status: str) -> list[ParamAccount]:
+    out = []
+    for p in entries:
+        numel = 1
+        for d in p["shape"]:
+            numel *= int(d)
+        out.append(ParamAccount(p["name"], list(p["shape"]), numel, status, linear=bool(p.get("linear")),
+                                reason=p.get("reason")))
+    return out
 
 
 def rename_layer(layer: str, rename) -> str:
@@ -232,7 +247,3 @@ def rename_layer(layer: str, rename) -> str:
     return rename(head) + bracket + tail
 
 
-def summary_line(account: list[ParamAccount]) -> str:
-    c = counts(account)
-    carried = f", {c['carried']} carried" if c.get("carried") else ""
-    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped{carried}"

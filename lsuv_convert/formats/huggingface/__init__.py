@@ -81,13 +81,20 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.eager_graph import built_graph
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
-        graph.typed_inputs = with_decoder_inputs(loaded.state.model, graph.typed_inputs)
-        graph.carried_params = _carried(loaded.state)
-        graph.param_file_names = {fk.param: fk.key for fk in loaded.state.keys
-                                  if fk.param is not None and not fk.converted and fk.param != fk.key}
+        graph.run_inputs = with_decoder_inputs(loaded.state.model, graph.run_inputs)
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The module's parameters under the file's keys, and the folder's tensors the model does
+        not take as ``carried``."""
+        from ...lsuv.account import carried_entries, module_graph_account
+
+        state: FolderState = graph.state
+        names = {fk.param: fk.key for fk in state.keys if fk.param is not None and not fk.converted}
+        return (module_graph_account(graph.module, graph.targets, reports, param_names=names)
+                + carried_entries(_carried(state)))
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_into, fitted_state
         from .folder import write_folder
         from .loading import file_values
@@ -97,7 +104,7 @@ class HuggingFaceFormat(ModelFormat):
         renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
         copy_into(tensors, renamed)
         copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
-        write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        write_folder(graph.source, Path(out_path), state.shards, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded as :meth:`read` loads it (transformers' ``from_pretrained``,

@@ -320,7 +320,7 @@ def test_options_named_in_code_blocks_exist():
     known = help_options()
     wrong = []
     for block in ALL_BLOCKS:
-        if block.language not in SHELL_LANGUAGES | {"make", ""}:
+        if block.language not in SHELL_LANGUAGES | {"make", "text", ""}:
             continue
         allowed_pending = pending_options(block.page) if block.pending is not None else set()
         for command, options in command_lines(block):

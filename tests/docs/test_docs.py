@@ -372,6 +372,23 @@ def test_option_tables_are_the_cli_help():
     assert sorted(found) == sorted(main.commands), f"option tables for {sorted(found)}, commands {sorted(main.commands)}"
 
 
+def test_the_checker_reads_blocks_as_the_pages_mean(tmp_path):
+    """Markers, each call's subcommand and options, and what is left out of a run."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- runnable slow exit=3 -->\n<!-- creates: a b/ -->\n```bash\n"
+                    "pip install . && lsuv-convert inspect m.onnx --json --bogus && lsuv-convert m.onnx --log=x \\\n"
+                    "    --tol 0.1  # a comment --not-an-option\npip install '.[test]' && python -m pytest\n```\n"
+                    "<!-- runnable: pending 25 -->\n```bash\nlsuv-convert m --shard 0/2\n```\n")
+    first, second = read_blocks(page)
+    assert first.runnable == ["slow", "exit=3"] and first.attribute("exit") == ["3"] and first.creates == ["a", "b/"]
+    assert command_lines(first) == [("inspect", ["--json", "--bogus"]), ("convert", ["--log", "--tol"])]
+    assert _script(first).splitlines() == ["lsuv-convert inspect m.onnx --json --bogus && lsuv-convert m.onnx --log=x \\",
+                                           "    --tol 0.1  # a comment --not-an-option", ""]
+    assert second.runnable is None and second.pending == "25"
+    known = help_options()
+    assert "--bogus" not in known["inspect"] and "--log" not in known["inspect"] and "--log" in known["convert"]
+
+
 def test_readme_setup_commands_are_what_ci_runs():
     """The README's two set-up lines, and CI runs its test command."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
@@ -384,6 +401,13 @@ def test_readme_is_a_front_door():
     """Short enough to read in five minutes; the reference lives in docs/."""
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) < 150, f"README.md has {len(lines)} lines; move reference text to docs/"
+
+
+def test_readme_links_every_page():
+    """Each reference page is reachable from the front door."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in PAGES[1:] if f"](docs/{p.name}" not in text]
+    assert not missing, f"README.md links none of: {missing}"
 
 
 def _slug(heading: str) -> str:

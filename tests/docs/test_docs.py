@@ -410,6 +410,15 @@ def test_readme_is_a_front_door():
     assert len(lines) < 150, f"README.md has {len(lines)} lines; move reference text to docs/"
 
 
+def test_named_source_files_exist():
+    """Source files the pages point to (``lsuv_convert/formats/contract.py``, ...) are there."""
+    named = {m for page in PAGES for m in re.findall(r"`((?:lsuv_convert|tests|benchmarks|sample_models)/[\w/.-]+\.py)",
+                                                     page.read_text(encoding="utf-8"))}
+    assert named, "the pages name no source file: is the pattern still right?"
+    missing = sorted(m for m in named if not (REPO / m).is_file())
+    assert not missing, f"the pages name files that are not there: {missing}"
+
+
 def test_readme_links_every_page():
     """Each reference page is reachable from the front door."""
     text = (REPO / "README.md").read_text(encoding="utf-8")

@@ -52,7 +52,7 @@ class LoadRequest:
     weights: Path | None = field(default=None, metadata={"flag": "--weights"})  # trained weights to start from (Caffe .caffemodel)
     arch: str | None = field(default=None, metadata={"flag": "--arch"})  # architecture for checkpoints that hold only tensors
     stages: tuple[str, ...] = field(default=(), metadata={"flag": "--stage"})  # Caffe net stages (include/exclude { stage })
-    trust_code: bool = False  # run code a file carries beyond the operator policy (--trust-code)
+    trust_code: bool = False  # run code, operators and pickles a file carries that the trust checks refuse (--trust-code)
 
     def set_options(self) -> list[str]:
         """The format option fields this request sets (non-default values), in field order."""

@@ -31,7 +31,10 @@ class Pt2Format(ModelFormat):
         from ..shared.stored_tensors import check_stored
         from .program import graph_module, load_program, program_inputs, provenance_in, used_tensors
 
-        state = load_program(path, trust_code=request.trust_code)
+        from ..shared.no_network import no_network
+
+        with no_network(f"reading {path.name}", path):
+            state = load_program(path, trust_code=request.trust_code)
         tensors, weights = used_tensors(state.program)
         check_stored(tensors, tensors, path, weights)  # ties, expanded and integer weights
         try:

@@ -29,10 +29,12 @@ class TorchScriptFormat(ModelFormat):
         return is_torchscript(Path(path))
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from ..shared.no_network import no_network
         from ..shared.stored_tensors import check_stored
         from .loader import load_script
 
-        loaded = load_script(path, trust_code=request.trust_code)
+        with no_network(f"reading {path.name}", path):
+            loaded = load_script(path, trust_code=request.trust_code)
         module = loaded.state.module
         tensors = module.state_dict(keep_vars=True)  # the archive's own tensors: ties kept as stored
         check_stored(tensors, tensors, path, weights={k for k, v in module.named_parameters() if v.is_floating_point()})
@@ -61,8 +63,8 @@ class TorchScriptFormat(ModelFormat):
         save_script(graph, Path(out_path))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None) -> dict[str, tuple[float, float]]:
-        from .archive import inspect_archive
+        from .archive import inspect_archive, register_library_ops
         from .measure import measure_file
 
-        inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
+        register_library_ops(inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code)))
         return measure_file(Path(model_path), inputs)

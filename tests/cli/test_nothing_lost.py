@@ -451,3 +451,19 @@ def test_the_storage_rule_holds_in_programs_too(tmp_path, kind, tied):
     else:
         one_error(proc, 1, "0.weight", "2.weight", "share one storage")
         nothing_changed(tmp_path, before)
+
+
+def test_a_folder_with_an_integer_weight_is_refused(hf_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text((hf_model / "bert" / "config.json").read_text())
+    tensors = load_file(str(hf_model / "bert" / "model.safetensors"))
+    key = next(k for k in tensors if k.endswith("query.weight"))
+    tensors[key] = torch.ones_like(tensors[key], dtype=torch.int8)
+    save_file(tensors, str(m / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "ids.npy").write_bytes((hf_model / "ids.npy").read_bytes())
+    before = snapshot(tmp_path)
+    one_error(invoke("m", "--data", "ids.npy", cwd=tmp_path), 1, "query.weight", "int8")
+    nothing_changed(tmp_path, before)

@@ -87,6 +87,7 @@ class TargetPlan:
     targets: list[OnnxTarget]
     notes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it is not initialized)
+    tied: list[OnnxTarget] = field(default_factory=list)  # layers whose weight a non-layer node also reads: left as they are
 
 
 class _Graph:
@@ -383,8 +384,30 @@ def find_targets(model, exclude: dict[int, str] | None = None) -> TargetPlan:
                 continue
             targets.append(target)
     _labels(g, targets)
-    notes = _share_notes(targets)
-    return TargetPlan(targets, notes, skipped)
+    targets, tied, tied_notes = _without_tied(g, targets)
+    notes = tied_notes + _share_notes(targets)
+    return TargetPlan(targets, notes, skipped, tied)
+
+
+SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
+
+
+def _without_tied(g: _Graph, targets: list[OnnxTarget]) -> tuple[list[OnnxTarget], list[OnnxTarget], list[str]]:
+    """The API's rule for tied weights (:func:`lsuv_convert.lsuv.api.split_tied`) on a file: a target
+    whose stored weight a node that is not a target layer also reads (GPT-2's LM head reading the
+    embedding table a Gather reads, through a Transpose) is left as it is. Returns (targets kept,
+    targets left out, a note for each)."""
+    from ...lsuv.api import split_tied
+
+    by_slot = {(t.weight.node_index, t.weight.input_index): t.label for t in targets}
+    holders: dict[str, list[str]] = {}
+    for t in targets:
+        users, _ = g.users(t.weight.source)
+        holders[t.label] = [by_slot.get((i, j)) or node_label(g.nodes[i]) for i, j in sorted(users)
+                            if g.nodes[i].op_type not in SHAPE_ONLY_OPS]
+    kept, notes = split_tied(holders)
+    keep = set(kept)
+    return [t for t in targets if t.label in keep], [t for t in targets if t.label not in keep], notes
 
 
 def _share_notes(targets: list[OnnxTarget]) -> list[str]:
@@ -405,12 +428,6 @@ def _share_notes(targets: list[OnnxTarget]) -> list[str]:
                     f"kept shared, scaled once at its first use ({t.label})"
                 )
     return notes
-
-
-def shares_bias(first: OnnxTarget, targets: list[OnnxTarget]) -> bool:
-    """Whether the targets sharing ``first``'s weight also all read one bias tensor (then one Parameter)."""
-    group = [first] + [t for t in targets if t.shares_weight_with == first.label]
-    return len(group) > 1 and all(t.bias is not None for t in group) and len({t.bias.tensor for t in group}) == 1
 
 
 def graph_view(model, initializers: dict | None = None) -> _Graph:

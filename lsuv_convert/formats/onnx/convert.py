@@ -384,17 +384,20 @@ class Working:
     notes: list[str]
 
 
-def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None, probe: bool = True) -> Working:
+def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None, probe: bool = True,
+                    in_runtime: dict[str, str] | None = None) -> Working:
     """The working copy for ``model``: only what leads to a target layer, every target weight a
     plain initializer holding what the layer sees, unconvertible nodes as onnxruntime regions.
     A target layer that ends up inside a region is not initialized (``plan.skipped`` says why).
-    Without ``probe``, converters are not tried beforehand (see :func:`converted_working`)."""
+    Without ``probe``, converters are not tried beforehand (see :func:`converted_working`).
+    ``in_runtime``: nodes (by first output) to run in onnxruntime although onnx2torch converts
+    them (their conversion failed or disagreed when run), with why."""
     from .targets import find_targets
 
     exclude: dict[int, str] = {}
     plan = plan if plan is not None else find_targets(model)
     while True:
-        work, regions, swallowed, pruned = _working_for(model, plan, probe)
+        work, regions, swallowed, pruned = _working_for(model, plan, probe, in_runtime or {})
         if not swallowed:
             break
         exclude.update(swallowed)
@@ -410,21 +413,23 @@ def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = No
     return Working(work, plan, regions, notes)
 
 
-def converted_working(model: onnx.ModelProto, source, plan: TargetPlan) -> tuple[Working, Converted]:
+def converted_working(model: onnx.ModelProto, source, plan: TargetPlan,
+                      in_runtime: dict[str, str] | None = None) -> tuple[Working, Converted]:
     """The working copy and its conversion. Optimistic first: when every node has a registered
     converter, the graph is converted straight away, each converter (and its copy of the weights)
     called once; only if onnx2torch then refuses a node is each converter tried on its own, so the
-    nodes it refuses run in onnxruntime regions, and the graph converted again."""
-    working = prepare_working(model, source, plan, probe=False)
+    nodes it refuses run in onnxruntime regions, and the graph converted again. ``in_runtime``: see
+    :func:`prepare_working`."""
+    working = prepare_working(model, source, plan, probe=False, in_runtime=in_runtime)
     try:
         return working, convert(model, working.model, working.plan, source)
     except ModelFormatError:
         pass
-    working = prepare_working(model, source, plan, probe=True)
+    working = prepare_working(model, source, plan, probe=True, in_runtime=in_runtime)
     return working, convert(model, working.model, working.plan, source)
 
 
-def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool = True):
+def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool, in_runtime: dict[str, str]):
     from . import regions as region_mod
     from .targets import unique_name
 
@@ -484,6 +489,9 @@ def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool = True):
     domains = {n.output[0]: n.domain for n in graph.node if n.output}
     work = fix_for_onnx2torch(work)
     unconvertible = region_mod.find_unconvertible(work, probe)
+    for k, node in enumerate(work.graph.node):
+        if node.output and node.output[0] in in_runtime:
+            unconvertible.setdefault(k, f"op {node.op_type}: {in_runtime[node.output[0]]}")
     regions = region_mod.replace_regions(work, model, unconvertible, domains)
     in_region = {}
     for region in regions:

@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import invoke, run_cli
-from lsuv_convert.errors import ConversionError, LsuvError, ModelFormatError
+from lsuv_convert.errors import LsuvError, ModelFormatError
 from lsuv_convert.formats import get_format
 from onnx_helpers import export_module, ort_values
 

@@ -84,6 +84,8 @@ class LayerContext:
         """Values of the layer's blobs in Caffe layout: from ``--weights`` if it has the layer,
         else from ``blobs`` written in the prototxt itself (which Caffe also honours), else from
         the fillers (a FillerParameter, or a float for a constant)."""
+        if self.builder.shapes_only:
+            return [torch.empty(shape, device="meta") for shape in shapes]
         stored: StoredLayer | None = self.builder.weights.get(self.layer.name) if self.builder.weights else None
         source = Path(self.builder.weights_path).name if stored is not None else "the prototxt"
         if stored is None and len(self.layer.blobs):

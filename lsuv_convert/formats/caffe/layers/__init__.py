@@ -6,7 +6,8 @@
 - :mod:`.resize` (Upsample, Interp), :mod:`.parameters` (Embed, Parameter), :mod:`.recurrent` (LSTM, RNN)
 - :mod:`.common`: the rules several families share (axes, kernel/stride/pad, blob layouts)
 
-Importing this package registers every converter.
+Importing this package registers every converter. May import torch, the Caffe plug-in's
+``context`` and ``modules``, and each other (families import only ``common`` and ``registry``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe_helpers import opencv_run, seeded_batch, write_text
+from caffe_helpers import needs_opencv, opencv_run, seeded_batch, write_text
 from conftest import run_cli
 
 FCN = """name: "TinyFCN"
@@ -29,6 +29,7 @@ layer { name: "crop" type: "Crop" bottom: "upscore" bottom: "data" top: "out" cr
 TARGETS = ["conv1", "conv2", "score", "upscore"]
 
 
+@needs_opencv
 @pytest.mark.parametrize("size", [(48, 80), (64, 64)])
 def test_fully_convolutional_net_runs_at_the_batch_size(tmp_path, size):
     proto = write_text(tmp_path, "fcn.prototxt", FCN)

@@ -10,54 +10,10 @@ import json
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from conftest import run_cli
-from onnx_helpers import check_written_model
-
-
-def _model(nodes, inits, shape, opset) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "fallback", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def _weights(*shapes):
-    rng = np.random.default_rng(0)
-    return [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w{k}") for k, s in enumerate(shapes)]
-
-
-def reflect_pad_model() -> onnx.ModelProto:
-    """An STFT-like front: a reflect Pad listing both axes of a (N, T) signal (torch pads only the
-    last dims in reflect mode, so the converted module fails), a Reshape to (N, 1, T'), a Conv1d."""
-    inits = _weights((8, 1, 5), (4, 8, 3)) + [
-        numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads"),
-        numpy_helper.from_array(np.array([0, 1, -1], np.int64), "as_channels"),
-    ]
-    nodes = [
-        helper.make_node("Pad", ["x", "pads"], ["padded"], name="stft_pad", mode="reflect"),
-        helper.make_node("Reshape", ["padded", "as_channels"], ["frames"], name="frames"),
-        helper.make_node("Conv", ["frames", "w0"], ["c0"], name="stft_conv", strides=[2]),
-        helper.make_node("Relu", ["c0"], ["r0"], name="relu"),
-        helper.make_node("Conv", ["r0", "w1"], ["y"], name="encoder", pads=[1, 1]),
-    ]
-    return _model(nodes, inits, ["N", 64], 17)
-
-
-def nearest_ceil_model() -> onnx.ModelProto:
-    """Conv -> Resize(nearest, asymmetric, ceil) -> Conv: onnx2torch converts the Resize with floor
-    rounding, silently wrong."""
-    inits = _weights((4, 2, 3, 3), (3, 4, 3, 3)) + [
-        numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales")]
-    nodes = [
-        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Resize", ["c0", "", "scales"], ["up"], name="upsample", mode="nearest",
-                         coordinate_transformation_mode="asymmetric", nearest_mode="ceil"),
-        helper.make_node("Conv", ["up", "w1"], ["y"], name="conv2"),
-    ]
-    return _model(nodes, inits, ["N", 2, 10, 10], 13)
+from onnx_helpers import check_written_model, nearest_ceil_model, reflect_pad_model
 
 
 def _run(tmp_path, model: onnx.ModelProto, batch: np.ndarray):

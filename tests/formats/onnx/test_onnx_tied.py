@@ -17,33 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli
 from lsuv_convert.lsuv.api import lsuv_init
-
-VOCAB, DIM = 32, 8
-
-
-def _tied_head_model() -> onnx.ModelProto:
-    """Gather(table) -> MatMul+Add (w1) -> Relu -> MatMul (w1 again) -> MatMul(Transpose(table))."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((VOCAB, DIM)).astype(np.float32), "table"),
-        numpy_helper.from_array(rng.standard_normal((DIM, DIM)).astype(np.float32) * 0.1, "w1"),
-        numpy_helper.from_array(np.zeros(DIM, np.float32), "b1"),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
-        helper.make_node("MatMul", ["emb", "w1"], ["mm1"], name="fc1"),
-        helper.make_node("Add", ["mm1", "b1"], ["h1"], name="fc1_bias"),
-        helper.make_node("Relu", ["h1"], ["r1"], name="relu"),
-        helper.make_node("MatMul", ["r1", "w1"], ["h2"], name="fc1_again"),
-        helper.make_node("Transpose", ["table"], ["table_t"], name="head_t", perm=[1, 0]),
-        helper.make_node("MatMul", ["h2", "table_t"], ["logits"], name="head"),
-    ]
-    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "T", VOCAB])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
+from onnx_helpers import VOCAB, tied_head_model
 
 def _convert(tmp_path: Path, src: Path, *extra) -> tuple[Path, dict]:
     out, log = tmp_path / "out.onnx", tmp_path / "log.json"
@@ -58,7 +32,7 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def test_head_tied_to_embedding_is_left_as_it_is(tmp_path):
     src = tmp_path / "tied.onnx"
-    onnx.save(_tied_head_model(), src)
+    onnx.save(tied_head_model(), src)
     ids = np.random.default_rng(1).integers(0, VOCAB, size=(16, 6)).astype(np.int64)
     np.save(tmp_path / "ids.npy", ids)
     out, log = _convert(tmp_path, src, "--data", tmp_path / "ids.npy")

@@ -217,10 +217,11 @@ def _check_runs_resized(parsed: ParsedNet, input_shapes: dict, declared: dict, r
     context = f"at the batch's input size ({sizes}), which replaces the declared one as Caffe's reshape does"
     at_declared = {name: (declared[name] if name in resized else shape) for name, shape in input_shapes.items()}
     reference = NetBuilder(parsed, at_declared, None, None, shapes_only=True)
+    declared_failure = None
     try:
         reference.build()
-    except ModelFormatError:
-        pass  # layers built before the failure still give their shapes
+    except Exception as exc:  # noqa: BLE001 - best effort: layers built before the failure still give their shapes
+        declared_failure = exc
     expected = {p.name: [b.caffe_shape for b in p.blobs] for p in reference.param_layers}
     trial = NetBuilder(parsed, input_shapes, None, None, shapes_only=True)
     failure = None
@@ -228,6 +229,8 @@ def _check_runs_resized(parsed: ParsedNet, input_shapes: dict, declared: dict, r
         trial.build()
     except ModelFormatError as exc:
         failure = exc
+    except Exception:  # noqa: BLE001 - not about the size: the real build reports it
+        return
     where = {entry.layer.name: parsed.where(entry) for entry in [*parsed.layers, *parsed.tail]}
     for layer in trial.param_layers:
         before = expected.get(layer.name)
@@ -239,6 +242,8 @@ def _check_runs_resized(parsed: ParsedNet, input_shapes: dict, declared: dict, r
                 f"{k} would have shape {tuple(after[k])} but has {tuple(before[k])} at the declared size ({sizes}); "
                 "feed data of the declared size", path=parsed.path)
     if failure is not None:
+        if declared_failure is not None and str(declared_failure) == str(failure):
+            raise failure  # the net fails at its declared size too: not a matter of size
         raise ModelFormatError(f"{failure.args[0]} ({context})", path=failure.path) from None
 
 

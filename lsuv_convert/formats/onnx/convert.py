@@ -33,7 +33,7 @@ from ...errors import ModelFormatError, first_line
 from . import converters
 from .modules import GemmTarget, MatMulTarget, pin_inference
 from .lean_conversion import infer_shapes_in_place, modules_without_random_init, onnx2torch_infers_without_weights
-from .targets import TargetPlan, effective_value, graph_view
+from .targets import TargetPlan, effective_value, graph_view, subgraph_layers
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -525,26 +525,10 @@ def _working_notes(model, plan: TargetPlan, regions: list[dict], pruned: list[tu
                 if stored:
                     notes.append(f"layer {label!r} ({member.op_type}) not initialized: its weights are only used inside "
                                  f"onnxruntime (no torch converter for {member.op_type})")
-            for inner in _subgraph_layers(member, set(g.initializers) | set(g.constants)):
+            for inner in subgraph_layers(member, set(g.initializers) | set(g.constants)):
                 notes.append(f"layer {inner!r} inside the subgraph of {member.op_type} {label!r} not initialized: "
                              "subgraphs run in onnxruntime")
     if pruned:
         ops = ", ".join(dict.fromkeys(op for op, _ in pruned))
         notes.append(f"{len(pruned)} node(s) that feed no target layer are not converted or run ({ops})")
     return notes
-
-
-def _subgraph_layers(node, outer: set[str] | None = None) -> list[str]:
-    """Conv / ConvTranspose / Gemm / MatMul nodes with a stored weight inside a node's subgraphs
-    (recursively): layers torch never sees."""
-    found = []
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            stored = set(outer or ()) | {t.name for t in graph.initializer} | {
-                n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
-            for inner in graph.node:
-                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(inner.input) > 1 and inner.input[1] in stored:
-                    found.append(inner.name or inner.output[0])
-                found.extend(_subgraph_layers(inner, stored))
-    return found

@@ -480,7 +480,29 @@ def nothing_to_initialize(model) -> str:
                 if producer.op_type == "ConstantOfShape":
                     return (f"no stored weights: the weight of {node.op_type} {node_label(node)!r} is computed by "
                             f"ConstantOfShape (a file without trained or stored values); nothing to initialize")
+    for node in g.nodes:
+        inner = subgraph_layers(node, set(g.initializers) | set(g.constants))
+        if inner:
+            return (f"every Conv, ConvTranspose, Gemm or MatMul layer with a stored weight is inside a subgraph (first: "
+                    f"{inner[0]!r} in {node.op_type} {node_label(node)!r}), and subgraphs run in onnxruntime: nothing to "
+                    "initialize")
     return "no Conv, ConvTranspose, Gemm or MatMul layer with a stored weight (initializer or Constant): nothing to initialize"
+
+
+def subgraph_layers(node, outer: set[str] | None = None) -> list[str]:
+    """Conv / ConvTranspose / Gemm / MatMul nodes with a stored weight inside a node's subgraphs
+    (recursively): layers torch never sees."""
+    found = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == 5 else list(attr.graphs)  # AttributeProto.GRAPH
+        for graph in graphs:
+            stored = set(outer or ()) | {t.name for t in graph.initializer} | {
+                n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+            for inner in graph.node:
+                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(inner.input) > 1 and inner.input[1] in stored:
+                    found.append(inner.name or inner.output[0])
+                found.extend(subgraph_layers(inner, stored))
+    return found
 
 
 _INDEX_PASS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Clip")

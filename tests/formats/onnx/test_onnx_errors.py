@@ -260,3 +260,21 @@ def test_fidelity_gate_refuses_through_cli(tmp_path):
     before = _snapshot(tmp_path)
     proc = run_cli(tmp_path / "deconv.onnx", "--data", tmp_path / "batch.npy", "-o", tmp_path / "out.onnx")
     _assert_clean_failure(proc, tmp_path, before, "'deconv'", "disagrees with onnxruntime")
+
+
+def test_layers_only_inside_subgraphs_are_named(tmp_path):
+    """silero VAD's main file holds its whole net in both branches of an If on the sample rate:
+    nothing torch runs holds a layer, and the refusal says where the layers are."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    branch = [helper.make_graph([helper.make_node("Conv", ["x", "w"], [f"y_{k}"], name=f"conv_{k}")], f"branch_{k}", [],
+                                [onnx.ValueInfoProto(name=f"y_{k}")]) for k in ("then", "else")]
+    nodes = [helper.make_node("If", ["flag"], ["y"], name="by_rate", then_branch=branch[0], else_branch=branch[1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8]),
+                                           helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [onnx.ValueInfoProto(name="y")], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), str(tmp_path / "if.onnx"))
+    with pytest.raises(ModelFormatError) as info:
+        ONNX.load(tmp_path / "if.onnx")
+    message = str(info.value)
+    assert "every Conv, ConvTranspose, Gemm or MatMul layer with a stored weight is inside a subgraph" in message
+    assert "in If 'by_rate'), and subgraphs run in onnxruntime: nothing to initialize" in message

@@ -27,6 +27,7 @@ class Blob:
 
     node: torch.fx.Node
     shape: tuple
+    indexes: tuple | None = None  # a pooling mask: the spatial size of the plane its flat indices point into
 
 
 @dataclass

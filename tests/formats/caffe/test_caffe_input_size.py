@@ -63,7 +63,20 @@ layer { name: "score" type: "Convolution" bottom: "fused" top: "score" convoluti
 """
 
 
+SEGNET_ODD = """name: "SegNetOdd"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 15 dim: 15 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" top: "pool1_mask" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "up1" type: "Upsample" bottom: "pool1" bottom: "pool1_mask" top: "up1"
+        upsample_param { scale: 2 pad_out_h: true pad_out_w: true } }
+layer { name: "conv2" type: "Convolution" bottom: "up1" top: "conv2" convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+"""
+
+
 @pytest.mark.parametrize("text, shape, needles", [
+    (SEGNET_ODD, (4, 3, 20, 22),  # pad_out is for odd sizes: at even ones the mask points outside the output
+     ["layer 'up1' (line 6): its pooling mask points into a 20×22 plane but it makes 19×21"]),
     (LENET_LIKE, (4, 1, 32, 32),
      ["layer 'ip1' (line 6): InnerProduct can't take the batch's input size", "(10, 784)", "(10, 576)",
       "'data' 1×32×32 instead of the declared 1×28×28"]),

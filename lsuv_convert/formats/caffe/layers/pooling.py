@@ -64,7 +64,8 @@ def _pool(ctx: LayerContext, x: Blob, method: str, kernel, stride, pad, ceil: bo
     if all(2 * pd <= k for pd, k in zip(pad, kernel)) and torch_size == out_size:
         if with_mask:  # SegNet's mask: the argmax's flat index h * W + w in its input plane, as Caffe writes it
             pair = ctx.call(M.max_pool_with_mask, x.node, tuple(kernel), tuple(stride), tuple(pad), ceil)
-            return [Blob(ctx.call(operator.getitem, pair, i), out_shape) for i in (0, 1)]
+            return [Blob(ctx.call(operator.getitem, pair, 0), out_shape),
+                    Blob(ctx.call(operator.getitem, pair, 1), out_shape, indexes=tuple(in_size))]
         if method == "MAX":
             node = ctx.call(F.max_pool2d, x.node, tuple(kernel), tuple(stride), tuple(pad), ceil_mode=ceil)
         else:

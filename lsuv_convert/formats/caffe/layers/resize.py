@@ -35,6 +35,10 @@ def upsample(ctx, bottoms):
     width = int(p.upsample_w) if p.HasField("upsample_w") else x.shape[3] * scale_w - int(p.pad_out_w)
     if height <= 0 or width <= 0:
         raise ctx.error(f"output size {height}x{width} must be positive")
+    if mask.indexes is not None and (height, width) != tuple(mask.indexes):
+        source = "×".join(map(str, mask.indexes))
+        raise ctx.error(f"its pooling mask points into a {source} plane but it makes {height}×{width} "
+                        "(scale, pad_out_h / pad_out_w or upsample_h / upsample_w must give the pooled input's size)")
     shape = (*x.shape[:2], height, width)
     return [Blob(ctx.call(M.unpool, x.node, mask.node, height, width), shape)]
 

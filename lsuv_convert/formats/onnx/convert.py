@@ -171,30 +171,6 @@ def _int_attr(node, name: str, default: int = 0) -> int:
     return default
 
 
-def check_convertible(work: onnx.ModelProto, source) -> None:
-    """Every node has an onnx2torch converter for its op version, or one clear error."""
-    from onnx2torch.node_converters import get_converter
-
-    opsets = {o.domain: o.version for o in work.opset_import}
-    for node in work.graph.node:
-        label = node.name or (node.output[0] if node.output else node.op_type)
-        if node.domain not in STANDARD_DOMAINS + (converters.FIX_DOMAIN,):
-            raise ModelFormatError(
-                f"node {label!r} uses op {node.op_type!r} of custom domain {node.domain!r}; only standard ONNX ops can be converted",
-                path=source,
-            )
-        version = opsets.get(node.domain)
-        if version is None:
-            raise ModelFormatError(f"node {label!r}: the model imports no opset for domain {node.domain!r}", path=source)
-        try:
-            get_converter(operation_type=node.op_type, version=version, domain=node.domain)
-        except NotImplementedError:
-            raise ModelFormatError(
-                f"node {label!r}: op {node.op_type} (opset {version}) has no torch converter; it can't be initialized",
-                path=source,
-            ) from None
-
-
 @dataclass
 class Converted:
     module: nn.Module  # torch.fx.GraphModule computing the model
@@ -202,13 +178,6 @@ class Converted:
     tensors: dict[str, tuple[str, int]]  # ONNX tensor -> (module path, output index) computing it
     node_names: dict[str, str]  # module path -> ONNX node name (for messages)
     notes: list[str]
-
-
-def checked_working_copy(model: onnx.ModelProto, source) -> onnx.ModelProto:
-    """The working copy, after checking that every node can be converted (one clear error if not)."""
-    work = working_copy(model)
-    check_convertible(work, source)
-    return work
 
 
 def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, source) -> Converted:

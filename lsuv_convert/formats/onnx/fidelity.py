@@ -152,6 +152,14 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
     found: dict[str, torch.Tensor] = {}
 
     class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            try:
+                return super().run_node(n)
+            except _NodeFailure:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a function node between modules: report it too
+                raise _NodeFailure(n.name, exc) from exc
+
         def call_module(self, target, args, kwargs):
             try:
                 out = super().call_module(target, args, kwargs)

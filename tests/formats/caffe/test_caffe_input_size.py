@@ -6,6 +6,8 @@ layer that can't, by name, with one line and nothing written."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -76,7 +78,7 @@ layer { name: "conv2" type: "Convolution" bottom: "up1" top: "conv2" convolution
 
 @pytest.mark.parametrize("text, shape, needles", [
     (SEGNET_ODD, (4, 3, 20, 22),  # pad_out is for odd sizes: at even ones the mask points outside the output
-     ["layer 'up1' (line 6): its pooling mask points into a 20×22 plane but it makes 19×21"]),
+     ["layer 'up1' (line 6): its pooling mask points into a 20×22 plane, larger than the 19×21 it makes"]),
     (LENET_LIKE, (4, 1, 32, 32),
      ["layer 'ip1' (line 6): InnerProduct can't take the batch's input size", "(10, 784)", "(10, 576)",
       "'data' 1×32×32 instead of the declared 1×28×28"]),
@@ -103,3 +105,17 @@ def test_declared_size_still_feeds_the_synthetic_batch(tmp_path):
     proc = run_cli(proto, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "(16, 1, 28, 28)" in proc.stdout + proc.stderr
+
+
+def test_upsample_larger_than_its_mask_plane_runs_as_caffe_does(tmp_path):
+    """ENet at a size its poolings round up: Upsample ×2 makes 22×24 from a mask over 21×23; every
+    index stays in range, so Caffe runs it (the last row and column stay zero), and so does this."""
+    text = SEGNET_ODD.replace("upsample_param { scale: 2 pad_out_h: true pad_out_w: true }", "upsample_param { scale: 2 }")
+    proto = write_text(tmp_path, "enet_like.prototxt", text)
+    np.save(tmp_path / "batch.npy", seeded_batch((6, 3, 21, 23)))
+    log = tmp_path / "log.json"
+    proc = run_cli(proto, "--data", tmp_path / "batch.npy", "-o", tmp_path / "out.caffemodel", "--log", log)
+    assert proc.returncode == 0, proc.stderr
+    layers = json.loads(log.read_text())["layers"]
+    assert [layer["name"] for layer in layers] == ["conv1", "conv2"]
+    assert all(abs(layer["var_after"] - 1.0) < 0.02 for layer in layers)

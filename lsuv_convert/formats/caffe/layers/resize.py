@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .. import modules as M
 from ..context import Blob
 from .common import require_known, shape_text
@@ -35,9 +37,9 @@ def upsample(ctx, bottoms):
     width = int(p.upsample_w) if p.HasField("upsample_w") else x.shape[3] * scale_w - int(p.pad_out_w)
     if height <= 0 or width <= 0:
         raise ctx.error(f"output size {height}x{width} must be positive")
-    if mask.indexes is not None and (height, width) != tuple(mask.indexes):
+    if mask.indexes is not None and math.prod(mask.indexes) > height * width:  # Caffe aborts on such an index
         source = "×".join(map(str, mask.indexes))
-        raise ctx.error(f"its pooling mask points into a {source} plane but it makes {height}×{width} "
+        raise ctx.error(f"its pooling mask points into a {source} plane, larger than the {height}×{width} it makes "
                         "(scale, pad_out_h / pad_out_w or upsample_h / upsample_w must give the pooled input's size)")
     shape = (*x.shape[:2], height, width)
     return [Blob(ctx.call(M.unpool, x.node, mask.node, height, width), shape)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..lsuv.account import IncompleteError, check_strict, counts, graph_account, rename_layer
+from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..atomic import write_bytes_atomic
 from ..batch.load import ImageOptions, load_batch
 from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
@@ -104,9 +104,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
             on_layer(source_name(report.name), report)
 
     report = lsuv_init(
-        graph.module, tuple(graph.module_inputs(inputs)),
-        pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
-        center=settings.center, device=device, seed=options.seed,
+        graph.module, tuple(graph.run_inputs), replace(settings, seed=options.seed), device=device,
         targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
     )
     seconds.update(report.seconds)
@@ -124,10 +122,9 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         "seconds": seconds,
         "layers": _layer_entries(graph, report),
     }
-    account = graph_account(graph, report.layers)
+    account = fmt.account(graph, report.layers)
     log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
-    graph.provenance = provenance(options, batch)
-    log["provenance"] = graph.provenance
+    log["provenance"] = provenance(options, batch)
     if options.weights is not None:
         log["weights"] = str(options.weights)
     result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
@@ -149,7 +146,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
                 write_log(log, log_path)
             raise
     with stage("save"):
-        fmt.save(graph, output)
+        fmt.save(graph, output, log["provenance"])
     log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
     if log_path is not None:
         write_log(log, log_path)

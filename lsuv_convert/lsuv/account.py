@@ -114,7 +114,8 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
     ``rename`` maps a target's qualified name to the name shown (a format's source name);
     ``named`` is ``module.named_modules()`` when the caller has listed it already.
     """
-    from .attention import is_attention, join, parameter_names
+    from .attention import join, parameter_names
+    from .targets import is_attention
 
     rename = rename or (lambda n: n)
     by_target: dict[str, list] = {}  # a report ``path`` or ``path[q]`` under its target's ``path``
@@ -191,20 +192,24 @@ def _named_parameters(named):
             yield (f"{prefix}.{key}" if prefix else key), p
 
 
-def graph_account(graph, reports) -> list[ParamAccount]:
-    """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
-    if graph.file_account is not None:
-        return graph.file_account(reports)
-    by_path = graph.target_by_path()
-    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
-    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
-    for p in graph.skipped_params:
+def module_graph_account(module, targets, reports) -> list[ParamAccount]:
+    """The account of a format's module whose ``targets`` (TargetLayers: ``module_path`` and the
+    file's ``name``) the engine ran: parameters named as in the file."""
+    by_path = {t.module_path: t for t in targets}
+    layers = {t.module_path: module.get_submodule(t.module_path) for t in targets}
+    return module_account(module, layers, reports, rename=lambda p: by_path[p].name if p in by_path else p)
+
+
+def skipped_entries(skipped: list[dict]) -> list[ParamAccount]:
+    """Account entries for file parameters no module holds: dicts with name, shape, reason, linear."""
+    entries = []
+    for p in skipped:
         numel = 1
         for d in p["shape"]:
             numel *= int(d)
-        account.append(ParamAccount(p["name"], list(p["shape"]), numel, "skipped", linear=bool(p.get("linear")),
+        entries.append(ParamAccount(p["name"], list(p["shape"]), numel, "skipped", linear=bool(p.get("linear")),
                                     reason=p.get("reason")))
-    return account
+    return entries
 
 
 def rename_layer(layer: str, rename) -> str:
@@ -213,6 +218,3 @@ def rename_layer(layer: str, rename) -> str:
     return rename(head) + bracket + tail
 
 
-def summary_line(account: list[ParamAccount]) -> str:
-    c = counts(account)
-    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped"

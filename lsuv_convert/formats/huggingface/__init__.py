@@ -69,14 +69,14 @@ class HuggingFaceFormat(ModelFormat):
 
         return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_targets_into
         from .folder import write_folder
 
         state: FolderState = graph.state
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
         copy_targets_into(graph, tensors, lambda key: key, out_path)
-        write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        write_folder(graph.source, Path(out_path), state.shards, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
@@ -89,7 +89,7 @@ class HuggingFaceFormat(ModelFormat):
         with _offline():
             try:
                 model = cls.from_pretrained(str(model_path), config=config, local_files_only=True, dtype=torch.float32)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder; one line names it
                 raise ModelFormatError(f"transformers cannot load the folder: {first_line(exc)}", path=model_path) from None
         model.eval()
         targets, _ = module_target_layers(model)
@@ -158,7 +158,7 @@ def build_model(path: Path):
                 model = cls.from_config(config, dtype=torch.float32)
             else:
                 model = cls._from_config(config, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the model class refuses its config in many ways; one line names it
             raise ModelFormatError(f"transformers cannot build {cls.__name__} from config.json: {first_line(exc)}",
                                    path=path) from None
     model.eval()

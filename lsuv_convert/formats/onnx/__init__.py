@@ -15,7 +15,6 @@ Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +101,6 @@ class OnnxFormat(ModelFormat):
         graph = ModelGraph(module=state.converted.module, targets=_targets(state.plan, state.converted),
                            inputs=loaded.inputs, format=self.name, source=loaded.source, state=state, notes=notes,
                            engine_path="fx")
-        graph.file_account = functools.partial(_file_account, state, {t.module_path: t.name for t in graph.targets})
         if check:
             state.batch = judged
             state.divergence = worst
@@ -116,7 +114,14 @@ class OnnxFormat(ModelFormat):
             )
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The file's stored tensors under the file's names, each once (see :mod:`.account`)."""
+        from .account import file_account
+
+        state: OnnxState = graph.state
+        return file_account(state.model, state.plan, {t.module_path: t.name for t in graph.targets}, reports)
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from . import fidelity, files, runtime, write
 
         state: OnnxState = graph.state
@@ -213,12 +218,6 @@ def _movable_node(state: OnnxState, tensors: list[str]) -> str | None:
             return None
         return first
     return None
-
-
-def _file_account(state: OnnxState, label_of: dict[str, str], reports) -> list:
-    from .account import file_account
-
-    return file_account(state.model, state.plan, label_of, reports)
 
 
 def _targets(plan, converted) -> list[TargetLayer]:

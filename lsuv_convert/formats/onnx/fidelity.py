@@ -157,13 +157,13 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
                 return super().run_node(n)
             except _NodeFailure:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a function node between modules: report it too
+            except Exception as exc:  # a function node between modules: reported like a module
                 raise _NodeFailure(n.name, exc) from exc
 
         def call_module(self, target, args, kwargs):
             try:
                 out = super().call_module(target, args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - report which node failed
+            except Exception as exc:
                 raise _NodeFailure(target, exc) from exc
             for name, index in wanted.get(target, ()):
                 if isinstance(out, (tuple, list)):

@@ -393,11 +393,11 @@ SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
 
 
 def _without_tied(g: _Graph, targets: list[OnnxTarget]) -> tuple[list[OnnxTarget], list[OnnxTarget], list[str]]:
-    """The API's rule for tied weights (:func:`lsuv_convert.lsuv.api.split_tied`) on a file: a target
+    """The API's rule for tied weights (:func:`lsuv_convert.lsuv.targets.split_tied`) on a file: a target
     whose stored weight a node that is not a target layer also reads (GPT-2's LM head reading the
     embedding table a Gather reads, through a Transpose) is left as it is. Returns (targets kept,
     targets left out, a note for each)."""
-    from ...lsuv.api import split_tied
+    from ...lsuv.targets import split_tied
 
     by_slot = {(t.weight.node_index, t.weight.input_index): t.label for t in targets}
     holders: dict[str, list[str]] = {}

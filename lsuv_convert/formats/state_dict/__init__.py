@@ -32,6 +32,7 @@ class StateDictState:
 class StateDictFormat(ModelFormat):
     name = "state_dict"
     extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
+    options = frozenset({"arch"})
 
     def sniff(self, path: Path) -> bool:
         from ..shared.safetensors_io import is_safetensors
@@ -67,13 +68,13 @@ class StateDictFormat(ModelFormat):
 
         return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_targets_into
         from .checkpoint import write_checkpoint
 
         state: StateDictState = graph.state
         copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
-        write_checkpoint(state.checkpoint, out_path, graph.provenance)
+        write_checkpoint(state.checkpoint, out_path, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The named architecture built afresh with the written weights, measured with hooks."""

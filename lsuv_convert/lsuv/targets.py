@@ -1,0 +1,86 @@
+"""What LSUV takes as a target layer: the one place that decides.
+
+A target is a conv / deconv / linear layer (or a module that opts in with ``lsuv_target``), a
+transformers-style ``Conv1D`` (a linear layer with an (in, out) weight), or a multi-head
+attention (whose q / k / v / out maps it fits itself). :func:`find_targets` lists them in a
+module, :func:`without_tied_targets` leaves out those whose weight a non-target also holds
+(:func:`split_tied`: the rule itself, which the ONNX plug-in applies to a file's nodes).
+Every format plug-in and the API ask here; none decides on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .engine import declared
+
+TARGET_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def is_layer(module: nn.Module) -> bool:
+    """Conv / deconv / linear layers, or any module that opts in with ``lsuv_target = True``."""
+    if isinstance(module, TARGET_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor):
+        return True
+    return bool(declared(module, "lsuv_target"))
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """A transformers-style Conv1D: class named ``Conv1D`` with ``nf`` outputs and an (in, nf) weight."""
+    if type(module).__name__ != "Conv1D":  # first: any other module would pay Module.__getattr__'s raise
+        return False
+    weight = getattr(module, "weight", None)
+    return (isinstance(getattr(module, "nf", None), int)
+            and isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.shape[1] == module.nf)
+
+
+def is_attention(module: nn.Module) -> bool:
+    """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
+    return isinstance(module, nn.MultiheadAttention) or bool(declared(module, "lsuv_attention"))
+
+
+def is_target(module: nn.Module) -> bool:
+    """Whether LSUV fits ``module``: a conv / linear layer, a Conv1D or an attention."""
+    return is_layer(module) or is_conv1d(module) or is_attention(module)
+
+
+def find_targets(module: nn.Module, names: Sequence[str] | None = None,
+                 named: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, nn.Module]:
+    """Target submodules by qualified name: ``names`` if given, else every conv / linear (transformers'
+    Conv1D included) and every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is
+    never called). ``named``: ``module.named_modules()`` when the caller has listed it already."""
+    if names is not None:
+        return {n: module.get_submodule(n) for n in names}
+    found = {n: m for n, m in (named if named is not None else module.named_modules())
+             if is_target(m)}
+    owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
+    return {n: m for n, m in found.items() if n not in owned}
+
+
+def without_tied_targets(module: nn.Module, targets: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], list[str]]:
+    """``targets`` less those whose weight a module that is not a target also holds (see
+    :func:`split_tied`), and a note for each one left out."""
+    owners: dict[int, list[str]] = {}
+    for name, owner in module.named_modules(remove_duplicate=False):
+        for param in owner.parameters(recurse=False):
+            owners.setdefault(id(param), []).append(name)
+    kept, notes = split_tied({path: owners.get(id(getattr(target, "weight", None)), []) for path, target in targets.items()})
+    return {path: targets[path] for path in kept}, notes
+
+
+def split_tied(holders: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The rule for tied weights in every format. ``holders``: each target -> what else uses its
+    weight (modules, or a file's nodes). A target whose weight something that is not a target also
+    uses (an output projection tied to the input embedding) is left as it is: scaling it would
+    change a layer that already ran, which breaks LSUV's order. Returns (targets kept, a note for
+    each one left out); a weight only targets share stays one layer, scaled at its first use."""
+    kept, notes = [], []
+    for path, users in holders.items():
+        others = [o for o in users if o != path and o not in holders]
+        if others:
+            notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
+        else:
+            kept.append(path)
+    return kept, notes

@@ -35,6 +35,14 @@ class InputSpec:
     # Axes whose declared size is only a default: a batch of another size replaces it (Caffe
     # reshapes its input blobs to the data, as OpenCV does); ``shape`` still gives the default.
     default_axes: tuple[int, ...] = ()
+    # An input the model runs without (a Hugging Face model's attention_mask, token_type_ids): fed
+    # when the data holds it. Optional inputs come after the required ones; a batch feeds a prefix.
+    optional: bool = False
+
+
+def required_count(specs: list[InputSpec]) -> int:
+    """How many leading inputs a batch must feed: up to the last one that is not optional."""
+    return max((i + 1 for i, s in enumerate(specs) if not s.optional), default=0)
 
 
 @dataclass

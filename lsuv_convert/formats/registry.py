@@ -1,7 +1,7 @@
 """Format plug-ins and their registry.
 
 A format is a :class:`~lsuv_convert.formats.contract.ModelFormat` subclass decorated with
-:func:`register_format`; the contract (load -> prepare -> save, measure) is in :mod:`.base`.
+:func:`register_format`; the contract (load -> prepare -> save, measure) is in :mod:`.contract`.
 The CLI and the pipeline only ever talk to this registry: they never name a format.
 """
 

@@ -17,7 +17,8 @@ from .conv1d import layouts
 from .engine import LsuvReport, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize
-from .targets import find_targets, is_attention, without_tied_targets
+from .parametrized import effective_weights
+from .targets import find_targets, fittable_targets, is_attention
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -170,9 +171,11 @@ def lsuv_init(
     named = list(module.named_modules())  # one walk of the module tree for every scan below
     target_map = find_targets(module, targets, named)
     if targets is None:
-        target_map, report.notes = without_tied_targets(module, target_map)
+        target_map, report.notes = fittable_targets(module, target_map)
 
-    with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
+    # Conv1D's (in, out) weight and packed q / k / v; weight-normed and parametrized weights as
+    # the fixed tensors they compute, their stored sources set from the fit afterwards
+    with layouts(module, target_map), effective_weights(target_map):
         t0 = time.perf_counter()
         generator = None
         if settings.seed is not None:

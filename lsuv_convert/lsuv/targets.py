@@ -4,7 +4,9 @@ A target is a conv / deconv / linear layer (or a module that opts in with ``lsuv
 transformers-style ``Conv1D`` (a linear layer with an (in, out) weight), or a multi-head
 attention (whose q / k / v / out maps it fits itself). :func:`find_targets` lists them in a
 module, :func:`without_tied_targets` leaves out those whose weight a non-target also holds
-(:func:`split_tied`: the rule itself, which the ONNX plug-in applies to a file's nodes).
+(:func:`split_tied`: the rule itself, which the ONNX plug-in applies to a file's nodes),
+:func:`fittable_targets` also those whose weight a parametrization computes in a way that cannot
+hold a scaled weight (:mod:`.parametrized`).
 Every format plug-in and the API ask here; none decides on its own.
 """
 
@@ -84,3 +86,13 @@ def split_tied(holders: dict[str, list[str]]) -> tuple[list[str], list[str]]:
         else:
             kept.append(path)
     return kept, notes
+
+
+def fittable_targets(module: nn.Module, targets: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], list[str]]:
+    """``targets`` less tied ones (:func:`without_tied_targets`) and those whose parametrized weight
+    cannot be scaled (spectral norm: :func:`.parametrized.without_unscalable`), with a note each."""
+    from .parametrized import without_unscalable
+
+    kept, notes = without_tied_targets(module, targets)
+    kept, unscalable = without_unscalable(kept)
+    return kept, notes + unscalable

@@ -90,6 +90,7 @@ def run(model: onnx.ModelProto, inputs: list, tensors: list[str]) -> dict[str, n
     finally:
         if added:
             del model.graph.output[len(model.graph.output) - len(added):]
+    ort.set_default_logger_severity(3)  # onnxruntime's own C++ warnings never reach stderr beside our line
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # a run's activations are freed when it ends, not kept reserved

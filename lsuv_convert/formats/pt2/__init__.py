@@ -30,7 +30,10 @@ class Pt2Format(ModelFormat):
         from ...errors import ModelFormatError
         from .program import graph_module, load_program, program_inputs, provenance_in
 
-        state = load_program(path, trust_code=request.trust_code)
+        from ..shared.no_network import no_network
+
+        with no_network(f"reading {path.name}", path):
+            state = load_program(path, trust_code=request.trust_code)
         try:
             inputs = program_inputs(state.program)
         except ModelFormatError as exc:

@@ -59,17 +59,22 @@ def extra_file_names(path: Path) -> list[str]:
 
 
 def load_program(path: Path, *, trust_code: bool = False) -> ProgramState:
-    """The program of ``path``; unless ``trust_code``, only after its operators passed the allowlist."""
+    """The program of ``path``; unless ``trust_code``, only after :mod:`.vetting` passed every member."""
     if not is_pt2(path):
         raise ModelFormatError("is not a torch.export program (torch.export.save writes a zip with archive_format "
                                "'pt2')", path=path)
-    if not trust_code:
-        from .opcheck import check_program_ops
+    from ..shared.archive_guard import UnvettedUnpickle, quiet_torch_logs, unpickling_refused
+    from .vetting import vet_archive
 
-        check_program_ops(path)
+    vet_archive(path, trust_code=trust_code)
     extra = {name: "" for name in extra_file_names(path)}
+    guard = quiet_torch_logs() if trust_code else unpickling_refused(f"a member of {path.name}")
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with guard:
+            program = torch.export.load(str(path), extra_files=extra)
+    except UnvettedUnpickle as exc:
+        raise ModelFormatError(f"{exc}, which the checks cannot vouch for: refused, nothing ran "
+                               "(pass --trust-code to load it anyway)", path=path) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged / newer files
         raise ModelFormatError(f"torch.export.load cannot read it: {first_line(exc)}", path=path) from None
     mutated = {name: program.state_dict[name].detach().clone()
@@ -83,7 +88,7 @@ def provenance_in(state: ProgramState) -> dict:
         return {}
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 

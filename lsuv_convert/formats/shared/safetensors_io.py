@@ -62,6 +62,6 @@ def provenance_of(metadata: dict[str, str]) -> dict:
         if key.startswith(PROVENANCE_PREFIX):
             try:
                 out[key[len(PROVENANCE_PREFIX):]] = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # not ours, or nested past any reason: kept as text
                 out[key[len(PROVENANCE_PREFIX):]] = value
     return out

@@ -6,7 +6,11 @@
   user's code, which is why it is only ever done for an ``--arch`` the user typed).
 
 Each may take literal keyword arguments: ``torchvision:resnet18(num_classes=10)``. Nothing is
-downloaded: library models are built without pretrained weights.
+downloaded, by construction: a library builder is called with every argument its signature has
+for pretrained weights (``weights``, ``weights_backbone``, ``pretrained``, ``pretrained_backbone``,
+``checkpoint_path``, ...) switched off and ``progress`` off (:func:`offline_arguments`), and the
+whole build runs inside :func:`..shared.no_network.no_network`, which refuses and reports any
+connection attempt, the user's own factory's included.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ def build_architecture(spec: str, path: Path) -> Architecture:
     source, _, rest = spec.partition(":")
     if not source or not rest:
         raise ModelFormatError(f"--arch {spec!r} is not one of {_FORMS}", path=path)
-    name, kwargs = _call(rest, spec, path)
-    if source == "torchvision":
-        module, inputs = _torchvision(name, kwargs, spec, path)
-    elif source == "timm":
-        module, inputs = _timm(name, kwargs, spec, path)
-    else:
-        from ..shared.eager_graph import declared_inputs
+    from ..shared.no_network import no_network
 
-        module = _factory(source, name, kwargs, spec, path)
-        inputs = declared_inputs(module)  # a transformers model's token ids, else one float input
+    name, kwargs = _call(rest, spec, path)
+    with no_network(f"--arch {spec}", path):
+        if source == "torchvision":
+            module, inputs = _torchvision(name, kwargs, spec, path)
+        elif source == "timm":
+            module, inputs = _timm(name, kwargs, spec, path)
+        else:
+            from ..shared.eager_graph import declared_inputs
+
+            module = _factory(source, name, kwargs, spec, path)
+            inputs = declared_inputs(module)  # a transformers model's token ids, else one float input
     import torch
 
     if not isinstance(module, torch.nn.Module):
@@ -77,8 +84,9 @@ def _torchvision(name: str, kwargs: dict, spec: str, path: Path):
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelFormatError(f"--arch {spec}: torchvision has no model {name!r}{hint}", path=path)
+    builder = torchvision.models.get_model_builder(name)
     try:
-        module = torchvision.models.get_model(name, weights=None, **kwargs)
+        module = builder(**offline_arguments(builder, kwargs, spec, path))
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"--arch {spec}: {exc}", path=path) from None
     return module, [InputSpec("input", _torchvision_shape(name))]
@@ -109,11 +117,45 @@ def _timm(name: str, kwargs: dict, spec: str, path: Path):
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelFormatError(f"--arch {spec}: timm has no model {name!r}{hint}", path=path)
     try:
-        module = timm.create_model(name, pretrained=False, **kwargs)
+        offline = offline_arguments(timm.create_model, kwargs, spec, path)
+        module = timm.create_model(name, **offline)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelFormatError(f"--arch {spec}: {exc}", path=path) from None
     size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
     return module, [InputSpec("input", (None, size[0], *(None,) * (len(size) - 1)) if size else None)]
+
+
+_DOWNLOAD_WORDS = ("weights", "pretrained", "checkpoint")
+
+
+def offline_arguments(builder, kwargs: dict, spec: str, path: Path) -> dict:
+    """``kwargs`` plus every argument of ``builder``'s signature that would fetch pretrained
+    weights switched off: names with ``weights``, ``pretrained`` or ``checkpoint`` as a word
+    (``weights_backbone``, ``pretrained_backbone``, ``checkpoint_path``) get ``False`` where
+    their default is a bool, else ``None``; ``progress`` gets ``False``. Read from the signature,
+    not from a table of models: a builder added tomorrow is covered. The user can't switch one
+    back on: that would download."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    offline = dict(kwargs)
+    for name, parameter in parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        words = name.lower().split("_")
+        if name == "progress":
+            offline[name] = False
+        elif any(word in words for word in _DOWNLOAD_WORDS):
+            off = False if isinstance(parameter.default, bool) else None
+            if name in kwargs and kwargs[name] not in (None, False, ""):
+                raise ModelFormatError(f"--arch {spec}: {name}={kwargs[name]!r} would download pretrained weights; "
+                                       "lsuv-convert builds architectures without them (it never reaches the network)",
+                                       path=path)
+            offline[name] = off
+    return offline
 
 
 def _factory(module_name: str, attr: str, kwargs: dict, spec: str, path: Path):

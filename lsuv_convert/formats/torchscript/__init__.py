@@ -29,9 +29,11 @@ class TorchScriptFormat(ModelFormat):
         return is_torchscript(Path(path))
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
+        from ..shared.no_network import no_network
         from .loader import load_script
 
-        return load_script(path, trust_code=request.trust_code)
+        with no_network(f"reading {path.name}", path):
+            return load_script(path, trust_code=request.trust_code)
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
@@ -56,8 +58,8 @@ class TorchScriptFormat(ModelFormat):
         save_script(graph, Path(out_path))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None) -> dict[str, tuple[float, float]]:
-        from .archive import inspect_archive
+        from .archive import inspect_archive, register_library_ops
         from .measure import measure_file
 
-        inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code))
+        register_library_ops(inspect_archive(Path(model_path), check_code=not (request is not None and request.trust_code)))
         return measure_file(Path(model_path), inputs)

@@ -2,21 +2,21 @@
 
 ``torch.jit.load`` runs code at load time (a class's ``__setstate__``) and the model's
 ``forward`` runs on our batch; TorchScript can call any registered operator, including
-``aten::from_file`` (read any file), ``aten::save`` (write one), ``prim::Print`` (write on our
-stdout) and custom operators of any library that happens to be loaded. So the archive's
-sources (``code/**/*.py``, the TorchScript subset of Python that ``torch.jit.save`` prints)
-are parsed here with :mod:`ast`, never executed, and every operator they name must be on an
-allowlist of pure tensor operators (:mod:`.allowlist`):
+``aten::from_file`` (read any file), ``aten::save`` (write one), ``prim::Print`` (write on the
+terminal) and custom operators of any library that happens to be loaded. So the archive's
+sources (``code/**/*.py``, found without case as torch's zip reader finds them, so that
+``__torch__.PY`` is read too) are parsed here with :mod:`ast`, never executed, and every
+operator they name is judged by :mod:`..shared.operator_policy`:
 
-- ``torch.NAME`` is ``aten::NAME`` (or a TorchScript builtin such as ``torch.len``); a name
-  this torch doesn't register can't run, and is left to ``torch.jit.load`` to report,
-- ``ops.NS.NAME`` / ``torch.ops.NS.NAME`` is ``NS::NAME``; an unknown namespace is a custom op,
+- ``torch.NAME`` is ``aten::NAME``; ``ops.NS.NAME`` / ``torch.ops.NS.NAME`` is ``NS::NAME``;
+  a method call ``x.NAME(...)`` is the archive's own method or ``aten::NAME`` / ``prim::NAME``;
+  ``print`` is ``prim::Print``; an aten / prim name this torch doesn't register can't compile,
+  and is left to ``torch.jit.load`` to report;
 - ``__torch__.…`` names the archive's own classes and functions (checked here too), except
-  ``__torch__.torch.classes.…`` (custom C++ classes, refused),
-- a bare call (``print``, ``range``) must be a TorchScript builtin on the list or a name the
-  archive defines; a method call must name a method the archive defines or an allowed op.
+  ``__torch__.torch.classes.…`` (custom C++ classes, refused, as is ``torch.classes``);
+- a bare call must be one of TorchScript's builtins or a name the archive defines.
 
-The first name outside the list is refused with one line naming it and its file; ``--trust-code``
+The first refused name is reported in one line naming it and its file; ``--trust-code``
 loads the archive anyway.
 """
 
@@ -24,83 +24,107 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import zipfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ModelFormatError
-from .allowlist import ALLOWED_BUILTINS, ALLOWED_OPS, ALLOWED_TORCH_NAMES, DENIED_EXPLAINED
+from ..shared.operator_policy import classify, is_registered, refusal
 
 MAX_CODE_BYTES = 64 << 20  # all sources of one archive together
 
+# bare calls of TorchScript's Python subset (the language, not operators)
+TORCHSCRIPT_BUILTINS: frozenset[str] = frozenset("""
+range len int float bool str complex tuple list dict isinstance unchecked_cast annotate uninitialized
+getattr hasattr enumerate zip min max abs round divmod ord chr all any sum sorted reversed hash id
+fork awaitable awaitable_wait awaitable_nowait bin hex oct pow _unwrap_optional
+""".split())
 
 @dataclass(frozen=True)
 class Finding:
-    name: str  # "aten::from_file", "print", "ops.mylib.op"
+    name: str  # "aten::from_file", "prim::Print", "mylib::op"
+    why: str
     file: str  # archive member
     line: int
 
 
-def check_archive_code(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
-    """Raise ModelFormatError naming the first call outside the allowlist (with its file)."""
-    finding = first_disallowed(read_sources(zf, prefix, path))
+def check_archive_code(sources: dict[str, str], path: Path) -> None:
+    """Raise ModelFormatError naming the first operator the policy refuses (with its file)."""
+    finding = first_disallowed(sources)
     if finding is not None:
-        why = DENIED_EXPLAINED.get(finding.name, "not on the allowlist of pure tensor operators")
         raise ModelFormatError(
-            f"its TorchScript code calls {finding.name} ({why}) in {finding.file}, line {finding.line}; "
-            "refused before loading, nothing ran (pass --trust-code to load it anyway)",
-            path=path,
-        )
+            f"its TorchScript code {refusal(finding.name, f'{finding.file}, line {finding.line}', finding.why)}",
+            path=path)
 
 
-def read_sources(zf: zipfile.ZipFile, prefix: str, path: Path) -> dict[str, str]:
-    """{member name: source text} of the archive's code, with a cap on their total size."""
+def read_sources(archive, prefix: str, path: Path) -> dict[str, str]:
+    """{member name: source text} of the archive's code, with a cap on their total size.
+
+    ``archive`` is an :class:`..shared.archive_guard.Archive` (names compared as torch does)."""
     sources, total = {}, 0
-    for info in zf.infolist():
-        name = info.filename
-        if not (name.startswith(f"{prefix}/code/") and name.endswith(".py")):
+    for key, info in sorted(archive.members.items()):
+        if info.is_dir() or not (key.startswith(f"{prefix}/code/") and key.endswith(".py")):
             continue
         total += info.file_size
         if total > MAX_CODE_BYTES:
             raise ModelFormatError(f"its TorchScript code is larger than {MAX_CODE_BYTES >> 20} MiB; refused", path=path)
         try:
-            sources[name] = zf.read(name).decode("utf-8")
+            sources[info.filename] = archive.read_info(info, MAX_CODE_BYTES).decode("utf-8")
         except UnicodeDecodeError:
-            raise ModelFormatError(f"{name} in the archive is not TorchScript source (not UTF-8 text)", path=path) from None
+            raise ModelFormatError(f"{info.filename} in the archive is not TorchScript source (not UTF-8 text)",
+                                   path=path) from None
     return sources
 
 
 def first_disallowed(sources: dict[str, str]) -> Finding | None:
-    """The first call outside the allowlist, in file-name order, or None.
+    """The first refused name, in file-name order, or None.
 
-    Each file is parsed and walked once into what it defines and the names it calls that only
-    a definition elsewhere in the archive can allow; the verdict needs every file's definitions.
+    Each file is parsed and walked once into what it defines and the names it uses that the
+    policy or a definition elsewhere in the archive must allow; the verdict needs every file's
+    definitions.
     """
     facts = {}
     for name, text in sources.items():
         fact = _file_facts(text)
         if isinstance(fact, int):
-            return Finding("source that does not parse as TorchScript", name, fact)
+            return Finding("source that does not parse as TorchScript", "nothing in it can be checked", name, fact)
         facts[name] = fact
     defined = set().union(*(f.defined for f in facts.values())) if facts else set()
     for name in sorted(facts):
         for kind, called, line in facts[name].needs:
-            if kind == "denied" or called not in defined:
-                return Finding(called if kind == "denied" else _denied_call(kind, called), name, line)
+            refused = _refused(kind, called, defined)
+            if refused is not None:
+                return Finding(*refused, file=name, line=line)
     return None
 
 
-def _denied_call(kind: str, called: str) -> str:
-    if kind == "method":
-        return f"method {called}"
-    return "prim::Print (print)" if called == "print" else called
+def _refused(kind: str, called: str, defined: set[str]) -> tuple[str, str] | None:
+    """(name, why) to refuse for one use, or None when it is allowed."""
+    if kind == "denied":
+        if called.startswith("custom class"):
+            return called, "custom C++ code"
+        return called, "a namespace handed around as a value, which could reach any operator"
+    if kind == "op":
+        verdict = classify(called)
+        return None if verdict.allowed else (called, verdict.reason)
+    if kind == "call":
+        if called == "print":
+            return "prim::Print", classify("prim::Print").reason
+        return None if called in defined else (called, "neither a TorchScript builtin nor defined in the archive")
+    # a method: a denied operator of that name is refused whatever the archive defines (a
+    # tensor's method resolves to the operator); else the archive's own method, or a
+    # registered aten / prim operator the policy allows
+    for op in (f"aten::{called}", f"prim::{called}"):
+        verdict = classify(op)
+        if not verdict.allowed and is_registered(op):
+            return op, verdict.reason
+    return None
 
 
 @dataclass(frozen=True)
 class _Facts:
-    """What one source file defines, and its calls in visiting order that the allowlist alone
-    doesn't allow: ("denied", op, line), or ("call" | "method", name, line), allowed only when
-    the archive defines ``name``."""
+    """What one source file defines, and its uses in visiting order: ("denied", name, line),
+    ("op", "NS::NAME", line), ("call", name, line) or ("method", name, line)."""
 
     defined: frozenset[str]
     needs: tuple[tuple[str, str, int], ...]
@@ -127,11 +151,36 @@ def _file_facts(text: str) -> _Facts | int:
         except RecursionError:
             found = 0
         else:
-            found = _Facts(frozenset(collector.defined), tuple(collector.needs))
+            found = _Facts(frozenset(collector.defined), tuple(collector.needs) + _text_needs(text))
     if len(_FACTS) >= _FACTS_LIMIT:
         _FACTS.clear()
     _FACTS[key] = found
     return found
+
+
+_OPS_TEXT = re.compile(r"(?<![\w.])(?:torch\s*\.\s*)?ops\s*\.\s*([A-Za-z_]\w*)\s*\.\s*([A-Za-z_]\w*)")
+_TORCH_TEXT = re.compile(r"(?<![\w.])torch\s*\.\s*([A-Za-z_]\w*)")
+_PRINT_TEXT = re.compile(r"(?<![\w.])print\s*\(")
+
+
+def _text_needs(text: str) -> tuple[tuple[str, str, int], ...]:
+    """The operators the raw text names, strings and all: Python's parser and TorchScript's may
+    disagree on what is code (a string here, a call there), so a denied name anywhere is judged."""
+    needs = []
+    for found in _OPS_TEXT.finditer(text):
+        use = _reference(f"ops.{found.group(1)}.{found.group(2)}")
+        if use is not None:
+            needs.append((*use, text.count("\n", 0, found.start()) + 1))
+    for found in _TORCH_TEXT.finditer(text):
+        name = found.group(1)
+        if name in ("ops", "classes"):
+            continue  # judged with what follows, above and by the syntax tree
+        use = _reference(f"torch.{name}")
+        if use is not None and not classify(use[1]).allowed:
+            needs.append((*use, text.count("\n", 0, found.start()) + 1))
+    for found in _PRINT_TEXT.finditer(text):
+        needs.append(("call", "print", text.count("\n", 0, found.start()) + 1))
+    return tuple(needs)
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -148,7 +197,7 @@ def _dotted(node: ast.AST) -> str | None:
 
 class _Collector(ast.NodeVisitor):
     """One walk of a file: the names it defines (functions, methods, classes, arguments,
-    variables) and, in order, the references and calls the allowlist alone doesn't allow."""
+    variables) and, in order, the references and calls the operator policy judges."""
 
     def __init__(self):
         self.defined: set[str] = set()
@@ -169,29 +218,30 @@ class _Collector(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Store):
             self.defined.add(node.id)
+        elif node.id in ("torch", "ops"):  # a namespace as a value: getattr(torch, "from_file") would reach any op
+            self.needs.append(("denied", node.id, getattr(node, "lineno", 0)))
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         dotted = _dotted(node)
         if dotted is None:
             self.generic_visit(node)
             return
-        denied = _check_reference(dotted)
-        if denied is not None:
-            self.needs.append(("denied", denied, getattr(node, "lineno", 0)))
+        use = _reference(dotted)
+        if use is not None:
+            self.needs.append((*use, getattr(node, "lineno", 0)))
         # the whole chain is judged at once: don't judge its prefixes again
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Name):
-            if func.id not in ALLOWED_BUILTINS:
+            if func.id not in TORCHSCRIPT_BUILTINS:
                 self.needs.append(("call", func.id, getattr(node, "lineno", 0)))
         elif isinstance(func, ast.Attribute):
             dotted = _dotted(func)
             root = dotted.split(".", 1)[0] if dotted else None
             if root not in ("torch", "ops", "__torch__", "CONSTANTS"):
-                # a method call on a value: one the archive defines, or a tensor / list method
-                if func.attr not in ALLOWED_TORCH_NAMES and f"aten::{func.attr}" not in ALLOWED_OPS:
-                    self.needs.append(("method", func.attr, getattr(node, "lineno", 0)))
+                # a method call on a value: the archive's own, or a tensor / list / str method
+                self.needs.append(("method", func.attr, getattr(node, "lineno", 0)))
                 self.visit(func.value)
             else:
                 self.visit(func)
@@ -203,43 +253,30 @@ class _Collector(ast.NodeVisitor):
             self.visit(kw.value)
 
 
-def _check_reference(dotted: str) -> str | None:
-    """The operator name to refuse for a reference such as ``torch.ops.aten.save``, or None."""
+def _reference(dotted: str) -> tuple[str, str] | None:
+    """What a reference such as ``torch.ops.aten.save`` uses: ("op", "NS::NAME"), ("denied", what)
+    for a custom class or a namespace handed around as a value, or None."""
     parts = dotted.split(".")
     root = parts[0]
     if root == "__torch__":
         if dotted.startswith("__torch__.torch.classes."):
-            return f"custom class {'.'.join(parts[3:]) or dotted}"
+            return "denied", f"custom class {'.'.join(parts[3:]) or dotted}"
         return None
     if root == "torch" and len(parts) >= 2 and parts[1] == "classes":
-        return f"custom class {'.'.join(parts[2:]) or dotted}"
+        return "denied", f"custom class {'.'.join(parts[2:]) or dotted}"
     if root == "torch" and len(parts) >= 2 and parts[1] == "ops":
         parts = parts[1:]
         root = "ops"
     if root == "ops":
         if len(parts) < 3:
-            return dotted  # a namespace handed around as a value
+            return "denied", dotted  # a namespace handed around as a value
         op = f"{parts[1]}::{parts[2]}"
-        if op in ALLOWED_OPS or (parts[1] in ("aten", "prim") and not _registered(op)):
-            return None  # allowed, or an aten/prim op this torch doesn't have (it can't compile)
-        return op
+        if parts[1] in ("aten", "prim") and not is_registered(op):
+            return None  # an operator this torch doesn't have can't compile: torch.jit.load says so
+        return "op", op
     if root == "torch":
         if len(parts) == 1:
-            return "torch"  # the namespace itself, handed around as a value
-        if len(parts) > 2:
-            return dotted
-        name = parts[1]
-        if name in ALLOWED_TORCH_NAMES or f"aten::{name}" in ALLOWED_OPS or not _registered(f"aten::{name}"):
-            return None  # an operator this torch doesn't have can't run: torch.jit.load says it doesn't compile
-        return f"aten::{name}"
+            return "denied", "torch"  # the namespace itself, handed around as a value
+        op = f"aten::{parts[1]}"
+        return ("op", op) if is_registered(op) else None
     return None
-
-
-def _registered(op: str) -> bool:
-    """Whether this torch knows ``op`` (so that TorchScript code naming it would compile and run)."""
-    import torch
-
-    try:
-        return bool(torch._C._jit_get_schemas_for_operator(op))
-    except (RuntimeError, AttributeError):
-        return True  # can't tell: treat it as real

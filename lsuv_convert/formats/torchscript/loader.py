@@ -19,10 +19,10 @@ from ...errors import ConversionError, DataError, ModelFormatError, first_line
 from ..contract import LoadedModel
 from ..model_graph import InputSpec, ModelGraph, TargetLayer
 from ...timings import stage
-from .archive import ArchiveInfo, inspect_archive
+from ..shared.archive_guard import quiet_torch_logs
+from .archive import ArchiveInfo, inspect_archive, register_library_ops
 from .interpreter import ProgramModule
 from .program import Program, ProgramError, read_program
-from .quiet import jit_deprecation_silenced
 from .to_fx import to_graph_module
 from .usage import input_types, skipped_parameters
 
@@ -46,6 +46,7 @@ class ScriptState:
 def load_script(path: Path, *, trust_code: bool = False) -> LoadedModel:
     with stage("parse"):  # the archive's layout and code check, then torch.jit.load
         info = inspect_archive(path, check_code=not trust_code)
+        register_library_ops(info)
         extra = {name: "" for name in info.extra_files}
         script_module = _jit_load(path, extra)
     with stage("conversion"):  # the inlined graph read into a Program, then an fx graph
@@ -152,7 +153,7 @@ def set_training(script_module, flags: dict[str, bool]) -> None:
 
 def _jit_load(path: Path, extra: dict):
     try:
-        with jit_deprecation_silenced():
+        with quiet_torch_logs():  # torch's warnings and log lines would stand beside our one line
             return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / c10::Error alike
         text = str(exc)

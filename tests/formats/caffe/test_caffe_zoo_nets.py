@@ -4,7 +4,7 @@ a ShuffleNet unit (group conv, ShuffleChannel, ConvolutionDepthwise), a SegNet /
 pooling mask, Upsample) and an SE-ResNet block with Axpy. LSUV runs on each; where OpenCV can load
 the net, OpenCV measures every target's variance in the written files; where it can't, the written
 .caffemodel is read back with ``--weights`` and the targets are measured there. Also: the tail after
-the last target is left out, data layers by role, stages, and the README's Caffe quick start."""
+the last target is left out, data layers by role, stages, and the Caffe recipe of docs/formats.md."""
 
 from __future__ import annotations
 
@@ -293,8 +293,8 @@ layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
 
 @needs_opencv
 def test_readme_quick_start_for_caffe(tmp_path):
-    """``lsuv-convert NAME.prototxt`` with ``NAME.npy`` beside it, then ``verify``: the README's
-    sample_models/fitnet_mnist.prototxt run, on a net built here."""
+    """``lsuv-convert NAME.prototxt`` with ``NAME.npy`` beside it, then ``verify``: the
+    sample_models/fitnet_mnist.prototxt run of docs/formats.md (Caffe, Verify), on a net built here."""
     proto = write_text(tmp_path, "fitnet_mnist.prototxt", FITNET_MNIST_LIKE)
     np.save(tmp_path / "fitnet_mnist.npy", seeded_batch((16, 1, 12, 12)))
     result = invoke(proto, "--device", "cpu", "-q")

@@ -143,7 +143,7 @@ def test_weights_written_where_the_producer_keeps_them(legacy):
 @pytest.mark.slow
 def test_center_unties_only_what_differs(tmp_path):
     """With --center the folded-BN convs' biases get different values: each conv gets its own
-    initializer, the shared one is left as it was; the README says --center can untie."""
+    initializer, the shared one is left as it was; docs/formats.md (ONNX, What stays) says --center can untie."""
     folder = tmp_path / "m"
     folder.mkdir()
     onnx.save(LEGACY_BUILDERS["legacy_opset9_folded_bn"](), str(folder / "folded.onnx"))

@@ -182,8 +182,8 @@ def test_a_pickle_payload_never_runs(tmp_path, how):
     before = path.read_bytes()
     proc = invoke(path, "--arch", "torchvision:resnet18", "--input-shape", "2,3,16,16")
     assert proc.returncode == 1
-    # a zip torch.load rejects before unpickling (no version record) is reported as unreadable
-    assert ("unpickle" if how != "zip" else "cannot read") in proc.stderr and "Traceback" not in proc.stderr
+    # every pickle is read (opcodes only) before torch.load: the zip's too, whatever else it lacks
+    assert "unpickle" in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("lsuv-convert: error")]) == 1
     assert not marker.exists()
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["evil.pth"]

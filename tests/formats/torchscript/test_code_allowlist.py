@@ -15,6 +15,7 @@ import torch
 from conftest import invoke, run_cli
 from safety_helpers import HolderNet, rewrite_code, scripted_bytes, snapshot
 
+from lsuv_convert.formats.shared.archive_guard import open_archive
 from lsuv_convert.formats.torchscript.codecheck import first_disallowed, read_sources
 
 SETSTATE = "self.b = (state)[0]"
@@ -87,9 +88,8 @@ def test_common_architectures_pass_the_check():
     for model in (torchvision.models.resnet18(num_classes=4), torchvision.models.mobilenet_v3_small(num_classes=4)):
         model.eval()
         for archive in (scripted_bytes(model), _traced_bytes(model)):
-            zf = zipfile.ZipFile(io.BytesIO(archive))
-            prefix = zf.namelist()[0].split("/")[0]
-            assert first_disallowed(read_sources(zf, prefix, Path("m.pt"))) is None
+            opened = open_archive(io.BytesIO(archive))
+            assert first_disallowed(read_sources(opened, opened.root, Path("m.pt"))) is None
 
 
 def test_large_extra_files_are_refused(work, monkeypatch):

@@ -1,4 +1,4 @@
-"""The operator allowlist of .pt2 programs: a program calling a custom operator (defined here with
+"""The shared operator policy on .pt2 programs: a program calling a custom operator (defined here with
 torch.library) is refused before torch.export.load, with one line naming the operator, unless
 ``--trust-code``; so are forged graphs naming ``torch.load`` or ``aten::from_file``, and a custom
 operator inside a ``torch.cond`` branch. Programs of torch's own operators (dynamic batch: symbolic
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from conftest import invoke
-from lsuv_convert.formats.pt2.opcheck import graph_targets
+from lsuv_convert.formats.pt2.vetting import graph_targets
 
 pytestmark = pytest.mark.slow  # torch.export of three programs: seconds
 

@@ -278,7 +278,7 @@ def check_inputs(specs: list[InputSpec], inputs: list[Any], source: Path | None 
                 path=source,
             )
         for axis, (want, got) in enumerate(zip(spec.shape, given)):
-            if want is not None and want != got:
+            if want is not None and want != got and axis not in spec.default_axes:
                 what = {0: "batch size", 1: "channels"}.get(axis, f"size of axis {axis}")
                 raise DataError(
                     f"input {spec.name!r}: {what} {got} does not fit the model, which expects {_fmt(spec.shape)}; got {given}",

@@ -32,6 +32,9 @@ class InputSpec:
     shape: tuple[int | None, ...] | None = None
     dtype: str = "float32"  # numpy dtype name the model takes ("int64" token ids, "bool" masks, ...)
     high: int | None = None  # integer inputs: exclusive upper bound of valid values (e.g. vocabulary size)
+    # Axes whose declared size is only a default: a batch of another size replaces it (Caffe
+    # reshapes its input blobs to the data, as OpenCV does); ``shape`` still gives the default.
+    default_axes: tuple[int, ...] = ()
     # An input the model runs without (a Hugging Face model's attention_mask, token_type_ids): fed
     # when the data holds it. Optional inputs come after the required ones; a batch feeds a prefix.
     optional: bool = False

@@ -3,7 +3,8 @@
 A target is a conv / deconv / linear layer (or a module that opts in with ``lsuv_target``), a
 transformers-style ``Conv1D`` (a linear layer with an (in, out) weight), or a multi-head
 attention (whose q / k / v / out maps it fits itself). :func:`find_targets` lists them in a
-module, :func:`without_tied_targets` leaves out those whose weight a non-target also holds,
+module, :func:`without_tied_targets` leaves out those whose weight a non-target also holds
+(:func:`split_tied`: the rule itself, which the ONNX plug-in applies to a file's nodes),
 :func:`fittable_targets` also those whose weight a parametrization computes in a way that cannot
 hold a scaled weight (:mod:`.parametrized`).
 Every format plug-in and the API ask here; none decides on its own.
@@ -61,20 +62,29 @@ def find_targets(module: nn.Module, names: Sequence[str] | None = None,
 
 
 def without_tied_targets(module: nn.Module, targets: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], list[str]]:
-    """``targets`` less those whose weight a module that is not a target also holds (an output
-    projection tied to the input embedding: scaling it would change a layer that already ran,
-    which breaks LSUV's order), and a note for each one left out."""
+    """``targets`` less those whose weight a module that is not a target also holds (see
+    :func:`split_tied`), and a note for each one left out."""
     owners: dict[int, list[str]] = {}
     for name, owner in module.named_modules(remove_duplicate=False):
         for param in owner.parameters(recurse=False):
             owners.setdefault(id(param), []).append(name)
-    kept, notes = {}, []
-    for path, target in targets.items():
-        others = [o for o in owners.get(id(getattr(target, "weight", None)), []) if o != path and o not in targets]
+    kept, notes = split_tied({path: owners.get(id(getattr(target, "weight", None)), []) for path, target in targets.items()})
+    return {path: targets[path] for path in kept}, notes
+
+
+def split_tied(holders: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The rule for tied weights in every format. ``holders``: each target -> what else uses its
+    weight (modules, or a file's nodes). A target whose weight something that is not a target also
+    uses (an output projection tied to the input embedding) is left as it is: scaling it would
+    change a layer that already ran, which breaks LSUV's order. Returns (targets kept, a note for
+    each one left out); a weight only targets share stays one layer, scaled at its first use."""
+    kept, notes = [], []
+    for path, users in holders.items():
+        others = [o for o in users if o != path and o not in holders]
         if others:
             notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
-            continue
-        kept[path] = target
+        else:
+            kept.append(path)
     return kept, notes
 
 

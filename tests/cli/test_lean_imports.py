@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from onnx_helpers import export_module
+from formats.onnx.onnx_helpers import export_module
 
 PROBE = """
 import json, sys

@@ -81,17 +81,17 @@ class CaffeFormat(ModelFormat):
             notes.append(f"no complete shape declared for input(s) {', '.join(missing)}: "
                          "the net is built for the batch's shape")
         notes.extend(n for n in _unused_weight_notes(state) if n not in notes)
-        return LoadedModel(format=self.name, source=path, inputs=[InputSpec(i.name, i.shape) for i in parsed.inputs],
+        return LoadedModel(format=self.name, source=path, inputs=[_input_spec(i) for i in parsed.inputs],
                            state=state, targets=target_layers(parsed), notes=notes)
 
     def build(self, loaded: LoadedModel, inputs: list[Any], check: bool) -> ModelGraph:
         """The TEST-phase net built for the batch's shapes (Caffe shapes every blob from its inputs)."""
-        from .build import build_net
+        from .build import build_for_batch
 
         state: CaffeState = loaded.state
         shapes = {spec.name: (None, *(int(d) for d in t.shape[1:])) for spec, t in zip(loaded.inputs, inputs)}
         if state.built is None or state.built.input_shapes != shapes:
-            state.built = build_net(state.parsed, shapes, state.weights, state.weights_path)
+            state.built = build_for_batch(state.parsed, shapes, state.weights, state.weights_path)
         built = state.built
         notes = list(loaded.notes) + [n for n in built.notes if n not in loaded.notes]
         return ModelGraph(module=built.module, targets=built.targets,
@@ -160,6 +160,14 @@ class CaffeFormat(ModelFormat):
     def in_place_output(self, path: Path, weights: Path | None) -> Path:
         """``--in-place`` rewrites the given weights, never the prototxt."""
         return Path(weights) if weights is not None else Path(path).with_suffix(self.output_extension)
+
+
+def _input_spec(net_input) -> InputSpec:
+    """A net input as declared; its spatial sizes are defaults that the batch's replace, as
+    Caffe's ``net.blobs[...].reshape`` and OpenCV's ``setInput`` do (fully convolutional nets)."""
+    shape = net_input.shape
+    free = tuple(range(2, len(shape))) if shape is not None and len(shape) > 2 else ()
+    return InputSpec(net_input.name, shape, default_axes=free)
 
 
 def _passthrough(state: CaffeState) -> list[tuple]:

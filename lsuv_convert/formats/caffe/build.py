@@ -38,8 +38,9 @@ class BuiltNet:
 
 class NetBuilder:
     def __init__(self, parsed: ParsedNet, input_shapes: dict[str, tuple], weights: dict[str, StoredLayer] | None,
-                 weights_path: Path | None):
+                 weights_path: Path | None, shapes_only: bool = False):
         self.parsed = parsed
+        self.shapes_only = shapes_only  # parameters on the meta device: shapes without values or memory
         self.input_shapes = input_shapes
         self.weights = weights
         self.weights_path = weights_path
@@ -191,3 +192,61 @@ def target_layers(parsed: ParsedNet) -> list[TargetLayer]:
 
 def build_net(parsed: ParsedNet, input_shapes: dict[str, tuple], weights=None, weights_path=None) -> BuiltNet:
     return NetBuilder(parsed, input_shapes, weights, weights_path).build()
+
+
+def build_for_batch(parsed: ParsedNet, input_shapes: dict[str, tuple], weights=None, weights_path=None) -> BuiltNet:
+    """The net built at the batch's shapes, which replace the declared ones as Caffe's
+    ``net.blobs[...].reshape`` + ``net.reshape()`` and OpenCV's ``setInput`` do (fully
+    convolutional deploy nets declare one size and run at any). A net that can't run at the
+    batch's size is refused at the first layer that can't take it: one whose blobs would get
+    other shapes than at the declared size (an InnerProduct after the spatial axes, ...), or one
+    whose converter refuses the shapes it now gets."""
+    declared = {i.name: i.shape for i in parsed.inputs}
+    resized = {name: shape for name, shape in input_shapes.items()
+               if declared.get(name) is not None and None not in declared[name][1:]
+               and tuple(declared[name][1:]) != tuple(shape[1:])}
+    if resized:
+        _check_runs_resized(parsed, input_shapes, declared, resized)
+    return build_net(parsed, input_shapes, weights, weights_path)
+
+
+def _check_runs_resized(parsed: ParsedNet, input_shapes: dict, declared: dict, resized: dict) -> None:
+    """Both sizes built for shapes alone (meta parameters: no memory, no fillers), compared layer by layer."""
+    sizes = "; ".join(f"{name!r} {_dims(shape)} instead of the declared {_dims(declared[name])}"
+                      for name, shape in resized.items())
+    context = f"at the batch's input size ({sizes}), which replaces the declared one as Caffe's reshape does"
+    at_declared = {name: (declared[name] if name in resized else shape) for name, shape in input_shapes.items()}
+    reference = NetBuilder(parsed, at_declared, None, None, shapes_only=True)
+    declared_failure = None
+    try:
+        reference.build()
+    except Exception as exc:  # noqa: BLE001 - best effort: layers built before the failure still give their shapes
+        declared_failure = exc
+    expected = {p.name: [b.caffe_shape for b in p.blobs] for p in reference.param_layers}
+    trial = NetBuilder(parsed, input_shapes, None, None, shapes_only=True)
+    failure = None
+    try:
+        trial.build()
+    except ModelFormatError as exc:
+        failure = exc
+    except Exception:  # noqa: BLE001 - not about the size: the real build reports it
+        return
+    where = {entry.layer.name: parsed.where(entry) for entry in [*parsed.layers, *parsed.tail]}
+    for layer in trial.param_layers:
+        before = expected.get(layer.name)
+        after = [b.caffe_shape for b in layer.blobs]
+        if before is not None and before != after:
+            k = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b) if len(before) == len(after) else 0
+            raise ModelFormatError(
+                f"{where.get(layer.name, repr(layer.name))}: {layer.type} can't take the batch's input size: its blob "
+                f"{k} would have shape {tuple(after[k])} but has {tuple(before[k])} at the declared size ({sizes}); "
+                "feed data of the declared size", path=parsed.path)
+    if failure is not None:
+        if declared_failure is not None and str(declared_failure) == str(failure):
+            raise failure  # the net fails at its declared size too: not a matter of size
+        raise ModelFormatError(f"{failure.args[0]} ({context})", path=failure.path) from None
+
+
+def _dims(shape) -> str:
+    """A blob shape without its batch axis: 3×500×500."""
+    return "×".join(str(d) for d in shape[1:])

@@ -27,6 +27,7 @@ class Blob:
 
     node: torch.fx.Node
     shape: tuple
+    indexes: tuple | None = None  # a pooling mask: the spatial size of the plane its flat indices point into
 
 
 @dataclass
@@ -84,6 +85,8 @@ class LayerContext:
         """Values of the layer's blobs in Caffe layout: from ``--weights`` if it has the layer,
         else from ``blobs`` written in the prototxt itself (which Caffe also honours), else from
         the fillers (a FillerParameter, or a float for a constant)."""
+        if self.builder.shapes_only:
+            return [torch.empty(shape, device="meta") for shape in shapes]
         stored: StoredLayer | None = self.builder.weights.get(self.layer.name) if self.builder.weights else None
         source = Path(self.builder.weights_path).name if stored is not None else "the prototxt"
         if stored is None and len(self.layer.blobs):

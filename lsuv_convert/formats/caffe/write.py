@@ -88,10 +88,6 @@ def caffemodel_chunks(net_name: str, built: BuiltNet, module: torch.nn.Module, p
     return chunks
 
 
-def caffemodel_bytes(net_name: str, built: BuiltNet, module: torch.nn.Module, passthrough=()) -> bytes:
-    return b"".join(caffemodel_chunks(net_name, built, module, passthrough))
-
-
 def write_caffemodel(path, net_name: str, built: BuiltNet, module: torch.nn.Module, passthrough=()) -> None:
     """Atomically: everything is encoded (and checked finite) before the file is created."""
     from ...atomic import atomic_path

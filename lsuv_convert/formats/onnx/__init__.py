@@ -39,6 +39,8 @@ class OnnxState:
     divergence: float | None = None  # worst relative torch-vs-onnxruntime difference at the gate
     source_model: Any = None  # the file as read, when ``model`` is it lifted to a newer opset (else None)
     judged_state: dict | None = None  # fidelity.state_outside(...) right after the gate
+    conversion_notes: list = field(default_factory=list)  # what the working copy and onnx2torch said
+    in_runtime: set = field(default_factory=set)  # ONNX tensors computed in onnxruntime regions
 
     def target_parameters(self) -> dict[str, list[str]]:
         return {self.converted.paths[t.label]: [slot.kind for slot in t.slots()] for t in self.plan.targets}
@@ -73,31 +75,33 @@ class OnnxFormat(ModelFormat):
             raise ModelFormatError(targets.nothing_to_initialize(model), path=path)
         with stage("conversion"):
             working, converted = convert.converted_working(model, path, plan)
-            plan = working.plan
-        del working.model
         inputs, dtypes = _input_specs(model)
         state = OnnxState(model=model, external=external, plan=plan, converted=converted, input_dtypes=dtypes,
                           source_model=source_model)
-        notes = ([lifted] if lifted else []) + list(plan.notes) + list(working.notes) + list(converted.notes)
+        _take_conversion(state, working, converted)
+        notes = ([lifted] if lifted else []) + list(state.conversion_notes)
         if external:
             notes.append(f"{len(external)} initializer(s) read from external data; written back the same way")
         return LoadedModel(format=self.name, source=path, inputs=inputs, state=state, notes=notes,
-                           targets=_targets(plan, converted))
+                           targets=_targets(state.plan, converted))
 
     def build(self, loaded: LoadedModel, inputs: list[Any], check: bool) -> ModelGraph:
-        """The converted graph; with ``check``, the fidelity gate: refuse a conversion onnxruntime disagrees with."""
+        """The converted graph; with ``check``, the fidelity gate: refuse a conversion onnxruntime
+        disagrees with, after moving each node whose conversion fails or disagrees when it runs
+        (not a target layer) into onnxruntime, as for a node onnx2torch refuses."""
         from . import fidelity
 
         state: OnnxState = loaded.state
-        graph = ModelGraph(module=state.converted.module, targets=list(loaded.targets), inputs=loaded.inputs,
-                           format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
-                           engine_path="fx")
+        read_notes = list(state.conversion_notes)
+        worst = judged = None
         if check:
             with stage("fidelity_gate"):
-                worst, judged = fidelity.gate(
-                    graph.module, state.model, inputs, state.converted.tensors,
-                    [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, graph.source,
-                )
+                worst, judged = _gate_with_fallback(state, inputs, loaded.source)
+        notes = [n for n in loaded.notes if n not in read_notes] + list(state.conversion_notes)
+        graph = ModelGraph(module=state.converted.module, targets=_targets(state.plan, state.converted),
+                           inputs=loaded.inputs, format=self.name, source=loaded.source, state=state, notes=notes,
+                           engine_path="fx")
+        if check:
             state.batch = judged
             state.divergence = worst
             state.judged_state = fidelity.state_outside(graph.module, state.target_parameters())
@@ -163,6 +167,57 @@ class OnnxFormat(ModelFormat):
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
+
+
+MAX_RUNTIME_FALLBACKS = 32  # nodes moved to onnxruntime after their conversion failed or disagreed when run
+
+
+def _take_conversion(state: OnnxState, working, converted) -> None:
+    """Make ``working`` / ``converted`` the state's conversion (the working copy itself is dropped)."""
+    state.plan, state.converted = working.plan, converted
+    state.conversion_notes = list(working.plan.notes) + list(working.notes) + list(converted.notes)
+    state.in_runtime = {o for region in working.regions for member in region["members"] for o in member.output if o}
+    del working.model
+
+
+def _gate_with_fallback(state: OnnxState, inputs: list, source: Path) -> tuple[float, list]:
+    """The fidelity gate; a node other than a target layer whose torch conversion fails or first
+    disagrees with onnxruntime when run moves into an onnxruntime region and the graph is converted
+    and judged again, whole. Refused (the gate's own error) when the node is a target layer, already
+    runs in onnxruntime, or after MAX_RUNTIME_FALLBACKS nodes."""
+    from . import convert, fidelity, targets
+
+    moved: dict[str, str] = {}
+    while True:
+        try:
+            return fidelity.gate(
+                state.converted.module, state.model, inputs, state.converted.tensors,
+                [t.output for t in state.plan.targets], state.input_dtypes, state.converted.node_names, source,
+            )
+        except fidelity.NodeMismatch as mismatch:
+            node = _movable_node(state, mismatch.tensors)
+            if node is None or node in moved or len(moved) >= MAX_RUNTIME_FALLBACKS:
+                raise
+            moved[node] = mismatch.why
+        with stage("conversion"):
+            working, converted = convert.converted_working(state.model, source, targets.find_targets(state.model), moved)
+        _take_conversion(state, working, converted)
+
+
+def _movable_node(state: OnnxState, tensors: list[str]) -> str | None:
+    """The first output of the source node computing ``tensors``, if it may run in onnxruntime:
+    not a target layer (nor a MatMul's fused bias Add), not in an onnxruntime region already."""
+    nodes = list(state.model.graph.node)
+    layers = {nodes[i].output[0] for t in state.plan.targets for i in (t.node_index, t.fused_add) if i is not None}
+    for name in tensors:
+        node = next((n for n in nodes if name in n.output), None)
+        if node is None or not node.output:
+            continue
+        first = node.output[0]
+        if first in layers or first in state.in_runtime:
+            return None
+        return first
+    return None
 
 
 def _targets(plan, converted) -> list[TargetLayer]:

@@ -39,6 +39,8 @@ def file_account(model: onnx.ModelProto, plan, label_of: dict[str, str], reports
             continue
         for slot in target.slots():
             left_out.setdefault(slot.source, (label, reason))
+    for target in plan.tied:
+        left_out.setdefault(target.weight.source, (target.label, "its weight is tied to a node that is not a layer; left as it is"))
 
     account: list[ParamAccount] = []
     stored = [(t.name, t) for t in model.graph.initializer]

@@ -33,7 +33,7 @@ from ...errors import ModelFormatError, first_line
 from . import converters
 from .modules import GemmTarget, MatMulTarget, pin_inference
 from .lean_conversion import infer_shapes_in_place, modules_without_random_init, onnx2torch_infers_without_weights
-from .targets import TargetPlan, effective_value, graph_view
+from .targets import TargetPlan, effective_value, graph_view, subgraph_layers
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -171,30 +171,6 @@ def _int_attr(node, name: str, default: int = 0) -> int:
     return default
 
 
-def check_convertible(work: onnx.ModelProto, source) -> None:
-    """Every node has an onnx2torch converter for its op version, or one clear error."""
-    from onnx2torch.node_converters import get_converter
-
-    opsets = {o.domain: o.version for o in work.opset_import}
-    for node in work.graph.node:
-        label = node.name or (node.output[0] if node.output else node.op_type)
-        if node.domain not in STANDARD_DOMAINS + (converters.FIX_DOMAIN,):
-            raise ModelFormatError(
-                f"node {label!r} uses op {node.op_type!r} of custom domain {node.domain!r}; only standard ONNX ops can be converted",
-                path=source,
-            )
-        version = opsets.get(node.domain)
-        if version is None:
-            raise ModelFormatError(f"node {label!r}: the model imports no opset for domain {node.domain!r}", path=source)
-        try:
-            get_converter(operation_type=node.op_type, version=version, domain=node.domain)
-        except NotImplementedError:
-            raise ModelFormatError(
-                f"node {label!r}: op {node.op_type} (opset {version}) has no torch converter; it can't be initialized",
-                path=source,
-            ) from None
-
-
 @dataclass
 class Converted:
     module: nn.Module  # torch.fx.GraphModule computing the model
@@ -202,13 +178,6 @@ class Converted:
     tensors: dict[str, tuple[str, int]]  # ONNX tensor -> (module path, output index) computing it
     node_names: dict[str, str]  # module path -> ONNX node name (for messages)
     notes: list[str]
-
-
-def checked_working_copy(model: onnx.ModelProto, source) -> onnx.ModelProto:
-    """The working copy, after checking that every node can be converted (one clear error if not)."""
-    work = working_copy(model)
-    check_convertible(work, source)
-    return work
 
 
 def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, source) -> Converted:
@@ -384,17 +353,20 @@ class Working:
     notes: list[str]
 
 
-def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None, probe: bool = True) -> Working:
+def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = None, probe: bool = True,
+                    in_runtime: dict[str, str] | None = None) -> Working:
     """The working copy for ``model``: only what leads to a target layer, every target weight a
     plain initializer holding what the layer sees, unconvertible nodes as onnxruntime regions.
     A target layer that ends up inside a region is not initialized (``plan.skipped`` says why).
-    Without ``probe``, converters are not tried beforehand (see :func:`converted_working`)."""
+    Without ``probe``, converters are not tried beforehand (see :func:`converted_working`).
+    ``in_runtime``: nodes (by first output) to run in onnxruntime although onnx2torch converts
+    them (their conversion failed or disagreed when run), with why."""
     from .targets import find_targets
 
     exclude: dict[int, str] = {}
     plan = plan if plan is not None else find_targets(model)
     while True:
-        work, regions, swallowed, pruned = _working_for(model, plan, probe)
+        work, regions, swallowed, pruned = _working_for(model, plan, probe, in_runtime or {})
         if not swallowed:
             break
         exclude.update(swallowed)
@@ -410,21 +382,23 @@ def prepare_working(model: onnx.ModelProto, source, plan: TargetPlan | None = No
     return Working(work, plan, regions, notes)
 
 
-def converted_working(model: onnx.ModelProto, source, plan: TargetPlan) -> tuple[Working, Converted]:
+def converted_working(model: onnx.ModelProto, source, plan: TargetPlan,
+                      in_runtime: dict[str, str] | None = None) -> tuple[Working, Converted]:
     """The working copy and its conversion. Optimistic first: when every node has a registered
     converter, the graph is converted straight away, each converter (and its copy of the weights)
     called once; only if onnx2torch then refuses a node is each converter tried on its own, so the
-    nodes it refuses run in onnxruntime regions, and the graph converted again."""
-    working = prepare_working(model, source, plan, probe=False)
+    nodes it refuses run in onnxruntime regions, and the graph converted again. ``in_runtime``: see
+    :func:`prepare_working`."""
+    working = prepare_working(model, source, plan, probe=False, in_runtime=in_runtime)
     try:
         return working, convert(model, working.model, working.plan, source)
     except ModelFormatError:
         pass
-    working = prepare_working(model, source, plan, probe=True)
+    working = prepare_working(model, source, plan, probe=True, in_runtime=in_runtime)
     return working, convert(model, working.model, working.plan, source)
 
 
-def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool = True):
+def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool, in_runtime: dict[str, str]):
     from . import regions as region_mod
     from .targets import unique_name
 
@@ -484,6 +458,9 @@ def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool = True):
     domains = {n.output[0]: n.domain for n in graph.node if n.output}
     work = fix_for_onnx2torch(work)
     unconvertible = region_mod.find_unconvertible(work, probe)
+    for k, node in enumerate(work.graph.node):
+        if node.output and node.output[0] in in_runtime:
+            unconvertible.setdefault(k, f"op {node.op_type}: {in_runtime[node.output[0]]}")
     regions = region_mod.replace_regions(work, model, unconvertible, domains)
     in_region = {}
     for region in regions:
@@ -517,26 +494,10 @@ def _working_notes(model, plan: TargetPlan, regions: list[dict], pruned: list[tu
                 if stored:
                     notes.append(f"layer {label!r} ({member.op_type}) not initialized: its weights are only used inside "
                                  f"onnxruntime (no torch converter for {member.op_type})")
-            for inner in _subgraph_layers(member, set(g.initializers) | set(g.constants)):
+            for inner in subgraph_layers(member, set(g.initializers) | set(g.constants)):
                 notes.append(f"layer {inner!r} inside the subgraph of {member.op_type} {label!r} not initialized: "
                              "subgraphs run in onnxruntime")
     if pruned:
         ops = ", ".join(dict.fromkeys(op for op, _ in pruned))
         notes.append(f"{len(pruned)} node(s) that feed no target layer are not converted or run ({ops})")
     return notes
-
-
-def _subgraph_layers(node, outer: set[str] | None = None) -> list[str]:
-    """Conv / ConvTranspose / Gemm / MatMul nodes with a stored weight inside a node's subgraphs
-    (recursively): layers torch never sees."""
-    found = []
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            stored = set(outer or ()) | {t.name for t in graph.initializer} | {
-                n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
-            for inner in graph.node:
-                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(inner.input) > 1 and inner.input[1] in stored:
-                    found.append(inner.name or inner.output[0])
-                found.extend(_subgraph_layers(inner, stored))
-    return found

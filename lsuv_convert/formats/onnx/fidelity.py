@@ -121,6 +121,17 @@ def divergence(reference: np.ndarray, value) -> float:
     return float(torch.linalg.vector_norm(ref - got, ord=inf)) / scale
 
 
+class NodeMismatch(ConversionError):
+    """The torch graph fails to run, or first disagrees with onnxruntime, at one place: ``tensors``
+    are the ONNX tensors computed there (empty when unknown), ``why`` says what went wrong. A node
+    other than a target layer may then run in onnxruntime instead (see :mod:`.regions`)."""
+
+    def __init__(self, message: str, tensors: list[str], why: str, path=None):
+        super().__init__(message, path=path)
+        self.tensors = list(tensors)
+        self.why = why
+
+
 class _NodeFailure(Exception):
     def __init__(self, module_path: str, exc: BaseException):
         super().__init__(module_path)
@@ -141,6 +152,14 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
     found: dict[str, torch.Tensor] = {}
 
     class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            try:
+                return super().run_node(n)
+            except _NodeFailure:
+                raise
+            except Exception as exc:  # a function node between modules: reported like a module
+                raise _NodeFailure(n.name, exc) from exc
+
         def call_module(self, target, args, kwargs):
             try:
                 out = super().call_module(target, args, kwargs)
@@ -192,27 +211,31 @@ def check(gm, model: onnx.ModelProto, inputs: list, tensors: dict[str, tuple[str
     try:
         torch_values(gm, inputs, {n: tensors[n] for n in names}, dtypes, consume=compare)
     except _NodeFailure as failure:
-        raise ConversionError(
-            f"{what} fails to run at node {labels.get(failure.module_path, failure.module_path)!r}: "
-            f"{type(failure.exc).__name__}: {first_line(failure.exc)}",
-            path=source,
+        error = f"{type(failure.exc).__name__}: {first_line(failure.exc)}"
+        raise NodeMismatch(
+            f"{what} fails to run at node {labels.get(failure.module_path, failure.module_path)!r}: {error}",
+            [name for name, (path, _) in tensors.items() if path == failure.module_path],
+            f"its torch conversion fails when it runs ({error})", path=source,
         ) from None
     for name in [n for n in names if n in reference]:  # onnxruntime computed it, torch never did
         compare(name, None)
     if state["bad"]:
-        detail = _diagnose(gm, model, inputs, tensors, dtypes, labels, what) if diagnose else f"{what} disagrees with onnxruntime"
-        raise ConversionError(detail, path=source)
+        if not diagnose:
+            raise ConversionError(f"{what} disagrees with onnxruntime", path=source)
+        detail, tensor, why = _diagnose(gm, model, inputs, tensors, dtypes, labels, what)
+        raise NodeMismatch(detail, [tensor] if tensor else [], why, path=source)
     return state["worst"]
 
 
-def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:
-    """Compare every node's outputs to name the first node that diverges."""
+def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> tuple[str, str | None, str]:
+    """Compare every node's outputs to name the first node that diverges: (message, an output of
+    that node or None, what went wrong there)."""
     random = [n for n in model.graph.node if n.op_type in RANDOM_OPS]
     if random:
         label = random[0].name or random[0].output[0]
         return (f"{what} disagrees with onnxruntime on this batch, and the model draws random numbers "
                 f"(node {label!r}, {random[0].op_type}): its outputs change from run to run; export it in "
-                "inference mode (model.eval()) so that it computes a function of its inputs")
+                "inference mode (model.eval()) so that it computes a function of its inputs", None, "")
     order = [(node, out) for node in model.graph.node for out in node.output if out in tensors]
     reference = runtime.run(model, inputs, [out for _, out in order])
     values = torch_values(gm, inputs, {out: tensors[out] for _, out in order}, dtypes)
@@ -225,6 +248,8 @@ def _diagnose(gm, model, inputs, tensors, dtypes, labels, what: str) -> str:
             detail = "a different shape or type" if not np.isfinite(err) else f"a relative difference of {err:.3g}"
             return (
                 f"{what} disagrees with onnxruntime, first at node {label!r} ({node.op_type}, output {out!r}: "
-                f"{detail}); refusing to initialize a model that would be converted wrongly"
+                f"{detail}); refusing to initialize a model that would be converted wrongly",
+                out, f"its torch conversion disagrees with onnxruntime when it runs ({detail})",
             )
-    return f"{what} disagrees with onnxruntime on this batch; refusing to initialize a model that would be converted wrongly"
+    return (f"{what} disagrees with onnxruntime on this batch; refusing to initialize a model that would be "
+            "converted wrongly", None, "")

@@ -87,6 +87,7 @@ class TargetPlan:
     targets: list[OnnxTarget]
     notes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it is not initialized)
+    tied: list[OnnxTarget] = field(default_factory=list)  # layers whose weight a non-layer node also reads: left as they are
 
 
 class _Graph:
@@ -383,8 +384,30 @@ def find_targets(model, exclude: dict[int, str] | None = None) -> TargetPlan:
                 continue
             targets.append(target)
     _labels(g, targets)
-    notes = _share_notes(targets)
-    return TargetPlan(targets, notes, skipped)
+    targets, tied, tied_notes = _without_tied(g, targets)
+    notes = tied_notes + _share_notes(targets)
+    return TargetPlan(targets, notes, skipped, tied)
+
+
+SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
+
+
+def _without_tied(g: _Graph, targets: list[OnnxTarget]) -> tuple[list[OnnxTarget], list[OnnxTarget], list[str]]:
+    """The API's rule for tied weights (:func:`lsuv_convert.lsuv.targets.split_tied`) on a file: a target
+    whose stored weight a node that is not a target layer also reads (GPT-2's LM head reading the
+    embedding table a Gather reads, through a Transpose) is left as it is. Returns (targets kept,
+    targets left out, a note for each)."""
+    from ...lsuv.targets import split_tied
+
+    by_slot = {(t.weight.node_index, t.weight.input_index): t.label for t in targets}
+    holders: dict[str, list[str]] = {}
+    for t in targets:
+        users, _ = g.users(t.weight.source)
+        holders[t.label] = [by_slot.get((i, j)) or node_label(g.nodes[i]) for i, j in sorted(users)
+                            if g.nodes[i].op_type not in SHAPE_ONLY_OPS]
+    kept, notes = split_tied(holders)
+    keep = set(kept)
+    return [t for t in targets if t.label in keep], [t for t in targets if t.label not in keep], notes
 
 
 def _share_notes(targets: list[OnnxTarget]) -> list[str]:
@@ -405,12 +428,6 @@ def _share_notes(targets: list[OnnxTarget]) -> list[str]:
                     f"kept shared, scaled once at its first use ({t.label})"
                 )
     return notes
-
-
-def shares_bias(first: OnnxTarget, targets: list[OnnxTarget]) -> bool:
-    """Whether the targets sharing ``first``'s weight also all read one bias tensor (then one Parameter)."""
-    group = [first] + [t for t in targets if t.shares_weight_with == first.label]
-    return len(group) > 1 and all(t.bias is not None for t in group) and len({t.bias.tensor for t in group}) == 1
 
 
 def graph_view(model, initializers: dict | None = None) -> _Graph:
@@ -463,7 +480,29 @@ def nothing_to_initialize(model) -> str:
                 if producer.op_type == "ConstantOfShape":
                     return (f"no stored weights: the weight of {node.op_type} {node_label(node)!r} is computed by "
                             f"ConstantOfShape (a file without trained or stored values); nothing to initialize")
+    for node in g.nodes:
+        inner = subgraph_layers(node, set(g.initializers) | set(g.constants))
+        if inner:
+            return (f"every Conv, ConvTranspose, Gemm or MatMul layer with a stored weight is inside a subgraph (first: "
+                    f"{inner[0]!r} in {node.op_type} {node_label(node)!r}), and subgraphs run in onnxruntime: nothing to "
+                    "initialize")
     return "no Conv, ConvTranspose, Gemm or MatMul layer with a stored weight (initializer or Constant): nothing to initialize"
+
+
+def subgraph_layers(node, outer: set[str] | None = None) -> list[str]:
+    """Conv / ConvTranspose / Gemm / MatMul nodes with a stored weight inside a node's subgraphs
+    (recursively): layers torch never sees."""
+    found = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == 5 else list(attr.graphs)  # AttributeProto.GRAPH
+        for graph in graphs:
+            stored = set(outer or ()) | {t.name for t in graph.initializer} | {
+                n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+            for inner in graph.node:
+                if inner.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(inner.input) > 1 and inner.input[1] in stored:
+                    found.append(inner.name or inner.output[0])
+                found.extend(subgraph_layers(inner, stored))
+    return found
 
 
 _INDEX_PASS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Clip")

@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from caffe_helpers import shared_model, input_layer, opencv_run, seeded_batch, write_text
+from caffe_helpers import needs_opencv, shared_model, input_layer, opencv_run, seeded_batch, write_text
 from conftest import run_cli
 
-pytest.importorskip("cv2")
 
 V1_NET = """name: "v1"
 input: "data"
@@ -66,6 +65,7 @@ def _variances(prototxt, caffemodel, batch, names):
     return [float(v.astype(np.float64).var()) for v in opencv_run(prototxt, caffemodel, {"data": batch}, names)]
 
 
+@needs_opencv
 def test_v1_solver_and_train_val_files_end_to_end(tmp_path):
     v1 = write_text(tmp_path, "v1.prototxt", V1_NET)
     np.save(tmp_path / "v1.npy", seeded_batch((8, 1, 16, 16)))
@@ -109,6 +109,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" inner_product_par
     assert report["ok"] and [r["name"] for r in report["layers"]] == ["conv", "deconv", "fc"]
 
 
+@needs_opencv
 def test_default_output_name_inspect_and_verify(tmp_path):
     model = tmp_path / "lenet.prototxt"
     shutil.copy(shared_model("lenet.prototxt"), model)
@@ -130,6 +131,7 @@ def test_default_output_name_inspect_and_verify(tmp_path):
         ("ip1", "InnerProduct", [500, 800]), ("ip2", "InnerProduct", [10, 500])]
 
 
+@needs_opencv
 def test_weights_keep_in_place(tmp_path):
     model = tmp_path / "cifar.prototxt"
     shutil.copy(shared_model("cifar10_quick.prototxt"), model)
@@ -192,6 +194,7 @@ def test_weights_of_another_net_fail_and_write_nothing(tmp_path):
     assert not out.exists()
 
 
+@needs_opencv
 def test_measure_without_opencv_is_a_clear_error(tmp_path, monkeypatch):
     from caffe_helpers import caffe_format
     from lsuv_convert.errors import LsuvError

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (assert_close, built_graph, build_small, caffe_format, input_layer, opencv_run, seeded_batch,
+from caffe_helpers import (needs_opencv, assert_close, built_graph, build_small, caffe_format, input_layer, opencv_run, seeded_batch,
                            torch_layer_outputs, write_text)
 from lsuv_convert.errors import ModelFormatError
 
-pytest.importorskip("cv2")
 
 S = (2, 4, 9, 9)
 P = (2, 4, 10, 10)
@@ -92,6 +91,7 @@ def _last_layer(graph):
     return graph.state.parsed.layers[-1].layer.name
 
 
+@needs_opencv
 @pytest.mark.parametrize("case", sorted(OPENCV_CASES))
 def test_layer_matches_opencv(tmp_path, case):
     body, shape = OPENCV_CASES[case]
@@ -255,6 +255,7 @@ def test_bad_layers_are_named_errors(tmp_path, body, fragment):
 
 # -- what LSUV sees -----------------------------------------------------------------------------
 
+@needs_opencv
 def test_lsuv_measures_the_conv_output_before_its_in_place_relu(tmp_path):
     from lsuv_convert import lsuv_init
 
@@ -272,6 +273,7 @@ def test_lsuv_measures_the_conv_output_before_its_in_place_relu(tmp_path):
     assert relu.min() >= 0 and relu.var() < 0.9  # the ReLU'd blob is not what was scaled
 
 
+@needs_opencv
 def test_shared_weights_by_param_name(tmp_path):
     body = ('layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" param { name: "w" } param { name: "b" } '
             'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n'
@@ -290,6 +292,7 @@ def test_shared_weights_by_param_name(tmp_path):
     assert_close(torch_layer_outputs(graph, batch)[1][0], cv[0])
 
 
+@needs_opencv
 def test_multi_bottom_convolution_shares_one_weight(tmp_path):
     body = ('layer { name: "t" type: "TanH" bottom: "data" top: "t" }\n'
             'layer { name: "c" type: "Convolution" bottom: "data" bottom: "t" top: "c1" top: "c2" '
@@ -330,6 +333,7 @@ def test_fillers_give_caffes_initial_values(tmp_path):
     assert torch.equal(m.pr.weight, torch.full((3,), 0.25))
 
 
+@needs_opencv
 def test_all_layer_types_in_one_net_convert_and_load_in_opencv(tmp_path):
     """The CLI path: load, LSUV, save; OpenCV then sees unit-variance targets in a net that chains
     every layer type OpenCV implements as Caffe does."""

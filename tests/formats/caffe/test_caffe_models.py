@@ -13,10 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from caffe_helpers import shared_model, shared_params, assert_close, caffe_format, cases, opencv_run, seeded_batch, torch_layer_outputs
+from caffe_helpers import needs_opencv, shared_model, shared_params, assert_close, caffe_format, cases, opencv_run, seeded_batch, torch_layer_outputs
 from conftest import run_cli
 
-pytest.importorskip("cv2")
 
 TOL = 0.02
 SLOW = {"caffenet_deploy.prototxt", "googlenet_deploy.prototxt", "resnet50_deploy.prototxt",
@@ -73,6 +72,7 @@ def converted(tmp_path_factory):
     return run
 
 
+@needs_opencv
 @pytest.mark.parametrize("name", _params())
 def test_real_net_through_cli_and_opencv(tmp_path, converted, name):
     import torch

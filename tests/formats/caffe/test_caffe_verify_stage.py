@@ -10,10 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from caffe_helpers import write_text
+from caffe_helpers import needs_opencv, write_text
 from conftest import invoke
 
-pytest.importorskip("cv2")
 
 NET = '''name: "staged"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 8 dim: 3 dim: 8 dim: 8 } } }
@@ -36,6 +35,7 @@ def staged(tmp_path_factory):
     return folder, proto
 
 
+@needs_opencv
 def test_verify_with_the_stage_measures_the_net_convert_built(staged):
     folder, _ = staged
     result = invoke("verify", folder / "net.lsuv.caffemodel", "--stage", "deploy", "--data", folder / "x.npy", "--json")
@@ -46,6 +46,7 @@ def test_verify_with_the_stage_measures_the_net_convert_built(staged):
     assert all(abs(r["var"] - 1) < 0.02 for r in rows), rows
 
 
+@needs_opencv
 def test_verify_with_prototxt_and_weights_takes_the_stage_too(staged):
     folder, proto = staged
     result = invoke("verify", proto, "--weights", folder / "net.lsuv.caffemodel", "--stage", "deploy",
@@ -54,6 +55,7 @@ def test_verify_with_prototxt_and_weights_takes_the_stage_too(staged):
     assert [r["name"] for r in json.loads(result.stdout)["layers"]] == ["c", "head"]
 
 
+@needs_opencv
 def test_verify_without_the_stage_measures_the_net_as_written(staged):
     folder, _ = staged
     result = invoke("verify", folder / "net.lsuv.caffemodel", "--data", folder / "x.npy", "--json")

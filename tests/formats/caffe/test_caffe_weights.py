@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (built_graph, shared_model, assert_close, build_small, caffe_format, input_layer, opencv_run,
+from caffe_helpers import (needs_opencv, built_graph, shared_model, assert_close, build_small, caffe_format, input_layer, opencv_run,
                            seeded_batch, write_text)
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
@@ -62,6 +62,7 @@ def _convert(tmp_path, proto, *, weights=None, pre_init="orthonormal", out_name=
     return graph, report, out, x
 
 
+@needs_opencv
 def test_written_file_lists_every_layer_with_blobs_in_caffes_layout(tmp_path):
     proto = write_text(tmp_path, "small.prototxt", NET)
     graph, report, out, x = _convert(tmp_path, proto)
@@ -88,6 +89,7 @@ def test_written_file_lists_every_layer_with_blobs_in_caffes_layout(tmp_path):
     assert abs(float((outs[1].reshape(4, -1) @ w2).var()) - 1) < 0.02
 
 
+@needs_opencv
 def test_weights_are_loaded_by_layer_name_and_keep_only_rescales(tmp_path):
     proto = write_text(tmp_path, "small.prototxt", NET)
     _, given_path, _, _ = build_small(tmp_path, NET, [SHAPE], name="given.prototxt")
@@ -243,6 +245,7 @@ def test_save_is_atomic_over_an_existing_file(tmp_path, monkeypatch):
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["out.caffemodel", "small.prototxt"]
 
 
+@needs_opencv
 def test_written_weights_reload_into_the_same_graph(tmp_path):
     """Write -> --weights -> the torch graph reproduces OpenCV on the written file (real model)."""
     proto = shared_model("cifar10_quick.prototxt")

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import (assert_close, build_small, caffe_format, input_layer, opencv_run, torch_layer_outputs,
+from caffe_helpers import (needs_opencv, assert_close, build_small, caffe_format, input_layer, opencv_run, torch_layer_outputs,
                            write_text)
 from lsuv_convert.errors import ModelFormatError
 
-pytest.importorskip("cv2")
 
 S = (2, 4, 6, 6)
 
@@ -59,6 +58,7 @@ OPENCV_CASES = {
 }
 
 
+@needs_opencv
 @pytest.mark.parametrize("case", sorted(OPENCV_CASES))
 def test_layer_matches_opencv(tmp_path, case):
     proto, model, graph, batch = build_small(tmp_path, _net(OPENCV_CASES[case]), [S])

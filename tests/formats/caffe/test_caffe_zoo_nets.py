@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_helpers import caffe_format, opencv_run, seeded_batch, write_text
+from caffe_helpers import needs_opencv, caffe_format, opencv_run, seeded_batch, write_text
 from conftest import invoke
 from lsuv_convert.errors import ModelFormatError
 
-pytest.importorskip("cv2")
 
 TOL = 0.02
 
@@ -160,6 +159,7 @@ def _lsuv(tmp_path, name):
     return proto, out, graph, report, x
 
 
+@needs_opencv
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_zoo_kind_converts_and_its_targets_have_unit_variance(tmp_path, name):
     text, shape, opencv_loads, targets = NETS[name]
@@ -192,6 +192,7 @@ def test_ssd_tail_is_left_out_and_named(tmp_path):
     assert "Normalize" in ran and "PriorBox" not in ran and "Permute" not in ran
 
 
+@needs_opencv
 @pytest.mark.slow
 def test_ssd_through_the_cli_and_verify(tmp_path):
     proto = write_text(tmp_path, "ssd.prototxt", SSD)
@@ -220,6 +221,7 @@ def test_unknown_types_after_the_last_target_are_left_out_before_it_are_errors(t
     assert str(err.value) == f"{before}: layer 'mine' (line 3): unknown layer type 'MyFancyDecoder'"
 
 
+@needs_opencv
 def test_tail_layers_with_parameters_are_written(tmp_path):
     """A BatchNorm / Scale / PReLU after the last conv never runs, but its blobs are in the file,
     so OpenCV (which needs them) loads the whole net."""
@@ -289,6 +291,7 @@ layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
 """
 
 
+@needs_opencv
 def test_readme_quick_start_for_caffe(tmp_path):
     """``lsuv-convert NAME.prototxt`` with ``NAME.npy`` beside it, then ``verify``: the
     sample_models/fitnet_mnist.prototxt run of docs/formats.md (Caffe, Verify), on a net built here."""

@@ -5,7 +5,8 @@ current exporter. Not a test (it takes minutes): run it from the repository root
 
 Corpora: the onnx package's backend test models (pytorch-converted / pytorch-operator: PyTorch
 0.3-era IR 3 files; light: Caffe2-era model structures whose weights are ConstantOfShape fills),
-hand-built legacy / paddle / chained-weight / If+LSTM / quantized files, torch exports with
+hand-built legacy / paddle / chained-weight / If+LSTM / quantized files, nodes that onnx2torch
+converts but that fail or disagree when run and a tied LM head, torch exports with
 detection and segmentation post-processing, and six transformers built from configs, exported
 by both of torch's exporters. A file is "ok" when the CLI initializes it (exit 0, which includes
 the fidelity gate against onnxruntime and the check of the written file), else "refused" with
@@ -25,7 +26,8 @@ import numpy as np
 import onnx
 
 from conftest import invoke
-from onnx_helpers import LEGACY_BUILDERS, export_postprocessing, export_transformer, quantized_conv, transformer_models
+from onnx_helpers import (LEGACY_BUILDERS, export_postprocessing, export_transformer, quantized_conv, run_time_cases,
+                          transformer_models)
 
 
 def _run(folder: Path) -> list[dict]:
@@ -55,6 +57,13 @@ def main(work: Path) -> None:
         shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         np.save(folder / f"{name}.npy", rng.standard_normal(shape).astype(np.float32))
     corpora["hand-built other producers"] = folder
+
+    folder = work / "run_time"
+    folder.mkdir()
+    for name, (model, batch) in run_time_cases().items():
+        onnx.save(model, str(folder / f"{name}.onnx"))
+        np.save(folder / f"{name}.npy", batch)
+    corpora["hand-built nodes wrong only when run, tied head"] = folder
 
     folder = work / "postprocessing"
     folder.mkdir()

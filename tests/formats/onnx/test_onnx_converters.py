@@ -35,7 +35,7 @@ def _check(model, inputs, atol=1e-5):
 
     feeds = dict(inputs)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    work = onnx_convert.checked_working_copy(model, "test.onnx")
+    work = onnx_convert.working_copy(model)
     module = onnx2torch.convert(work).eval()
     with torch.no_grad():
         got = module(*[torch.from_numpy(a) for _, a in inputs])

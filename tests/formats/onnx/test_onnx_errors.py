@@ -18,9 +18,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import invoke, run_cli
-from lsuv_convert.errors import ConversionError, LsuvError, ModelFormatError
+from lsuv_convert.errors import LsuvError, ModelFormatError
 from lsuv_convert.formats import get_format
-from onnx_helpers import export_module
+from onnx_helpers import export_module, ort_values
 
 ONNX = get_format("onnx")
 RNG = np.random.default_rng(0)
@@ -197,7 +197,7 @@ def resize_model(constant_output: bool = False) -> onnx.ModelProto:
     """Conv -> Resize (nearest, ONNX's default half_pixel / round_prefer_floor) -> Conv.
 
     onnx2torch's Resize-13 always resizes like torch's 'nearest' (asymmetric, floor), so at a
-    scale of 0.6 its torch graph computes something else than the model: the gate must refuse.
+    scale of 0.6 its torch graph computes something else than the model: the gate must see it.
     With ``constant_output`` the model output is multiplied by zero, so only the comparison of
     the target layers' outputs can see the difference."""
     w1 = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
@@ -219,18 +219,62 @@ def resize_model(constant_output: bool = False) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("constant_output", [False, True])
-def test_fidelity_gate_refuses_in_process(tmp_path, constant_output):
+def test_fidelity_gate_catches_a_wrong_conversion(tmp_path, constant_output):
+    """The gate sees the wrong Resize (also behind a constant model output); the Resize then runs
+    in onnxruntime and the torch graph computes what onnxruntime computes."""
     path = tmp_path / "resize.onnx"
-    onnx.save(resize_model(constant_output), str(path))
-    graph = ONNX.load(path)
-    with pytest.raises(ConversionError) as info:
-        graph = ONNX.prepare(graph, [torch.randn(2, 3, 10, 10)])
-    assert "'upsample'" in str(info.value) and "Resize" in str(info.value)
+    model = resize_model(constant_output)
+    onnx.save(model, str(path))
+    x = torch.randn(2, 3, 10, 10)
+    graph = ONNX.prepare(ONNX.load(path), [x])
+    assert any(n.startswith("onnxruntime runs 1 node(s) inside the torch graph (Resize 'upsample')")
+               and "disagrees with onnxruntime" in n for n in graph.notes)
+    state = graph.state
+    path_c2, _ = state.converted.tensors["c2"]
+    with torch.no_grad():
+        found = {}
+        handle = graph.module.get_submodule(path_c2).register_forward_hook(lambda m, i, o: found.setdefault("c2", o))
+        graph.module(x)
+        handle.remove()
+    reference = ort_values(model, {"x": x.numpy()}, ["c2"])["c2"]
+    assert np.abs(found["c2"].numpy() - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+def deconv_output_shape_model() -> onnx.ModelProto:
+    """Conv -> ConvTranspose with an ``output_shape`` attribute, which onnx2torch ignores: the
+    target layer itself is converted wrongly, so nothing can run in its place."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((4, 2, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["c1", "w2"], ["y"], name="deconv", strides=[2, 2], output_shape=[20, 20]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 10, 10])],
+                              [onnx.ValueInfoProto(name="y")], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def test_fidelity_gate_refuses_through_cli(tmp_path):
-    onnx.save(resize_model(), str(tmp_path / "resize.onnx"))
+    onnx.save(deconv_output_shape_model(), str(tmp_path / "deconv.onnx"))
     np.save(tmp_path / "batch.npy", RNG.standard_normal((2, 3, 10, 10)).astype(np.float32))
     before = _snapshot(tmp_path)
-    proc = run_cli(tmp_path / "resize.onnx", "--data", tmp_path / "batch.npy", "-o", tmp_path / "out.onnx")
-    _assert_clean_failure(proc, tmp_path, before, "upsample", "onnxruntime")
+    proc = run_cli(tmp_path / "deconv.onnx", "--data", tmp_path / "batch.npy", "-o", tmp_path / "out.onnx")
+    _assert_clean_failure(proc, tmp_path, before, "'deconv'", "disagrees with onnxruntime")
+
+
+def test_layers_only_inside_subgraphs_are_named(tmp_path):
+    """silero VAD's main file holds its whole net in both branches of an If on the sample rate:
+    nothing torch runs holds a layer, and the refusal says where the layers are."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    branch = [helper.make_graph([helper.make_node("Conv", ["x", "w"], [f"y_{k}"], name=f"conv_{k}")], f"branch_{k}", [],
+                                [onnx.ValueInfoProto(name=f"y_{k}")]) for k in ("then", "else")]
+    nodes = [helper.make_node("If", ["flag"], ["y"], name="by_rate", then_branch=branch[0], else_branch=branch[1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8]),
+                                           helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [onnx.ValueInfoProto(name="y")], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), str(tmp_path / "if.onnx"))
+    with pytest.raises(ModelFormatError) as info:
+        ONNX.load(tmp_path / "if.onnx")
+    message = str(info.value)
+    assert "every Conv, ConvTranspose, Gemm or MatMul layer with a stored weight is inside a subgraph" in message
+    assert "in If 'by_rate'), and subgraphs run in onnxruntime: nothing to initialize" in message

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED
+
 MODELS = SHARED / "models" / "caffe"
 
 
@@ -60,8 +61,21 @@ def write_text(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def _has_opencv() -> bool:
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return hasattr(cv2, "dnn") and hasattr(cv2.dnn, "readNetFromCaffe")
+
+
+OPENCV_MISSING = "OpenCV's Caffe importer is not installed (pip install 'opencv-python-headless<5'): the independent check"
+# Marks a test that needs OpenCV (it runs a net with cv2.dnn, or the CLI's verify): only those skip without it.
+needs_opencv = pytest.mark.skipif(not _has_opencv(), reason=OPENCV_MISSING)
+
+
 def cv2_or_skip():
-    return pytest.importorskip("cv2")
+    return pytest.importorskip("cv2", reason=OPENCV_MISSING)
 
 
 def opencv_run(prototxt: Path, caffemodel: Path, inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:

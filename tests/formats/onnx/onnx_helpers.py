@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 EXPORTERS = {
     "ts13": dict(dynamo=False, opset_version=13),
@@ -519,6 +519,90 @@ LEGACY_BUILDERS = {
     "chained_weights": chained_weights,
     "if_lstm_contrib": if_lstm_contrib,
 }
+
+
+# ------------------------------------------------------------------ nodes converted but wrong when run; tied heads
+
+
+def _small_model(nodes, inits, shape, opset) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "fallback", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _gaussian_weights(*shapes):
+    rng = np.random.default_rng(0)
+    return [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w{k}") for k, s in enumerate(shapes)]
+
+
+def reflect_pad_model() -> onnx.ModelProto:
+    """An STFT-like front: a reflect Pad listing both axes of a (N, T) signal (torch pads only the
+    last dims in reflect mode, so the converted module fails), a Reshape to (N, 1, T'), a Conv1d."""
+    inits = _gaussian_weights((8, 1, 5), (4, 8, 3)) + [
+        numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads"),
+        numpy_helper.from_array(np.array([0, 1, -1], np.int64), "as_channels"),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], name="stft_pad", mode="reflect"),
+        helper.make_node("Reshape", ["padded", "as_channels"], ["frames"], name="frames"),
+        helper.make_node("Conv", ["frames", "w0"], ["c0"], name="stft_conv", strides=[2]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu"),
+        helper.make_node("Conv", ["r0", "w1"], ["y"], name="encoder", pads=[1, 1]),
+    ]
+    return _small_model(nodes, inits, ["N", 64], 17)
+
+
+def nearest_ceil_model() -> onnx.ModelProto:
+    """Conv -> Resize(nearest, asymmetric, ceil) -> Conv: onnx2torch converts the Resize with floor
+    rounding, silently wrong."""
+    inits = _gaussian_weights((4, 2, 3, 3), (3, 4, 3, 3)) + [
+        numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["c0", "", "scales"], ["up"], name="upsample", mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="ceil"),
+        helper.make_node("Conv", ["up", "w1"], ["y"], name="conv2"),
+    ]
+    return _small_model(nodes, inits, ["N", 2, 10, 10], 13)
+
+
+VOCAB, DIM = 32, 8  # tied_head_model: vocabulary and width
+
+
+def tied_head_model() -> onnx.ModelProto:
+    """Gather(table) -> MatMul+Add (w1) -> Relu -> MatMul (w1 again) -> MatMul(Transpose(table))."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((VOCAB, DIM)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.standard_normal((DIM, DIM)).astype(np.float32) * 0.1, "w1"),
+        numpy_helper.from_array(np.zeros(DIM, np.float32), "b1"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+        helper.make_node("MatMul", ["emb", "w1"], ["mm1"], name="fc1"),
+        helper.make_node("Add", ["mm1", "b1"], ["h1"], name="fc1_bias"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w1"], ["h2"], name="fc1_again"),
+        helper.make_node("Transpose", ["table"], ["table_t"], name="head_t", perm=[1, 0]),
+        helper.make_node("MatMul", ["h2", "table_t"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "T", VOCAB])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def run_time_cases() -> dict[str, tuple[onnx.ModelProto, np.ndarray]]:
+    """{name: (model, batch)}: nodes whose conversion fails or disagrees when run, a tied LM head."""
+    rng = np.random.default_rng(0)
+    return {
+        "reflect_pad_stft": (reflect_pad_model(), rng.standard_normal((16, 64)).astype(np.float32)),
+        "resize_nearest_ceil": (nearest_ceil_model(), rng.standard_normal((16, 2, 10, 10)).astype(np.float32)),
+        "tied_lm_head": (tied_head_model(), rng.integers(0, VOCAB, size=(16, 6)).astype(np.int64)),
+    }
 
 
 # ------------------------------------------------------------------ independent checks for any producer's file

@@ -20,7 +20,7 @@ class LsuvError(Exception):
 
     def __str__(self) -> str:
         msg = super().__str__()
-        return f"{self.path}: {msg}" if self.path is not None else msg
+        return f"{shown(self.path)}: {msg}" if self.path is not None else msg
 
 
 class UsageError(LsuvError):
@@ -54,6 +54,16 @@ class UnconvergedError(LsuvError):
     """Some layer could not be scaled to the target variance (zero or non-finite output)."""
 
     exit_code = 3
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(name: object) -> str:
+    """A file name (or any text from outside) as printed: control characters escaped
+    (``\\n``, ``\\x1b``), so no name can break a line, forge another, or drive the terminal."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()) & 0xFF:02x}"), str(name))
 
 
 def first_line(exc: BaseException | str) -> str:

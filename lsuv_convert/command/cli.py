@@ -17,7 +17,7 @@ import click
 
 from .. import interrupt
 from ..version import __version__
-from ..errors import LsuvError
+from ..errors import LsuvError, shown
 from ..lsuv.settings import DEFAULTS, PRE_INIT_MODES, SEED_RANGE
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -29,6 +29,23 @@ class DefaultCommandGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["convert", *args]
         return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's usage errors as one line, like every other error (click prints three)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `lsuv-convert`: the help, as click shows it
+                click.echo(exc.format_message(), err=True)
+                sys.exit(exc.exit_code)
+            error_line(f"{exc.format_message()} (see lsuv-convert convert --help)")
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            error_line("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -76,6 +93,20 @@ POSITIVE = _Positive()
 SEED = click.IntRange(*SEED_RANGE)
 
 
+_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _arch(ctx, param, value: str | None) -> str | None:
+    """``--arch SOURCE:NAME``: a library name or an importable (absolute) module path."""
+    if value is None:
+        return None
+    source, _, name = value.partition(":")
+    if not name.strip() or not _MODULE_RE.match(source.strip()):
+        raise click.BadParameter(f"{shown(value)!r} is not torchvision:NAME, timm:NAME or package.module:factory "
+                                 "(an absolute module path, importable from the working folder)")
+    return value
+
+
 def _device(ctx, param, value: str) -> str:
     if not _DEVICE_RE.match(value):
         raise click.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
@@ -119,7 +150,7 @@ def _data_options(command):
 @click.option("--data", multiple=True, metavar="PATH", help=DATA_HELP + " Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
-@click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
+@click.option("--arch", callback=_arch, help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
 @click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code): runs that code.")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one model only). Default: NAME.lsuv.EXT beside the input.")
@@ -173,7 +204,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights (Caffe .caffemodel).")
-@click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
+@click.option("--arch", callback=_arch, help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code).")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
 @click.option("--data", multiple=True, metavar="PATH", help="Data to build the net for (as for convert; default: the declared input shape).")
@@ -195,7 +226,7 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 @click.option("--data", multiple=True, metavar="PATH", help="The data, as given to convert (default: NAME.npy beside the model, else seeded N(0,1)).")
 @_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
-@click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
+@click.option("--arch", callback=_arch, help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files the trust checks refuse (denied operators, pickled objects, custom code).")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers, as given to convert (Caffe include/exclude { stage }); repeatable.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape of the synthetic batch, e.g. 16,3,224,224 (repeat per input).")
@@ -267,7 +298,7 @@ def _guarded(action, debug: bool) -> int:
 
 
 def error_line(message: str) -> None:
-    message = " ".join(str(message).split())
+    message = shown(" ".join(str(message).split()))  # one line, whatever a name in it holds
     click.echo(f"lsuv-convert: error: {message}", err=True)
 
 

@@ -15,6 +15,8 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import shown
+
 
 def _fmt(value, spec: str = ".4f") -> str:
     if value is None:
@@ -26,14 +28,14 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 
 def layer_table(log: dict) -> Table:
-    table = Table(title=f"{log['model']} -> {log['output']}", title_justify="left", show_edge=False)
+    table = Table(title=Text(f"{shown(log['model'])} -> {shown(log['output'])}"), title_justify="left", show_edge=False)
     for col, justify in (("#", "right"), ("layer", "left"), ("op", "left"), ("weight", "left"),
                          ("var before", "right"), ("var after", "right"), ("mean after", "right"),
                          ("iter", "right"), ("scale", "right"), ("", "left")):
         table.add_column(col, justify=justify)
     for layer in log["layers"]:
         mark = "[green]ok[/]" if layer["converged"] else f"[red]{layer.get('reason', 'not converged')}[/]"
-        table.add_row(str(layer["index"]), Text(layer["name"]), Text(layer["op"]),
+        table.add_row(str(layer["index"]), Text(shown(layer["name"])), Text(shown(layer["op"])),
                       "x".join(str(d) for d in layer.get("weight_shape", [])),
                       _fmt(layer.get("var_before")), _fmt(layer.get("var_after")), _fmt(layer.get("mean_after")),
                       str(layer.get("iterations", 0)), _fmt(layer.get("scale"), ".4g"), mark)
@@ -104,8 +106,9 @@ class Console:
             yield _RichProgress(progress, total)
 
     def _line(self, text: str) -> None:
+        """One line, whatever the names in it hold (control characters escaped)."""
         if not self.quiet:
-            self.err.print(text, markup=False)
+            self.err.print(shown(text), markup=False)
 
     def converted(self, model: Path, output: Path, log: dict, seconds: float) -> None:
         if self.table:
@@ -132,7 +135,7 @@ class Console:
         self._line(f"lsuv-convert: warning: {message}")
 
     def error(self, message: str) -> None:
-        message = " ".join(message.split())
+        message = shown(" ".join(message.split()))
         self.err.print(f"lsuv-convert: error: {message}", markup=False)
 
     def summary(self, outcomes) -> None:
@@ -145,7 +148,7 @@ class Console:
                 table.add_column(col)
             for o in outcomes:
                 style = {"ok": "green", "skipped": "dim", "failed": "red", "unconverged": "yellow"}[o.status]
-                table.add_row(str(o.model), f"[{style}]{o.status}[/]", o.error or str(o.output))
+                table.add_row(Text(shown(o.model)), f"[{style}]{o.status}[/]", Text(shown(o.error or o.output)))
             self.err.print(table)
         failed = [o for o in outcomes if o.status in ("failed", "unconverged")]
         line = (f"{counts['ok']} converted, {counts['skipped']} up to date, {counts['failed']} failed, "
@@ -163,30 +166,32 @@ class Console:
 
 def print_inspection(info: dict) -> None:
     console = RichConsole(highlight=False)
-    console.print(f"{info['model']} ({info['format']})", markup=False)
+    console.print(f"{shown(info['model'])} ({info['format']})", markup=False)
     for spec in info["inputs"]:
         shape = "undeclared" if spec["shape"] is None else "x".join(
             ("N" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(spec["shape"]))
-        console.print(f"input {spec['name']}: {shape}" + (" (optional)" if spec.get("optional") else ""), markup=False)
+        console.print(f"input {shown(spec['name'])}: {shape}" + (" (optional)" if spec.get("optional") else ""),
+                      markup=False)
     table = Table(show_edge=False)
     for col in ("#", "layer", "op", "weight"):
         table.add_column(col)
     for t in info["targets"]:
         shape = "?" if t["weight_shape"] is None else "x".join(str(d) for d in t["weight_shape"])
-        table.add_row(str(t["index"]), Text(t["name"]), Text(t["op"]), shape)  # Text: "w[q]" is no markup
+        table.add_row(str(t["index"]), Text(shown(t["name"])), Text(shown(t["op"])), shape)  # Text: "w[q]" is no markup
     console.print(table)
     for note in info["notes"]:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {shown(note)}", markup=False)
     for key, value in (info.get("provenance") or {}).items():
-        console.print(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False)
+        console.print(shown(f"provenance {key}: {json.dumps(value) if not isinstance(value, str) else value}"),
+                      markup=False)
 
 
 def print_verification(model: Path, rows: list[dict], tol: float, target: float) -> None:
     console = RichConsole(highlight=False)
-    table = Table(title=f"{model}: output variance per layer (target {target} +- {tol})", title_justify="left",
+    table = Table(title=Text(f"{shown(model)}: output variance per layer (target {target} +- {tol})"), title_justify="left",
                   show_edge=False)
     for col in ("layer", "variance", "mean", ""):
         table.add_column(col)
     for r in rows:
-        table.add_row(Text(r["name"]), _fmt(r["var"]), _fmt(r["mean"]), "[green]ok[/]" if r["ok"] else "[red]out of tolerance[/]")
+        table.add_row(Text(shown(r["name"])), _fmt(r["var"]), _fmt(r["mean"]), "[green]ok[/]" if r["ok"] else "[red]out of tolerance[/]")
     console.print(table)

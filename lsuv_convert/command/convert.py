@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -15,9 +16,10 @@ from typing import Callable
 from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..atomic import write_bytes_atomic
 from ..batch.load import DataOptions, load_batch
-from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
+from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError, shown
 from ..formats import find_format
 from ..formats.contract import LoadRequest
+from ..paths import PathPlan
 from ..lsuv.settings import DEFAULTS, LsuvSettings
 from ..timings import recording, stage
 
@@ -64,27 +66,31 @@ class Result:
 
 def convert(model: Path | str, output: Path | str | None = None, *, options: ConvertOptions | None = None,
             log_path: Path | str | None = None, on_layer: Callable | None = None,
-            on_targets: Callable[[int], None] | None = None) -> Result:
+            on_targets: Callable[[int], None] | None = None, fmt=None, paths: PathPlan | None = None) -> Result:
     """Initialize ``model`` and write it (same format) to ``output`` (default ``NAME.lsuv.EXT``).
 
     Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
     layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
+    ``fmt`` and ``paths`` are what the runner already found: the model's format and the checked
+    plan of every path of the run (files the format reads once loaded are checked against it);
+    without them, they are found and checked here.
     """
     seconds: dict[str, float] = {}
     with recording(seconds):
-        return _convert(model, output, options, log_path, on_layer, on_targets, seconds)
+        return _convert(Path(model), output, options or ConvertOptions(), log_path, on_layer, on_targets,
+                        seconds, fmt, paths)
 
 
-def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float]) -> Result:
+def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, on_targets, seconds: dict[str, float],
+             fmt, paths: PathPlan | None) -> Result:
     with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
         from ..lsuv.api import lsuv_init, resolve_device
 
-    options = options or ConvertOptions()
-    settings = options.settings
-    model = Path(model)
-    fmt = find_format(model)
+    settings = replace(options.settings, seed=options.seed)
+    fmt = fmt if fmt is not None else find_format(model)
     output = Path(output) if output is not None else fmt.default_output(model)
-    _check_output(model, output, options, folder=fmt.claims_directory(model))
+    if paths is None:
+        paths = _checked_paths(model, output, options, fmt, log_path)
     try:
         device = resolve_device(options.device)
     except ValueError as exc:
@@ -93,6 +99,8 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
     with stage("load"):
         loaded = fmt.load(model, options.request)
     data = _data_for(loaded, options)
+    paths.check_reads([*fmt.read_files(loaded), *data.read_paths(missing_ok=True)],
+                      f"a file {shown(model)} reads:")  # before any write
     with stage("batch"):
         batch, inputs = _batch_for(loaded, data, options)
     with stage("prepare"):
@@ -106,10 +114,8 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         if on_layer is not None:
             on_layer(source_name(report.name), report)
 
-    report = lsuv_init(
-        graph.module, tuple(graph.run_inputs), replace(settings, seed=options.seed), device=device,
-        targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
-    )
+    report = lsuv_init(graph.module, tuple(graph.run_inputs), settings, device=device,
+                       targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done)
     seconds.update(report.seconds)
 
     log = {
@@ -287,26 +293,30 @@ def sidecar_batch(model: Path) -> Path | None:
     """``NAME.npy`` / ``NAME.npz`` beside ``NAME.EXT``: the model's own sample batch, if shipped."""
     for ext in (".npz", ".npy"):
         candidate = model.with_suffix(ext)
-        if candidate.is_file():
+        if os.path.isfile(candidate):
             return candidate
     return None
 
 
-def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bool = False) -> None:
-    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`.paths`);
-    ``folder``: the model is a folder (Hugging Face), and so is its output."""
-    from ..paths import PathPlan
+def _checked_paths(model: Path, output: Path, options: ConvertOptions, fmt, log_path) -> PathPlan:
+    """The API's own guard (the CLI checks every path of a run before it starts, see :mod:`..paths`).
+    A folder output (Hugging Face) replaces an existing folder only when it is empty, is the
+    model itself (``in_place``) or was written by this tool."""
+    from .records import written_by_us
 
     paths = PathPlan()
-    paths.read(model, f"the input model {model}")
-    paths.read(options.weights, f"the --weights file {options.weights}")
+    paths.read(model, f"the input model {shown(model)}")
+    paths.read(options.weights, f"the --weights file {shown(options.weights)}")
     for path in options.data.read_paths(missing_ok=True):
-        paths.read(path, f"the data {path}")
-    paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
+        paths.read(path, f"the data {shown(path)}")
+    paths.write(output, f"the output of {shown(model)}", may_overwrite=(model, options.weights) if options.in_place else (),
+                folder=fmt.claims_directory(model), ours=written_by_us(output))
+    paths.write(log_path, f"the log of {shown(model)}")
     try:
         paths.check()
-    except UsageError as exc:
+    except UsageError as exc:  # the API's guard: an OutputError, as before (the CLI's plan: a usage error)
         raise OutputError(str(exc)) from None
+    return paths
 
 
 def write_log(log: dict, path: Path | str) -> None:

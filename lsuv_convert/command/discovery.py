@@ -7,11 +7,13 @@ modules import their libraries lazily), so that listing a zoo is instant.
 from __future__ import annotations
 
 import glob
+import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import is_temporary
+from ..atomic import clean_stale
+from ..paths import is_temporary
 from ..errors import LsuvError
 from ..formats import directory_format, model_extensions
 
@@ -62,25 +64,34 @@ def expand(args: list[str]) -> list[ModelJob]:
 
     for arg in args:
         path = Path(arg)
-        if path.is_dir() and directory_format(path) is not None:
+        if os.path.isdir(path) and directory_format(path) is not None:
             add(path, path.parent)  # a folder that is one model (Hugging Face)
-        elif path.is_dir():
+        elif os.path.isdir(path):
             found = _models_below(path)
             if not found:
                 raise LsuvError(f"no model files ({', '.join(sorted(model_extensions()))}) in folder", path=path)
             for p in found:
                 add(p, path)
-        elif path.exists() or not glob.has_magic(arg):
+        elif os.path.exists(path) or not glob.has_magic(arg):
             add(path, path.parent)  # a missing file is reported by its own job
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            files = [m for m in matches if (m.is_file() or directory_format(m) is not None) and not is_own_output(m)]
+            files = [m for m in matches if (os.path.isfile(m) or directory_format(m) is not None) and not is_own_output(m)]
             if not files:
                 raise LsuvError("pattern matches no model files", path=arg)
             base = _glob_base(arg)
             for m in files:
                 add(m, base)
     return jobs
+
+
+def settle_beside(arg: str) -> None:
+    """Settle what a killed run left beside a model argument (an ``--in-place`` folder swap cut
+    half-way puts the model back), before the argument is looked at."""
+    path = _glob_base(arg) if glob.has_magic(arg) else Path(arg)
+    for folder in {path.parent, path}:
+        if os.path.isdir(folder):
+            clean_stale(folder)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -91,12 +102,14 @@ def _glob_base(pattern: str) -> Path:
 
 
 def _models_below(folder: Path) -> list[Path]:
-    """Model files below ``folder``, and folders that are one model (not searched further)."""
+    """Model files below ``folder``, and folders that are one model (not searched further);
+    what killed runs left in each folder is settled first."""
+    clean_stale(folder)
     found = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or is_own_output(entry):
             continue
-        if entry.is_dir():
+        if os.path.isdir(entry):
             if directory_format(entry) is not None:
                 found.append(entry)
             elif not entry.is_symlink():  # no walk into linked folders (loops)
@@ -108,7 +121,7 @@ def _models_below(folder: Path) -> list[Path]:
 
 def _is_model_file(path: Path) -> bool:
     name = path.name.lower()
-    return (path.is_file() and name.endswith(model_extensions()) and not is_own_output(path)
+    return (os.path.isfile(path) and name.endswith(model_extensions()) and not is_own_output(path)
             and not path.name.startswith("."))
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import atomic_path
-from ..errors import LsuvError
+from ..errors import LsuvError, UsageError
+
+
+def require_matplotlib() -> None:
+    """--plot's dependency, checked before any work (not found after the model was written)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'lsuv-convert[plot]'; "
+                         "nothing was done")
 
 
 def write_plot(log: dict, path: Path) -> None:

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .discovery import ModelJob, expand, mirrored
-from ..errors import LsuvError, OutputError, UnconvergedError, UsageError
+from .discovery import ModelJob, expand, mirrored, settle_beside
+from ..atomic import clean_stale
+from ..errors import LsuvError, OutputError, UnconvergedError, UsageError, shown
 from ..paths import PathPlan, same_file, identity
 from .convert import ConvertOptions, convert, finite_json, sidecar_batch
-from .records import digests, forget, is_up_to_date, write_record
+from .records import code_files, digests, fingerprint, forget, is_up_to_date, write_record, written_by_us
 from .shards import Shard, select, summary_line
 
 
@@ -73,13 +74,19 @@ class Run:
 
     def run(self, args: list[str], shard: Shard | None = None) -> int:
         """Convert the models ``args`` name; with ``shard``, only that part of them (a job array's task)."""
+        for arg in args:  # a replace a killed run left half-done is undone before anything else
+            settle_beside(arg)
         jobs = expand(args)
         _refuse_data_as_models(jobs)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
             raise UsageError("-o/--output names one file but several models were given; use --output-dir")
+        if self.plot_path is not None:
+            from .plot import require_matplotlib
+
+            require_matplotlib()
         plans = [self._plan(job) for job in jobs]
-        self._check_paths(plans)  # before any work, over the whole run: a collision stops every shard
+        self.paths = self._check_paths(plans)  # before any work, over the whole run: a collision stops every shard
         plans = select(plans, shard, key=lambda plan: plan.job.shard_key)
         if shard is not None:
             origin = f" ({shard.origin})" if shard.origin else ""
@@ -117,23 +124,32 @@ class Run:
             fmt = find_format(job.path)
         except LsuvError as exc:
             return Planned(job, error=exc)
+        except OSError as exc:  # a name too long for the file system, ...
+            return Planned(job, error=LsuvError(f"cannot read: {exc.strerror or exc}", path=job.path))
         output = self._output_for(job, fmt)
-        return Planned(job, fmt, output, self._side_path(self.log_path, job, output, ".json"),
+        plan = Planned(job, fmt, output, self._side_path(self.log_path, job, output, ".json"),
                        self._side_path(self.plot_path, job, output, ".png"))
+        for path in (plan.output, plan.log, plan.plot):
+            if path is not None:
+                clean_stale(path.parent)  # settles a replace a killed run left there
+        return plan
 
-    def _check_paths(self, plans: list[Planned]) -> None:
+    def _check_paths(self, plans: list[Planned]) -> PathPlan:
         """Every path written vs every path read and every other path written (see :mod:`.paths`)."""
         paths = PathPlan()
         weights = self.options.weights
-        paths.read(weights, f"the --weights file {weights}")
+        paths.read(weights, f"the --weights file {shown(weights)}")
         data = self.options.data
         for path in data.read_paths(missing_ok=True):
-            paths.read(path, f"the --data {'folder' if path.is_dir() else 'file'} {path}")
+            paths.read(path, f"the --data {'folder' if os.path.isdir(path) else 'file'} {shown(path)}")
         for plan in plans:
             model = plan.job.path
-            paths.read(model, f"the input model {model}")
+            paths.read(model, f"the input model {shown(model)}")
+            if plan.fmt is not None:
+                for companion in plan.fmt.companion_files(model, self.options.request):
+                    paths.read(companion, f"a file the input model {shown(model)} names ({shown(companion)})")
             if not data.given:
-                paths.read(sidecar_batch(model), f"the sample batch of {model}")
+                paths.read(sidecar_batch(model), f"the sample batch of {shown(model)}")
         for plan in plans:
             if plan.output is None:
                 continue
@@ -142,17 +158,19 @@ class Run:
             folder = plan.fmt.claims_directory(model)
             for k, path in enumerate(plan.fmt.output_files(plan.output)):
                 if k == 0:
-                    paths.write(path, f"the output of {model}", may_overwrite=own, folder=folder)
+                    paths.write(path, f"the output of {shown(model)}", may_overwrite=own, folder=folder,
+                                ours=folder and written_by_us(path))
                 else:
-                    paths.write(path, f"a side file of the output of {model}")
-            paths.write(plan.log, f"the --log file of {model}")
-            paths.write(plan.plot, f"the --plot file of {model}")
+                    paths.write(path, f"a side file of the output of {shown(model)}")
+            paths.write(plan.log, f"the --log file of {shown(model)}")
+            paths.write(plan.plot, f"the --plot file of {shown(model)}")
             if self.options.in_place:
                 named = [identity(model)] + ([identity(weights)] if weights is not None else [])
-                if not any(same_file(identity(plan.output), n) for n in named) and plan.output.exists():
-                    raise UsageError(f"--in-place would overwrite {plan.output}, which was not named; nothing was "
-                                     "done (pass it with --weights to start from it, or choose -o)")
+                if not any(same_file(identity(plan.output), n) for n in named) and os.path.exists(plan.output):
+                    raise UsageError(f"--in-place would overwrite {shown(plan.output)}, which was not named; nothing "
+                                     "was done (pass it with --weights to start from it, or choose -o)")
         paths.check()
+        return paths
 
     def _output_for(self, job: ModelJob, fmt) -> Path:
         if self.output is not None:
@@ -165,12 +183,12 @@ class Run:
         return default
 
     def _side_path(self, option: Path | None, job: ModelJob, output: Path, ext: str) -> Path | None:
-        """--log/--plot: the file itself for one model, a folder of NAME.ext when several are given
-        (two models whose outputs are named alike collide there: a usage error before any work)."""
+        """--log/--plot: the file itself for one model, else a folder of OUTPUT_NAME.ext mirroring
+        the input folders like --output-dir (two outputs still named alike there: a usage error)."""
         if option is None:
             return None
-        if self.many or option.is_dir() or str(option).endswith(("/", "\\")):
-            return option / (output.name + ext)
+        if self.many or os.path.isdir(option) or str(option).endswith(("/", "\\")):
+            return mirrored(job, option, output.name + ext)
         return option
 
     def _inputs_of(self, model: Path) -> list[Path]:
@@ -179,17 +197,9 @@ class Run:
         return [p for p in paths if p is not None]
 
     def _fingerprint(self) -> dict:
-        """Everything besides the input files that changes what a conversion writes."""
-        from dataclasses import asdict
-
-        o = self.options
-        return json.loads(json.dumps({
-            "settings": asdict(o.settings), "device": o.device, "input_shapes": o.input_shapes,
-            "allow_unconverged": o.allow_unconverged,
-            "arch": o.request.arch, "trust_code": o.request.trust_code,
-            "data": o.data.fingerprint(),
-            "weights": os.path.realpath(o.weights) if o.weights is not None else None,
-        }, default=str))
+        """Everything besides the input files that changes what a conversion writes: every
+        option (the whole request included, whatever fields it has), see :func:`.records.fingerprint`."""
+        return fingerprint(self.options)
 
     # ---- one model ---------------------------------------------------------------------------------
     def _one(self, plan: Planned, progress) -> Outcome:
@@ -203,24 +213,26 @@ class Run:
                 raise plan.error
             extras = {"log": plan.log, "plot": plan.plot}
             inputs = self._inputs_of(job.path)
+            settings = self._fingerprint()
             if not (self.force or self.options.in_place) and is_up_to_date(
-                    output, settings=self._fingerprint(), inputs=inputs, extras=extras):
+                    output, settings=settings, inputs=inputs, extras=extras):
                 self.console.skipped(job.path, output)
                 return Outcome(job.path, output, "skipped")
             input_digests = digests(inputs)  # before the work: a file replaced meanwhile won't match later
             forget(output)
             progress.start_model(job.path)
             with model_stdout_to_stderr():
-                result = convert(job.path, output, options=self.options, log_path=plan.log,
-                                 on_layer=progress.layer_done, on_targets=progress.set_layers)
+                result = convert(job.path, output, options=self.options, log_path=plan.log, fmt=plan.fmt,
+                                 paths=self.paths, on_layer=progress.layer_done, on_targets=progress.set_layers)
             for warning in result.warnings:
                 self.console.warn(warning)
             if plan.plot is not None:
                 from .plot import write_plot
 
                 write_plot(result.log, plan.plot)
-            input_digests.update(digests(p for p in result.read_files if os.path.realpath(p) not in input_digests))
-            write_record(output, settings=self._fingerprint(), inputs=input_digests,
+            read = [*result.read_files, *code_files(self.options)]  # an --arch factory's own source too
+            input_digests.update(digests(p for p in read if os.path.realpath(p) not in input_digests))
+            write_record(output, settings=settings, inputs=input_digests,
                          written=plan.fmt.output_files(output), extras=extras)
             seconds = time.perf_counter() - start
             self.console.converted(job.path, output, result.log, seconds)
@@ -229,7 +241,7 @@ class Run:
         except LsuvError as exc:
             if self.debug:
                 raise
-            message = str(exc) if exc.path is not None else f"{job.path}: {exc}"
+            message = str(exc) if exc.path is not None else f"{shown(job.path)}: {exc}"
             self.console.error(message)
             status = "unconverged" if isinstance(exc, UnconvergedError) else "failed"
             return Outcome(job.path, output, status, error=message, seconds=time.perf_counter() - start,
@@ -239,7 +251,8 @@ class Run:
         except Exception as exc:  # a bug in one model must not stop the others
             if self.debug:
                 raise
-            message = f"{job.path}: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            message = (f"{shown(job.path)}: internal error: {type(exc).__name__}: {exc} "
+                       "(run with --debug for the traceback)")
             self.console.error(message)
             return Outcome(job.path, output, "failed", error=message, seconds=time.perf_counter() - start, exit_code=1)
         finally:

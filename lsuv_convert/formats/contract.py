@@ -214,6 +214,12 @@ class ModelFormat(ABC):
             files.append(Path(loaded.request.weights))
         return files
 
+    def companion_files(self, path: Path, request: LoadRequest) -> list[Path]:
+        """Files besides ``path`` and ``--weights`` that loading will read, found cheaply before
+        any work (a solver's net file), so the runner checks them against every path it writes.
+        Files found only by a full load are checked after it (:meth:`read_files`)."""
+        return []
+
     def output_files(self, out_path: Path) -> list[Path]:
         """Every file a write to ``out_path`` creates (a side data file, ...): the unit that is replaced."""
         return [out_path]

@@ -278,7 +278,11 @@ def _fit_layer(module, run, settings, first_out):
     scales_bias = has_bias
     fit = _fit_linear if dim is not None else _fit_rerun
     out, var, mean, iterations, scale, reason = fit(module, run, settings, out, var, mean, dim, scales_bias)
-    converged = abs(var - settings.target_var) < settings.tol and math.isfinite(var)
+    # a variance that is zero or not finite after scaling (the weights underflowed: --target-var
+    # 1e-300) is never "converged", even when it is within tol of a tiny target
+    converged = math.isfinite(var) and var > 0 and abs(var - settings.target_var) < settings.tol
+    if not converged and reason is None and math.isfinite(var) and var <= 0:
+        reason = "output variance is zero after scaling (the weights underflowed)"
     if not converged and reason is None:
         reason = f"not within tol after {iterations} iterations"
     fields = dict(

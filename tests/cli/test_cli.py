@@ -55,9 +55,10 @@ def test_zoo_in_one_run_with_output_dir_and_json(zoo, tmp_path):
     assert (out / "onnx" / "fitnet1.lsuv.onnx").is_file()
     assert (out / "caffe" / "fitnet_mnist.lsuv.caffemodel").is_file()
     assert (out / "ts" / "small_tanh.lsuv.pt").is_file()
-    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
-    assert logs == sorted(o + ".json" for o in OUTPUTS)
-    log = json.loads((tmp_path / "logs" / "fitnet1.lsuv.onnx.json").read_text())
+    logs = sorted(p.relative_to(tmp_path / "logs").as_posix() for p in (tmp_path / "logs").rglob("*.json"))
+    assert logs == ["caffe/fitnet_mnist.lsuv.caffemodel.json", "onnx/fitnet1.lsuv.onnx.json",
+                    "ts/small_tanh.lsuv.pt.json"]  # the --log folder mirrors the input folders, as --output-dir
+    log = json.loads((tmp_path / "logs" / "onnx" / "fitnet1.lsuv.onnx.json").read_text())
     assert log["format"] == "onnx" and log["settings"]["tol"] == 0.02
     assert all(abs(layer["var_after"] - 1) < 0.02 for layer in log["layers"])
     assert "fitnet1.npy" in log["data"]  # the sample batch beside the model was used

@@ -77,12 +77,13 @@ def test_two_models_with_one_name_do_not_share_an_output(tmp_path):
     before = snapshot(tmp_path)
     proc = invoke("zoo/a/m.onnx", "zoo/b/m.onnx", "--output-dir", "out", cwd=tmp_path)
     assert_usage_error(proc, tmp_path, before, "written twice", "zoo/a/m.onnx", "zoo/b/m.onnx")
-    # a glob mirrors the folders: two outputs; a flat --log folder would collide, and is refused
-    proc = invoke("zoo/*/m.onnx", "--output-dir", "out", "--log", "logs", cwd=tmp_path)
+    proc = invoke("zoo/a/m.onnx", "zoo/b/m.onnx", "--log", "logs", cwd=tmp_path)
     assert_usage_error(proc, tmp_path, before, "written twice", "--log file")
-    proc = invoke("zoo/*/m.onnx", "--output-dir", "out", cwd=tmp_path)
+    # a glob mirrors the folders: two outputs, and two logs in a --log folder mirrored the same way
+    proc = invoke("zoo/*/m.onnx", "--output-dir", "out", "--log", "logs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out/a/m.lsuv.onnx").is_file() and (tmp_path / "out/b/m.lsuv.onnx").is_file()
+    assert (tmp_path / "logs/a/m.lsuv.onnx.json").is_file() and (tmp_path / "logs/b/m.lsuv.onnx.json").is_file()
     assert proc.stderr.count("ok    ") == 2
 
 

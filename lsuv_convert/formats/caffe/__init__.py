@@ -147,6 +147,16 @@ class CaffeFormat(ModelFormat):
         net = Path(loaded.state.parsed.path)
         return files if net in files else [*files, net]
 
+    def companion_files(self, path: Path, request: LoadRequest) -> list[Path]:
+        """The net a solver names (the prototxt is text: parsing it twice costs little)."""
+        from .parse import read_model
+
+        try:
+            net = Path(read_model(path, tuple(request.stages)).path)
+        except ModelFormatError:
+            return []  # the load says what is wrong, in its turn
+        return [net] if net != path else []
+
     def in_place_output(self, path: Path, weights: Path | None) -> Path:
         """``--in-place`` rewrites the given weights, never the prototxt."""
         return Path(weights) if weights is not None else Path(path).with_suffix(self.output_extension)

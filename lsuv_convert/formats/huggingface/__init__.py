@@ -52,6 +52,7 @@ class HuggingFaceFormat(ModelFormat):
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from ..shared.eager_graph import declared_inputs, module_target_layers
         from ..shared.safetensors_io import provenance_of
+        from ..shared.stored_tensors import check_stored
         from .folder import read_shards, weight_files
         from .loading import file_named, load_model
 
@@ -61,6 +62,7 @@ class HuggingFaceFormat(ModelFormat):
         _, others = weight_files(path)
         shards = read_shards(path)
         model, keys, notes = load_model(path, shards)
+        check_stored(*_stored_by_entry(model, shards, keys), path)  # ties, expanded and integer weights
         targets, tied = module_target_layers(model)
         targets = file_named(targets, keys)
         notes += tied
@@ -104,7 +106,10 @@ class HuggingFaceFormat(ModelFormat):
         renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
         copy_into(tensors, renamed)
         copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
-        write_folder(graph.source, Path(out_path), state.shards, provenance)
+        links = write_folder(graph.source, Path(out_path), state.shards, provenance)
+        if links:
+            graph.notes.append(f"links to folders copied as links, not followed: {', '.join(links[:5])}"
+                               + (f" and {len(links) - 5} more" if len(links) > 5 else ""))
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded as :meth:`read` loads it (transformers' ``from_pretrained``,
@@ -114,6 +119,16 @@ class HuggingFaceFormat(ModelFormat):
         loaded = self.read(model_path, request or LoadRequest())
         model = loaded.state.model
         return measure_module(model, with_decoder_inputs(model, model_args(inputs, loaded.inputs)), loaded.targets)
+
+
+def _stored_by_entry(model, shards, keys) -> tuple[dict, dict]:
+    """(the model's state_dict entries, the file's tensor loaded into each of them) for the
+    stored-tensor rule; tensors a converter fuses or splits on load are not stored as loaded."""
+    own = model.state_dict(keep_vars=True)
+    by_shard = {shard.name: shard.tensors for shard in shards}
+    stored = {fk.param: by_shard[fk.shard][fk.key] for fk in keys
+              if fk.param in own and not fk.converted and fk.key in by_shard.get(fk.shard, {})}
+    return own, stored
 
 
 def _carried(state: FolderState) -> list[dict]:

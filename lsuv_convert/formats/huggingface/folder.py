@@ -9,22 +9,19 @@ input (``training_args.bin``, optimizer states, tokenizers): they are copied as 
 Write: a new folder ``NAME.lsuv/`` holding every other file of the input folder unchanged
 (config, tokenizer, index, ...) and each shard rewritten in its own container with the same
 keys, dtypes and metadata (safetensors: plus the tool's provenance entries). The folder is built
-beside its destination under a hidden temporary name and renamed into place when complete, so a
-failed or interrupted run leaves the previous output (or nothing) as it was.
+aside and swapped in by :func:`lsuv_convert.folders.atomic_folder` (crash-safe, see its
+protocol); links to folders inside the input are copied as links, never followed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ... import interrupt
 from ...errors import ModelFormatError, OutputError
+from ...folders import atomic_folder, copy_folder
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -92,19 +89,19 @@ def read_shards(folder: Path) -> list[Shard]:
     return shards
 
 
-def write_folder(source: Path, out: Path, shards: list[Shard], provenance: dict) -> None:
-    """``out`` = ``source`` with the shards replaced by ``shards``; built aside, then renamed in."""
-    written = {s.name for s in shards}
-    with _folder_swap(out) as tmp:
+def write_folder(source: Path, out: Path, shards: list[Shard], provenance: dict) -> list[str]:
+    """``out`` = ``source`` with the shards replaced by ``shards``: built aside, then swapped in
+    crash-safe (:func:`lsuv_convert.folders.atomic_folder`); returns the links to folders that
+    were copied as links (never followed)."""
+    with atomic_folder(out) as tmp:
         try:
-            shutil.copytree(source, tmp, symlinks=False, dirs_exist_ok=True,
-                            ignore=lambda folder, names: [n for n in names if Path(folder) == source and n in written])
+            links = copy_folder(source, tmp, skip={s.name for s in shards})
         except (OSError, shutil.Error) as exc:
             raise OutputError(f"cannot copy the folder's files: {exc}", path=out) from None
         for shard in shards:
             write_shard(shard, tmp / shard.name, provenance)
-            with open(tmp / shard.name, "rb+") as fh:
-                os.fsync(fh.fileno())
+            shutil.copymode(source / shard.name, tmp / shard.name)  # writers make it 0600
+    return links
 
 
 def write_shard(shard: Shard, path: Path, provenance: dict) -> None:
@@ -116,29 +113,3 @@ def write_shard(shard: Shard, path: Path, provenance: dict) -> None:
         write_safetensors(shard.tensors, path, shard.metadata, provenance)
     else:
         write_torch_save(shard.tensors, path, shard.kind)
-
-
-@contextlib.contextmanager
-def _folder_swap(dest: Path):
-    parent = dest.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {parent}: {exc.strerror or exc}", path=dest) from exc
-    old = None
-    try:
-        yield tmp
-        interrupt.check()
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
-            os.replace(dest, old / dest.name)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise OutputError(f"cannot write: {exc.strerror or exc}", path=dest) from exc
-    finally:
-        if old is not None and (old / dest.name).exists() and not dest.exists():
-            os.replace(old / dest.name, dest)  # interrupted between the renames: the previous output goes back
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

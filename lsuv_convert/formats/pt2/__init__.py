@@ -28,12 +28,15 @@ class Pt2Format(ModelFormat):
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from ...errors import ModelFormatError
-        from .program import graph_module, load_program, program_inputs, provenance_in
+        from ..shared.stored_tensors import check_stored
+        from .program import graph_module, load_program, program_inputs, provenance_in, used_tensors
 
         from ..shared.no_network import no_network
 
         with no_network(f"reading {path.name}", path):
             state = load_program(path, trust_code=request.trust_code)
+        tensors, weights = used_tensors(state.program)
+        check_stored(tensors, tensors, path, weights)  # ties, expanded and integer weights
         try:
             inputs = program_inputs(state.program)
         except ModelFormatError as exc:

@@ -113,6 +113,19 @@ def program_inputs(program) -> list[InputSpec]:
     return specs
 
 
+def used_tensors(program) -> tuple[dict, set[str]]:
+    """(tensors, float parameter names) of the state_dict entries the program's graph
+    reads: what :func:`..shared.stored_tensors.check_stored` checks. An entry the graph never reads
+    (the second name of a tied weight: export reads one of them) only mirrors the one it shares."""
+    sig = program.graph_signature
+    names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    sd = program.state_dict
+    used = {names[n.name] for n in program.graph.nodes if n.op == "placeholder" and n.users and n.name in names}
+    tensors = {k: sd[k] for k in used if k in sd}
+    params = set(sig.parameters)
+    return tensors, {k for k, v in tensors.items() if k in params and v.is_floating_point()}
+
+
 def graph_module(program, path: Path) -> tuple[fx.GraphModule, list[TargetLayer], list[str]]:
     """``program.module()`` with every conv / linear call on a parameter made a target module."""
     gm = program.module()

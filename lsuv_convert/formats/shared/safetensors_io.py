@@ -45,6 +45,26 @@ def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str], prove
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=with_provenance(metadata, provenance))
+    _sort_metadata(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header with ``__metadata__`` in sorted order, in the same number of bytes:
+    safetensors writes that map in a random order per process (a Rust HashMap), which would make
+    two runs of the same conversion differ in bytes."""
+    with open(path, "r+b") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        raw = fh.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict) or len(metadata) < 2:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items()))}
+        ordered.update((k, v) for k, v in header.items() if k != "__metadata__")
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size and json.loads(text) == header:
+            fh.seek(8)
+            fh.write(text + b" " * (size - len(text)))
 
 
 def with_provenance(metadata: dict[str, str], provenance: dict) -> dict[str, str]:

@@ -98,11 +98,13 @@ def load_into(model, obj, arch: str, path: Path):
     """Find the weights in ``obj`` and load them into ``model``; (Located, notes)."""
     import torch
 
+    from ..shared.stored_tensors import check_stored
     from .locate import locate
 
     model_keys = list(model.state_dict().keys())
     located = locate(obj, model_keys, arch, path)
     weights = {k: located.mapping[located.file_key(k)] for k in model_keys}
+    check_stored(model.state_dict(keep_vars=True), weights, path)  # ties, expanded and integer weights
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -167,7 +167,7 @@ def _factory(module_name: str, attr: str, kwargs: dict, spec: str, path: Path):
     try:
         try:
             owner = importlib.import_module(module_name)
-        except ImportError as exc:
+        except (ImportError, TypeError, ValueError) as exc:  # TypeError: a relative name (".nets")
             raise ModelFormatError(f"--arch {spec}: cannot import {module_name}: {exc}", path=path) from None
         target = owner
         for part in attr.split("."):

@@ -30,10 +30,15 @@ class TorchScriptFormat(ModelFormat):
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from ..shared.no_network import no_network
+        from ..shared.stored_tensors import check_stored
         from .loader import load_script
 
         with no_network(f"reading {path.name}", path):
-            return load_script(path, trust_code=request.trust_code)
+            loaded = load_script(path, trust_code=request.trust_code)
+        module = loaded.state.module
+        tensors = module.state_dict(keep_vars=True)  # the archive's own tensors: ties kept as stored
+        check_stored(tensors, tensors, path, weights={k for k, v in module.named_parameters() if v.is_floating_point()})
+        return loaded
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""

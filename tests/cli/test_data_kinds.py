@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import invoke
-from onnx_helpers import eligible_layers, export_module, feeds, ort_layer_variances
+from formats.onnx.onnx_helpers import eligible_layers, export_module, feeds, ort_layer_variances
 
 
 class SmallConvNet(torch.nn.Module):

@@ -86,43 +86,113 @@ class PathPlan:
             self.writes.append(Role(Path(path), what, allowed, folder, ours))
 
     def check(self) -> None:
-        """Raise UsageError at the first problem, naming both roles (inputs first)."""
+        """Raise UsageError at the first problem, naming both roles (inputs first).
+
+        Every role's identity is taken once and indexed by resolved path, by (device, inode) and
+        by the folders it lies in, so a zoo of thousands of models checks in time linear in its
+        files rather than comparing every write with every read."""
         for r in self.reads:
             _check_readable(r)
-        read_ids = [(identity(r.path), r) for r in self.reads]
+        reads = _Index([(identity(r.path), r) for r in self.reads])
         write_ids = [(identity(w.path), w) for w in self.writes]
         for wid, w in write_ids:
-            for rid, r in read_ids:
-                allowed = any(same_file(rid, a) for a in w.may_overwrite) or (
+            def allowed(r: Role, rid: tuple, w=w) -> bool:
+                return any(same_file(rid, a) for a in w.may_overwrite) or (
                     r.owner is not None and any(same_file(r.owner, a) for a in w.may_overwrite))
-                if same_file(wid, rid):
-                    if not allowed:
-                        hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
-                        raise UsageError(f"{shown(w.path)} would be written as {w.what}, but it is {r.what}; "
-                                         f"nothing was done{hint}")
-                elif os.path.isdir(r.path) and _inside(w.path, r.path) and not allowed:
+
+            for rid, r in reads.same_as(wid):
+                if not allowed(r, rid):
+                    hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
+                    raise UsageError(f"{shown(w.path)} would be written as {w.what}, but it is {r.what}; "
+                                     f"nothing was done{hint}")
+            for rid, r in reads.folders_holding(wid):
+                if not allowed(r, rid):
                     raise UsageError(f"{shown(w.path)} would be written as {w.what}, inside {r.what}; nothing was done")
-                elif w.folder and _inside(r.path, w.path) and not allowed:
-                    raise UsageError(f"{shown(w.path)} would be replaced as {w.what}, but it holds {r.what}; "
-                                     "nothing was done")
+            if w.folder:
+                for rid, r in reads.inside(wid):
+                    if not allowed(r, rid):
+                        raise UsageError(f"{shown(w.path)} would be replaced as {w.what}, but it holds {r.what}; "
+                                         "nothing was done")
             _check_writable(w)
-        for k, (wid, w) in enumerate(write_ids):
-            for oid, other in write_ids[:k]:
-                if same_file(wid, oid):
-                    raise UsageError(f"{shown(w.path)} would be written twice: as {other.what} and as {w.what}; "
-                                     "nothing was done (use --output-dir / a --log folder, or fewer models)")
-                for inner, outer in ((w, other), (other, w)):
-                    if outer.folder and _inside(inner.path, outer.path):
-                        raise UsageError(f"{shown(inner.path)} would be written as {inner.what}, inside "
-                                         f"{shown(outer.path)}, which is replaced as {outer.what}; nothing was done")
+        writes = _Index([])
+        for wid, w in write_ids:
+            for _, other in writes.same_as(wid):
+                raise UsageError(f"{shown(w.path)} would be written twice: as {other.what} and as {w.what}; "
+                                 "nothing was done (use --output-dir / a --log folder, or fewer models)")
+            for _, outer in writes.folders_holding(wid, replaced_only=True):
+                raise UsageError(f"{shown(w.path)} would be written as {w.what}, inside "
+                                 f"{shown(outer.path)}, which is replaced as {outer.what}; nothing was done")
+            if w.folder:
+                for _, inner in writes.inside(wid):
+                    raise UsageError(f"{shown(inner.path)} would be written as {inner.what}, inside "
+                                     f"{shown(w.path)}, which is replaced as {w.what}; nothing was done")
+            writes.add(wid, w)
 
     def check_reads(self, paths, what: str) -> None:
         """Files found only once a model is loaded (external data, a solver's net), checked
         against every write of the run before anything is written."""
+        known = _Index([(identity(r.path), r) for r in self.reads])
         for path in paths:
-            if path is not None and not any(same_file(identity(Path(path)), identity(r.path)) for r in self.reads):
+            if path is not None and not known.same_as(identity(Path(path))):
                 self.reads.append(Role(Path(path), f"{what} {shown(path)}"))
         self.check()
+
+
+class _Index:
+    """Roles by resolved path, by (device, inode), and by each folder above them: the lookups
+    :meth:`PathPlan.check` makes, each in time independent of the number of roles."""
+
+    def __init__(self, entries: list[tuple[tuple, Role]]):
+        self.order: dict[int, int] = {}
+        self.by_real: dict[str, list] = {}
+        self.by_inode: dict[tuple, list] = {}
+        self.by_parent: dict[str, list] = {}  # folder -> roles at or below it
+        self.folders: dict[str, list] = {}  # resolved path of each folder role -> roles
+        for rid, role in entries:
+            self.add(rid, role)
+
+    def add(self, rid: tuple, role: Role) -> None:
+        entry = (rid, role)
+        self.order[id(entry)] = len(self.order)
+        self.by_real.setdefault(rid[0], []).append(entry)
+        if rid[1] is not None:
+            self.by_inode.setdefault(rid[1], []).append(entry)
+        for parent in _folders_above(rid[0]):
+            self.by_parent.setdefault(parent, []).append(entry)
+        if os.path.isdir(rid[0]) or role.folder:
+            self.folders.setdefault(rid[0], []).append(entry)
+
+    def _sorted(self, entries) -> list:
+        unique = {id(e): e for e in entries}
+        return sorted(unique.values(), key=lambda e: self.order[id(e)])
+
+    def same_as(self, rid: tuple) -> list:
+        found = list(self.by_real.get(rid[0], ()))
+        if rid[1] is not None:
+            found += self.by_inode.get(rid[1], ())
+        return self._sorted(found)
+
+    def folders_holding(self, rid: tuple, replaced_only: bool = False) -> list:
+        """Folder roles ``rid`` lies strictly inside (``replaced_only``: folders written as a unit)."""
+        found = [e for parent in _folders_above(rid[0]) for e in self.folders.get(parent, ())
+                 if not replaced_only or e[1].folder]
+        return self._sorted(e for e in found if e[0][0] != rid[0])
+
+    def inside(self, rid: tuple) -> list:
+        """Roles strictly inside the folder ``rid``."""
+        return self._sorted(e for e in self.by_parent.get(rid[0], ()) if e[0][0] != rid[0])
+
+
+def _folders_above(real: str) -> list[str]:
+    """The folders a resolved path lies in, innermost first."""
+    out, current = [], os.path.dirname(real)
+    while current and current not in out:
+        out.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return out
 
 
 def _check_readable(r: Role) -> None:
@@ -214,11 +284,3 @@ def identity(path: Path) -> tuple:
 
 def same_file(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
-        return True
-    except ValueError:
-        return False

@@ -81,3 +81,10 @@ def first_line(exc: BaseException | str) -> str:
     if lines:
         return lines[0]
     return type(exc).__name__ if not isinstance(exc, str) else "unknown error"
+
+
+def first_few(items, n: int = 5, sep: str = ", ") -> str:
+    """The first ``n`` of ``items`` joined, and how many more there are: messages name a few
+    examples of a long list ("a, b, c and 12 more") rather than all of it."""
+    items = [str(i) for i in items]
+    return sep.join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..atomic import write_bytes_atomic
 from ..batch.load import DataOptions, load_batch
-from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError, shown
+from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError, first_few, shown
 from ..formats import find_format
 from ..formats.contract import LoadRequest
-from ..paths import PathPlan
+from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..lsuv.settings import DEFAULTS, LsuvSettings
+from ..paths import PathPlan
 from ..timings import recording, stage
 
 
@@ -139,12 +139,11 @@ def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, o
     result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
                     read_files=fmt.read_files(loaded) + batch.files)
     if result.unconverged and not options.allow_unconverged:
-        names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
-        more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
+        names = first_few((f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged), 3)
         if log_path is not None:
             write_log(log, log_path)
         raise UnconvergedError(
-            f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
+            f"{len(result.unconverged)} layer(s) did not converge: {names}; nothing written "
             "(--allow-unconverged writes it anyway)", path=model,
         )
     if options.strict:
@@ -285,8 +284,8 @@ def _unreached_warning(model: Path, entries: list[dict]) -> list[str]:
     names = [e["name"] for e in entries if e.get("reached") is False]
     if not names:
         return []
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return [f"{model}: {len(names)} target layer(s) never ran on this batch and keep their pre-init: {shown}"]
+    return [f"{model}: {len(names)} target layer(s) never ran on this batch and keep their pre-init: "
+            f"{first_few(names)}"]
 
 
 def sidecar_batch(model: Path) -> Path | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..errors import LsuvError
+from ..errors import LsuvError, first_few
 
 STATUSES = ("initialized", "unreached", "skipped", "carried")
 
@@ -76,9 +76,8 @@ def check_strict(account: list[ParamAccount], path=None) -> None:
     bad = strict_failures(account)
     if not bad:
         return
-    shown = ", ".join(f"{e.name} ({e.status}{': ' + e.reason if e.reason else ''})" for e in bad[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    raise IncompleteError(f"--strict: {len(bad)} conv / linear / attention weight(s) not initialized: {shown}{more}",
+    shown = first_few(f"{e.name} ({e.status}{': ' + e.reason if e.reason else ''})" for e in bad)
+    raise IncompleteError(f"--strict: {len(bad)} conv / linear / attention weight(s) not initialized: {shown}",
                           path=path)
 
 

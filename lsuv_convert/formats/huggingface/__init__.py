@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_few
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 from ..model_graph import ModelGraph
 from ..registry import register_format
-from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 
 @dataclass
@@ -108,8 +108,7 @@ class HuggingFaceFormat(ModelFormat):
         copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
         links = write_folder(graph.source, Path(out_path), state.shards, provenance)
         if links:
-            graph.notes.append(f"links to folders copied as links, not followed: {', '.join(links[:5])}"
-                               + (f" and {len(links) - 5} more" if len(links) > 5 else ""))
+            graph.notes.append(f"links to folders copied as links, not followed: {first_few(links)}")
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded as :meth:`read` loads it (transformers' ``from_pretrained``,

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ModelFormatError, first_line
+from ...errors import ModelFormatError, first_few, first_line
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def file_values(model, keys: list[FileKey], names: set[str]) -> tuple[dict, dict
     lost = [fk.key for fk in converted if fk.key not in reverted]
     if lost:
         raise ModelFormatError(f"transformers' reverse conversion of {type(model).__name__} does not give back the "
-                               f"file's key(s) {first_of(lost)}; nothing was written")
+                               f"file's key(s) {first_few(lost)}; nothing was written")
     return renamed, {fk.key: reverted[fk.key] for fk in converted}
 
 
@@ -207,11 +207,11 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ModelFormatError(f"the folder's weights do not match its config.json: {len(missing)} tensor(s) of {name} "
-                               f"missing from the folder: {first_of(file_spelling(model, missing))}", path=path)
+                               f"missing from the folder: {first_few(file_spelling(model, missing))}", path=path)
     mismatched = [str(m) for m in info.get("mismatched_keys") or []]
     if mismatched:
         raise ModelFormatError(f"{len(mismatched)} tensor(s) of the folder do not have the shape {name} gives them: "
-                               f"{first_of(mismatched)}", path=path)
+                               f"{first_few(mismatched)}", path=path)
     keys = key_map(model, {shard.name: [k for k, t in shard.tensors.items() if isinstance(t, torch.Tensor)]
                            for shard in shards})
     notes = [f"architecture: transformers {name} loaded by from_pretrained from config.json and the folder's "
@@ -249,5 +249,3 @@ def file_spelling(model, names: list[str]) -> list[str]:
     return out
 
 
-def first_of(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError
-from ..model_graph import InputSpec, ModelGraph, TargetLayer
+from ...errors import ModelFormatError, first_few
 from ...timings import stage
-from ..registry import register_format
 from ..contract import LoadedModel, LoadRequest, ModelFormat
+from ..model_graph import InputSpec, ModelGraph, TargetLayer
+from ..registry import register_format
 
 
 @dataclass
@@ -141,7 +141,7 @@ class OnnxFormat(ModelFormat):
                 )
         graph.notes.append(
             f"written file checked by onnxruntime on the gate's inputs, for what it can't be proven equal on: "
-            f"{', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}" if off else
+            f"{first_few(off, 4)}" if off else
             "written file checked without running it: every target node reads, bit for bit, the weights LSUV "
             "measured in torch, and nothing else in the torch graph changed since the gate"
         )
@@ -159,8 +159,8 @@ class OnnxFormat(ModelFormat):
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any], request=None):
         """{layer name: (variance, mean)} of each target layer's output, computed by onnxruntime."""
-        from . import files, runtime, targets
         from ...lsuv.statistics import population_stats
+        from . import files, runtime, targets
 
         model, _ = files.read_model(Path(model_path))
         model, _ = runtime.runnable(model)

@@ -29,10 +29,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ...errors import ModelFormatError, first_line
+from ...errors import ModelFormatError, first_few, first_line
 from . import converters
-from .modules import GemmTarget, MatMulTarget, pin_inference
 from .lean_conversion import infer_shapes_in_place, modules_without_random_init, onnx2torch_infers_without_weights
+from .modules import GemmTarget, MatMulTarget, pin_inference
 from .targets import TargetPlan, effective_value, graph_view, subgraph_layers
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -479,9 +479,8 @@ def _working_for(model: onnx.ModelProto, plan: TargetPlan, probe: bool, in_runti
 def _working_notes(model, plan: TargetPlan, regions: list[dict], pruned: list[tuple[str, str]]) -> list[str]:
     notes = []
     for region in regions:
-        names = ", ".join(f"{op} {name!r}" for name, op in region["nodes"][:4])
-        more = f" and {len(region['nodes']) - 4} more" if len(region["nodes"]) > 4 else ""
-        notes.append(f"onnxruntime runs {len(region['nodes'])} node(s) inside the torch graph ({names}{more}): "
+        names = first_few((f"{op} {name!r}" for name, op in region["nodes"]), 4)
+        notes.append(f"onnxruntime runs {len(region['nodes'])} node(s) inside the torch graph ({names}): "
                      f"{region['reasons'][0]}")
     for label, why in plan.skipped:
         notes.append(f"layer {label!r} not initialized: {why}")

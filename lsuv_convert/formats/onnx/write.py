@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ...errors import ConversionError
+from ...errors import ConversionError, first_few
 from ...lsuv.statistics import all_finite
 from .files import NewTensor, copy_fields
 from .targets import effective_value, graph_view, stored_layout, unique_name
@@ -93,7 +93,7 @@ def build_output(model: onnx.ModelProto, plan, paths: dict[str, str], module, ex
             graph.node[slot.node_index].input[slot.input_index] = new_names[key]
     notes = []
     if untied:
-        shown = ", ".join(untied[:8]) + (f" and {len(untied) - 8} more" if len(untied) > 8 else "")
+        shown = first_few(untied, 8)
         notes.append(
             f"untied {len(untied)} weight/bias tensor(s) that other nodes also read (exporter de-duplication) "
             f"because the values written for them differ: each got its own initializer ({shown})"

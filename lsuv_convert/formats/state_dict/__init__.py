@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_few
+from ..contract import LoadedModel, LoadRequest, ModelFormat
 from ..model_graph import ModelGraph
 from ..registry import register_format
-from ..contract import LoadedModel, LoadRequest, ModelFormat
 
 _TORCH_SAVE_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -109,14 +109,13 @@ def load_into(model, obj, arch: str, path: Path):
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        shown = "; ".join(lines[:3]) + (f" and {len(lines) - 3} more" if len(lines) > 3 else "")
+        shown = first_few(lines, 3, "; ")
         raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
                                path=path) from None
     notes = [located.describe()]
     if located.carried:
         notes.append(f"{len(located.carried)} tensor(s) beside the weights that the architecture does not have, carried "
-                     f"through unchanged: {', '.join(located.carried[:5])}"
-                     + (f" and {len(located.carried) - 5} more" if len(located.carried) > 5 else ""))
+                     f"through unchanged: {first_few(located.carried)}")
     if located.others:
         notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, first_few
 
 _MAX_DEPTH = 4
 
@@ -67,9 +67,9 @@ def locate(obj, model_keys: list[str], arch: str, path: Path) -> Located:
     in_file = {k[len(prefix):] if k.startswith(prefix) else k for k in keys}
     missing = [k for k in model_keys if k not in in_file]
     extra = [k for k in keys if (k[len(prefix):] if k.startswith(prefix) else k) not in wanted]
-    parts = [f"{len(missing)} key(s) of {arch} missing from the file: {_first(missing)}"]
+    parts = [f"{len(missing)} key(s) of {arch} missing from the file: {first_few(missing)}"]
     if extra:  # named too: often the missing ones under another spelling
-        parts.append(f"{len(extra)} key(s) in the file that {arch} does not have: {_first(extra)}")
+        parts.append(f"{len(extra)} key(s) in the file that {arch} does not have: {first_few(extra)}")
     place = "".join(f"[{k!r}]" for k in where) or "top level"
     raise ModelFormatError(f"the checkpoint's keys (at {place}) do not match --arch {arch}: " + "; ".join(parts), path=path)
 
@@ -96,5 +96,3 @@ def _prefixes(keys: list[str], model_keys: list[str]) -> list[str]:
     return out
 
 
-def _first(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # this folder: the fresh interpreter imports hf_helpers from it
 
 _TEXT = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
              max_position_embeddings=64)
@@ -121,7 +121,7 @@ print(json.dumps({job["path"]: hf_helpers.measure_folder(job["path"], job["batch
 
 def fresh_variances(jobs: list[tuple[Path, Path]]) -> dict[str, dict[str, list[float]]]:
     """:func:`measure_folder` of each (folder, batch), in a new interpreter."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(TESTS))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE))
     arg = json.dumps([{"path": str(folder), "batch": str(b)} for folder, b in jobs])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FRESH), arg], capture_output=True, text=True,
                           timeout=600, env=env)

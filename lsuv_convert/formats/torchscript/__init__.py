@@ -31,7 +31,7 @@ class TorchScriptFormat(ModelFormat):
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from ..shared.no_network import no_network
         from ..shared.stored_tensors import check_stored
-        from .loader import load_script
+        from .read import load_script
 
         with no_network(f"reading {path.name}", path):
             loaded = load_script(path, trust_code=request.trust_code)
@@ -43,7 +43,7 @@ class TorchScriptFormat(ModelFormat):
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
         from ...timings import stage
-        from .loader import graph_of, prepare_inputs
+        from .read import graph_of, prepare_inputs
 
         graph = graph_of(loaded)
         if check:

@@ -23,7 +23,7 @@ from .program import Block, Const, Op, Program, free_values
 class BatchErrors:
     """Mixin for the module handed to the engine: an op failing on the batch is the batch's
     DataError (TorchScript's own words), as in the fidelity check, which may have seen only the
-    first samples (:func:`.loader.prepare_inputs`); a batch size baked into a trace shows here."""
+    first samples (:func:`.read.prepare_inputs`); a batch size baked into a trace shows here."""
 
     lsuv_source = None  # the file, for the message
 

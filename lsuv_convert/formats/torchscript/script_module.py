@@ -1,7 +1,7 @@
 """``lsuv_init`` on a ``torch.jit.ScriptModule`` (traced or scripted) from Python.
 
 ScriptModules refuse forward hooks, so the module goes through the same reader as a
-TorchScript file (:mod:`.loader`): its inlined graph runs as an fx graph or the exact
+TorchScript file (:mod:`.read`): its inlined graph runs as an fx graph or the exact
 interpreter, whose layers share their parameters with the ScriptModule. Inputs may be
 given by position or by name (``kwargs``, or a dict batch), as forward declares them.
 """
@@ -14,7 +14,7 @@ import torch
 
 from ...lsuv.account import check_strict, rename_layer
 from ..registry import get_format
-from .loader import graph_of, prepare_inputs, read_script, set_training
+from .read import graph_of, prepare_inputs, read_script, set_training
 
 
 def _positional(graph, batch: Any, kwargs: dict | None) -> list[torch.Tensor]:

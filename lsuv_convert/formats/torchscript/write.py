@@ -16,7 +16,7 @@ from ...atomic import atomic_path
 from ...errors import ConversionError, OutputError
 from ..model_graph import ModelGraph
 from ...lsuv.statistics import all_finite
-from .loader import ScriptState, set_training
+from .read import ScriptState, set_training
 from .quiet import jit_deprecation_silenced
 
 

@@ -16,7 +16,8 @@ from conftest import invoke
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError
 from lsuv_convert.formats import get_format
-from lsuv_convert.formats.torchscript import codecheck, loader
+from lsuv_convert.formats.torchscript import codecheck
+from lsuv_convert.formats.torchscript import read as loader
 from torchscript_helpers import ControlFlowNet
 
 warnings.filterwarnings("ignore", category=FutureWarning)

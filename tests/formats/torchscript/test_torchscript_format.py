@@ -16,7 +16,7 @@ from torch import nn
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
 from lsuv_convert.formats import find_format, get_format
-from lsuv_convert.formats.torchscript.loader import graph_of
+from lsuv_convert.formats.torchscript.read import graph_of
 from lsuv_convert.formats.contract import LoadedModel
 from lsuv_convert.formats.torchscript.interpreter import ProgramModule
 from naive_lsuv import naive_lsuv

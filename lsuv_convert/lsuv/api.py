@@ -15,7 +15,7 @@ from .attention import attention_hooks, is_attention, projection_maps
 from .conv1d import is_conv1d, layouts
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
-from .orthonormal import pre_initialize
+from .orthonormal import pre_initialize, unit_seeds
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -200,10 +200,7 @@ def lsuv_init(
 
     with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
         t0 = time.perf_counter()
-        generator = None
-        if seed is not None:
-            generator = torch.Generator().manual_seed(int(seed))
-        pre_initialize(_pre_init_units(target_map), pre_init, generator)
+        pre_initialize(_pre_init_units(target_map), pre_init, unit_seeds(seed))
         report.seconds["pre_init"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -163,6 +163,8 @@ def lsuv_init(
     on_layer: Callable | None = None,
     kwargs: dict | None = None,
     strict: bool = False,
+    source=None,
+    sink=None,
 ) -> LsuvReport:
     """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch``.
 
@@ -184,6 +186,13 @@ def lsuv_init(
     unreached (its layer never ran on the batch) or skipped (with the reason); ``strict=True``
     raises :class:`~lsuv_convert.lsuv.account.IncompleteError` when a conv / linear / attention
     weight is unreached or skipped (the weights are changed all the same).
+
+    Streaming (``source`` and ``sink`` given, see :mod:`.streaming`): ``module``'s parameters are
+    placeholders on the meta device; each module's tensors are materialized on ``device`` right
+    before it runs (read from ``source``; a target's weight drawn by the pre-init), a target's are
+    written to ``sink`` after its fit, and all are freed, so memory holds about one layer and
+    the activations. The module is left with its placeholders; the values equal those of a
+    run on the whole model with the same seed.
     """
     if _is_script_module(module):
         raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
@@ -197,6 +206,21 @@ def lsuv_init(
     target_map = find_targets(module, targets, named)
     if targets is None:
         target_map, report.notes = without_tied_targets(module, target_map)
+
+    if source is not None:
+        from .streaming import is_streamable
+
+        why = is_streamable(module)
+        if why is not None:
+            raise ValueError(f"cannot stream this module: {why}")
+        with layouts(module, target_map):
+            report.layers, report.seconds = _walk_streaming(module, batch, kwargs, target_map, settings, dev, named,
+                                                            source, sink, on_layer)
+        report.walker = "hooks (streaming)"
+        report.account = module_account(module, target_map, report.layers, named=named)
+        if strict:
+            check_strict(report.account)
+        return report
 
     with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
         t0 = time.perf_counter()
@@ -224,6 +248,22 @@ def lsuv_init(
     if strict:
         check_strict(report.account)
     return report
+
+
+def _walk_streaming(module, batch, kwargs, target_map, settings, dev, named, source, sink, on_layer):
+    """The LSUV walk of a module on the meta device, materializing each module as it runs."""
+    from .streaming import Materializer
+
+    t0 = time.perf_counter()
+    materializer = Materializer(module, target_map, source, sink, dev, settings.pre_init, unit_seeds(settings.seed))
+    dtype = _float_dtype(module)
+    args, kw = _as_args(batch, kwargs)
+    args = tuple(_to_device(a, dev, dtype) for a in args)
+    kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
+    with _eval_mode(module, [m for _, m in named]):
+        layers = lsuv_walk(module, args, target_map, settings, on_layer, kw, attention_hooks, streaming=materializer)
+    materializer.finish()
+    return layers, {"lsuv": time.perf_counter() - t0, "pre_init": materializer.pre_init_seconds}
 
 
 def _is_script_module(module) -> bool:

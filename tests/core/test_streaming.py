@@ -161,5 +161,5 @@ def test_live_bytes_stay_near_one_layer():
     bound = 4 * layer + activations
     assert meter.peak <= bound, (meter.peak, bound, model_bytes)
     assert meter.peak < model_bytes / 4
-    for key, value in stored.items():  # everything was fitted and written
+    for key in stored:  # everything was fitted and written
         assert torch.isfinite(sink.out[key]).all()

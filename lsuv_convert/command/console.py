@@ -115,8 +115,9 @@ class Console:
         extra = f", {bad} not converged" if bad else ""
         params = log.get("counts")
         if params:
+            carried = f", {params['carried']} carried" if params.get("carried") else ""
             extra += (f"; parameters: {params['initialized']} initialized, {params['unreached']} unreached, "
-                      f"{params['skipped']} skipped;")
+                      f"{params['skipped']} skipped{carried};")
         else:
             extra += ","
         self._line(f"ok    {model} -> {output} ({len(layers)} layers{extra} {log['device']}, {seconds:.2f} s; data: {log['data']})")
@@ -149,9 +150,9 @@ class Console:
         params = [getattr(o, "log", None) and o.log.get("counts") for o in outcomes]
         params = [p for p in params if p]
         if params:
-            total = {k: sum(p[k] for p in params) for k in ("initialized", "unreached", "skipped")}
+            total = {k: sum(p.get(k, 0) for p in params) for k in ("initialized", "unreached", "skipped", "carried")}
             line += (f"; parameters: {total['initialized']} initialized, {total['unreached']} unreached, "
-                     f"{total['skipped']} skipped")
+                     f"{total['skipped']} skipped" + (f", {total['carried']} carried" if total["carried"] else ""))
         if failed:
             line += "; failed: " + ", ".join(str(o.model) for o in failed)
         self._line(line)

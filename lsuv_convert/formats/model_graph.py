@@ -50,6 +50,9 @@ class ModelGraph:
     # Source parameters the module does not hold as parameters of a target (the account lists
     # them as skipped): dicts with name, shape, reason and linear (a matrix a conv / linear op uses).
     skipped_params: list[dict] = field(default_factory=list)
+    # Tensors of the file the architecture does not have (a checkpoint's extra entries), written
+    # back unchanged; the account lists them as carried: dicts with name, shape and reason.
+    carried_params: list[dict] = field(default_factory=list)
     # A format whose file names its tensors otherwise than the module does (ONNX: stored tensors,
     # some held by no module) accounts for them itself: the engine's LayerReports -> ParamAccounts.
     file_account: Any = None

@@ -6,11 +6,13 @@ Each parameter is exactly one of
   scaled; ``layers`` names the report entries, ``var_before`` / ``var_after`` their variances;
 * ``unreached``: it belongs to a target the batch never ran, so it keeps its pre-init;
 * ``skipped``: the tool does not initialize it, with the reason (not a linear map:
-  embeddings, norms, recurrent weights, positional tables; or used by an op it cannot split).
+  embeddings, norms, recurrent weights, positional tables; or used by an op it cannot split);
+* ``carried``: a tensor of the file that the architecture does not have (a checkpoint's extra
+  entries: a loss's parameters, a Lightning module's buffers), written back unchanged.
 
 ``linear`` marks conv / linear / attention weights, and the weight matrices of module classes the
 tool doesn't know as layers: those are the ones ``strict`` insists on.
-The numbers of elements add up to the model's parameter count.
+The numbers of elements of the first three add up to the model's parameter count.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Iterable
 
 from ..errors import LsuvError
 
-STATUSES = ("initialized", "unreached", "skipped")
+STATUSES = ("initialized", "unreached", "skipped", "carried")
 
 
 @dataclass
@@ -115,6 +117,7 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
     ``named`` is ``module.named_modules()`` when the caller has listed it already.
     """
     from .attention import is_attention, join, parameter_names
+    from .parametrized import weight_sources
 
     rename = rename or (lambda n: n)
     by_target: dict[str, list] = {}  # a report ``path`` or ``path[q]`` under its target's ``path``
@@ -145,6 +148,8 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
             p = getattr(target, attr, None)
             if p is not None and hasattr(p, "shape"):
                 owner.setdefault(id(p), (name, cover))
+        for p in weight_sources(target):  # weight_g / weight_v, parametrizations.weight.original*
+            owner.setdefault(id(p), (name, cover))
 
     if named is None:
         named = list(module.named_modules())
@@ -198,12 +203,13 @@ def graph_account(graph, reports) -> list[ParamAccount]:
     by_path = graph.target_by_path()
     targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
     account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
-    for p in graph.skipped_params:
-        numel = 1
-        for d in p["shape"]:
-            numel *= int(d)
-        account.append(ParamAccount(p["name"], list(p["shape"]), numel, "skipped", linear=bool(p.get("linear")),
-                                    reason=p.get("reason")))
+    for status, entries in (("skipped", graph.skipped_params), ("carried", graph.carried_params)):
+        for p in entries:
+            numel = 1
+            for d in p["shape"]:
+                numel *= int(d)
+            account.append(ParamAccount(p["name"], list(p["shape"]), numel, status, linear=bool(p.get("linear")),
+                                        reason=p.get("reason")))
     return account
 
 
@@ -215,4 +221,5 @@ def rename_layer(layer: str, rename) -> str:
 
 def summary_line(account: list[ParamAccount]) -> str:
     c = counts(account)
-    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped"
+    carried = f", {c['carried']} carried" if c["carried"] else ""
+    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped{carried}"

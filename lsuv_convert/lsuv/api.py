@@ -16,6 +16,7 @@ from .conv1d import is_conv1d, layouts
 from .engine import LsuvReport, is_target, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize, unit_seeds
+from .parametrized import effective_weights, without_unscalable
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -206,6 +207,8 @@ def lsuv_init(
     target_map = find_targets(module, targets, named)
     if targets is None:
         target_map, report.notes = without_tied_targets(module, target_map)
+        target_map, unscalable = without_unscalable(target_map)
+        report.notes += unscalable
 
     if source is not None:
         from .streaming import is_streamable
@@ -222,7 +225,9 @@ def lsuv_init(
             check_strict(report.account)
         return report
 
-    with layouts(module, target_map):  # Conv1D's (in, out) weight and packed q / k / v, for this run
+    # Conv1D's (in, out) weight and packed q / k / v; weight-normed and parametrized weights as
+    # the fixed tensors they compute, their stored sources set from the fit afterwards
+    with layouts(module, target_map), effective_weights(target_map):
         t0 = time.perf_counter()
         pre_initialize(_pre_init_units(target_map), pre_init, unit_seeds(seed))
         report.seconds["pre_init"] = time.perf_counter() - t0

@@ -1,23 +1,24 @@
-"""Hugging Face model folders (``config.json`` + ``model.safetensors``, or shards with their index).
+"""Hugging Face model folders (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``,
+single or sharded with their index).
 
-The folder is one model (:meth:`claims_directory`), written as ``NAME.lsuv/`` beside it. The
-architecture is built by transformers from the folder's own ``config.json`` (``from_config``:
-random weights, no download, no remote code), with the class the config names in
-``architectures`` (``AutoModel`` otherwise); the folder's weights are loaded into it and the
-engine walks the model's own forward. The output has the same files, shard layout, keys,
-dtypes and safetensors metadata, with only the initialized tensors' values changed
-(:mod:`.folder`). transformers is an optional extra: ``pip install 'lsuv-convert[hf]'``.
+The folder is one model (:meth:`claims_directory`), written as ``NAME.lsuv/`` beside it. The model
+is built and loaded by transformers itself, as ``from_pretrained`` loads a local folder
+(:mod:`.loading`: the class ``config.json`` names, every key renaming, converter, tied weight and
+parametrization of the installed transformers; no download, no remote code); the engine walks
+the model's own forward. The output has the same files, shard layout, keys, dtypes and metadata,
+with only the initialized tensors' values changed, each written under the file key it was loaded
+from (:mod:`.folder`). Tensors of the folder the model does not take are carried through unchanged
+(the account lists them as ``carried``). transformers is an optional extra:
+``pip install 'lsuv-convert[hf]'``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelFormatError, first_line
+from ...errors import ModelFormatError
 from ..model_graph import ModelGraph
 from ..registry import register_format
 from ..contract import LoadedModel, LoadRequest, ModelFormat
@@ -27,6 +28,7 @@ from ..contract import LoadedModel, LoadRequest, ModelFormat
 class FolderState:
     shards: list  # folder.Shard, tensors updated in place at write
     model: Any  # the transformers model, with the folder's weights
+    keys: list  # loading.FileKey: each file key, its shard and the model entry it loads into
 
 
 @register_format
@@ -50,149 +52,108 @@ class HuggingFaceFormat(ModelFormat):
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from ..shared.eager_graph import declared_inputs, module_target_layers
         from ..shared.safetensors_io import provenance_of
-        from .folder import read_shards
+        from .folder import read_shards, weight_files
+        from .loading import load_model
 
         if not self.claims_directory(path):
-            raise ModelFormatError("is not a Hugging Face model folder (config.json + model.safetensors)", path=path)
-        model, notes = build_model(path)
+            raise ModelFormatError("is not a Hugging Face model folder (config.json + model.safetensors or "
+                                   "pytorch_model.bin)", path=path)
+        _, others = weight_files(path)
         shards = read_shards(path)
-        notes += load_weights(model, shards, path)
+        model, keys, notes = load_model(path, shards)
         targets, tied = module_target_layers(model)
         notes += tied
+        if others:
+            notes.append(f"weights read from {shards[0].name if len(shards) == 1 else 'the shards of its index'}, as "
+                         f"transformers prefers them; {', '.join(others)} copied unchanged")
         if len(shards) > 1:
             notes.append(f"{len(shards)} shards, written back with the same layout")
-        return LoadedModel(format=self.name, source=path, inputs=declared_inputs(model), state=FolderState(shards, model),
-                           targets=targets, notes=notes, provenance=provenance_of(shards[0].metadata))
+        carried = [fk for fk in keys if fk.param is None]
+        if carried:
+            notes.append(f"{len(carried)} tensor(s) of the folder that {type(model).__name__} does not take: "
+                         "carried through unchanged")
+        return LoadedModel(format=self.name, source=path, inputs=declared_inputs(model),
+                           state=FolderState(shards, model, keys), targets=targets, notes=notes,
+                           provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         from ..shared.eager_graph import built_graph
 
-        return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph.typed_inputs = with_decoder_inputs(loaded.state.model, graph.typed_inputs)
+        graph.carried_params = _carried(loaded.state)
+        return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
-        from ..shared.eager_graph import copy_targets_into
+        from ..shared.eager_graph import copy_into, fitted_state
         from .folder import write_folder
+        from .loading import file_values
 
         state: FolderState = graph.state
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
-        copy_targets_into(graph, tensors, lambda key: key, out_path)
+        renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
+        copy_into(tensors, renamed)
+        copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
         write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
         each target's output measured with hooks."""
         from ..shared.eager_graph import declared_inputs, measure_module, model_args, module_target_layers
+        from .loading import from_pretrained
 
-        transformers, torch = _libraries(model_path)
-        config = _config(transformers, model_path)
-        cls = _model_class(transformers, config)
-        with _offline():
-            try:
-                model = cls.from_pretrained(str(model_path), config=config, local_files_only=True, dtype=torch.float32)
-            except Exception as exc:  # noqa: BLE001
-                raise ModelFormatError(f"transformers cannot load the folder: {first_line(exc)}", path=model_path) from None
-        model.eval()
+        model, _ = from_pretrained(model_path)
         targets, _ = module_target_layers(model)
-        return measure_module(model, model_args(inputs, declared_inputs(model)), targets)
+        return measure_module(model, with_decoder_inputs(model, model_args(inputs, declared_inputs(model))), targets)
 
 
-def _libraries(path: Path):
+def with_decoder_inputs(model, args: list) -> list:
+    """An encoder-decoder model (T5, BART, ...) given token ids alone: its decoder takes the same
+    ids shifted right, as in training with teacher forcing (the model's own
+    ``prepare_decoder_input_ids_from_labels`` / ``_shift_right``), passed in its forward's
+    ``decoder_input_ids`` place. Any other model: ``args`` as they are."""
+    import inspect
+
+    config = getattr(model, "config", None)
+    if len(args) != 1 or not getattr(config, "is_encoder_decoder", False) or args[0].is_floating_point():
+        return args
     try:
-        import torch
-        import transformers
-    except ImportError:
-        raise ModelFormatError("Hugging Face folders need transformers: pip install 'lsuv-convert[hf]'", path=path) from None
-    transformers.utils.logging.disable_progress_bar()  # its bars would mix with the tool's own output
-    return transformers, torch
+        names = list(inspect.signature(type(model).forward).parameters)[1:]  # the class's: past self
+    except (TypeError, ValueError):
+        return args
+    if "decoder_input_ids" not in names:
+        return args
+    place = names.index("decoder_input_ids")
+    return [args[0], *([None] * (place - 1)), _shifted_right(model, args[0])]
 
 
-@contextlib.contextmanager
-def _offline():
-    """transformers and huggingface_hub never reach the network inside."""
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _config(transformers, path: Path):
-    import json
-
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"config.json is not valid JSON: {exc}", path=path) from None
-    if not isinstance(raw, dict) or "model_type" not in raw:
-        raise ModelFormatError("config.json has no model_type: not a transformers model config", path=path)
-    with _offline():
-        try:
-            return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        except Exception as exc:  # noqa: BLE001 - unknown model_type, remote code required, ...
-            raise ModelFormatError(f"transformers cannot read config.json (model_type {raw.get('model_type')!r}; "
-                                   f"models that need remote code are not run): {first_line(exc)}", path=path) from None
-
-
-def _model_class(transformers, config):
-    """The class ``config.architectures`` names when transformers has it, else AutoModel."""
-    for name in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, str(name), None)
-        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls
-    return transformers.AutoModel
-
-
-def build_model(path: Path):
-    """(model with random weights built from config.json, notes)."""
-    transformers, torch = _libraries(path)
-    config = _config(transformers, path)
-    cls = _model_class(transformers, config)
-    with _offline():
-        try:
-            if cls is transformers.AutoModel:
-                model = cls.from_config(config, dtype=torch.float32)
-            else:
-                model = cls._from_config(config, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelFormatError(f"transformers cannot build {cls.__name__} from config.json: {first_line(exc)}",
-                                   path=path) from None
-    model.eval()
-    return model, [f"architecture: transformers {type(model).__name__} built from config.json (no download)"]
-
-
-def load_weights(model, shards, path: Path) -> list[str]:
-    """Load every tensor of the shards into ``model``; every model tensor must come from the
-    folder, except names tied to one that does (an output layer sharing the embedding)."""
+def _shifted_right(model, ids):
+    """The model's own shift (``prepare_decoder_input_ids_from_labels`` / ``_shift_right``), else the
+    ids shifted right behind the decoder start token (pad, else 0) where the config names none."""
     import torch
 
-    tensors = {key: t for shard in shards for key, t in shard.tensors.items()}
-    own = model.state_dict(keep_vars=True)
-    extra = [k for k in tensors if k not in own]
-    in_file_ids = {id(own[k]) for k in tensors if k in own}
-    missing = [k for k, v in own.items() if k not in tensors and id(v) not in in_file_ids]
-    if extra or missing:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensor(s) of {type(model).__name__} missing from the folder: {_first(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} tensor(s) in the folder that {type(model).__name__} does not have: {_first(extra)}")
-        raise ModelFormatError("the folder's weights do not match its config.json: " + "; ".join(parts), path=path)
-    with torch.no_grad():
-        for key, tensor in tensors.items():
-            dest = own[key]
-            if dest.shape != tensor.shape:
-                raise ModelFormatError(f"{key} has shape {tuple(tensor.shape)} in the folder, {tuple(dest.shape)} in "
-                                       f"the model its config.json builds", path=path)
-            dest.copy_(tensor.to(dest.dtype))
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()
-                     if t.is_floating_point() and t.dtype != torch.float32})
-    return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []
+    for method in ("prepare_decoder_input_ids_from_labels", "_shift_right"):
+        shift = getattr(model, method, None)
+        if callable(shift):
+            try:
+                return shift(ids)
+            except Exception:  # noqa: BLE001 - e.g. no decoder_start_token_id in the config
+                continue
+    config = model.config
+    start = next((t for t in (getattr(config, "decoder_start_token_id", None), getattr(config, "pad_token_id", None))
+                  if isinstance(t, int)), 0)
+    return torch.cat([torch.full_like(ids[:, :1], start), ids[:, :-1]], dim=1)
 
 
-def _first(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+def _carried(state: FolderState) -> list[dict]:
+    """The folder's tensors the model does not take, for the account."""
+    shard_of = {shard.name: shard for shard in state.shards}
+    return [{"name": fk.key, "shape": list(shard_of[fk.shard].tensors[fk.key].shape),
+             "reason": f"in {fk.shard}, not an entry of {type(state.model).__name__}: carried through unchanged"}
+            for fk in state.keys if fk.param is None]
+
+
+def _equal_as_stored(stored, value) -> bool:
+    import torch
+
+    return stored.shape == value.shape and bool(torch.equal(stored, value.to(stored.dtype)))

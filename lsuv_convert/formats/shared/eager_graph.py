@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import ConversionError, DataError, first_line
+from ...errors import ConversionError, DataError, LsuvError, first_line
 from ..model_graph import InputSpec, ModelGraph, TargetLayer
 
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
     from ...lsuv.api import find_targets, without_tied_targets
+    from ...lsuv.parametrized import without_unscalable
 
     kept, notes = without_tied_targets(model, find_targets(model))
-    return list(kept), notes
+    kept, unscalable = without_unscalable(kept)
+    return list(kept), notes + unscalable
 
 
 def declared_inputs(model) -> list[InputSpec]:
@@ -59,25 +61,38 @@ def model_args(inputs: list, specs: list[InputSpec]) -> list:
     return args
 
 
-def check_runs(model, args: list, source: Path) -> None:
-    """One forward pass on the batch, so that a batch that doesn't fit is a clear DataError."""
-    import torch
+def first_run_checked(model, args: list, source: Path) -> None:
+    """The model's next forward pass (the LSUV pass) is the check that the batch fits: an error
+    the model raises on it becomes one clear DataError. No probe runs before it: a model that keeps
+    state between calls (a recurrent state in plain attributes) must run once, as ``lsuv_init``
+    runs it, or its layers would be fitted to a state nobody starts from. The check is a wrapper
+    around the instance's ``forward`` that removes itself after that one call."""
+    shapes = ", ".join(str(tuple(a.shape)) for a in args)
+    own = model.__dict__.get("forward")
 
-    try:
-        with torch.no_grad():
-            model(*args)
-    except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
-        shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
-                        path=source) from None
+    def forward(*a, **k):
+        if own is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.__dict__["forward"] = own
+        try:
+            return model.forward(*a, **k)
+        except LsuvError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
+            raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
+                            path=source) from None
+
+    model.__dict__["forward"] = forward
 
 
 def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
     """A plug-in's ``build`` for a module that already computes the model: the batch as the module
-    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it), one checked run."""
+    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it); the LSUV pass,
+    the model's one run, is checked (:func:`first_run_checked`)."""
     args = model_args(inputs, loaded.inputs)
     if check:
-        check_runs(module, args, loaded.source)
+        first_run_checked(module, args, loaded.source)
     return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
                       source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path,
                       typed_inputs=args)
@@ -154,29 +169,46 @@ def module_target_layers(model) -> tuple[list[TargetLayer], list[str]]:
     return [TargetLayer(name=p, op=type(model.get_submodule(p)).__name__, module_path=p) for p in paths], notes
 
 
-def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path) -> list[str]:
-    """Copy every target's own parameters into ``tensors`` (the file's, by key), in place and in
-    the file's dtype; returns the keys written. A parameter tied under several names is written
-    under each name the file has; ``file_key`` maps the module's key to the file's."""
-    import torch
-
+def fitted_state(graph: ModelGraph, out_path: Path) -> dict:
+    """``{state_dict name: tensor}`` of every parameter the targets own (an attention target's
+    out_proj too; a weight-normed or parametrized weight's stored sources: ``weight_g`` / ``weight_v``,
+    ``parametrizations.weight.original0`` / ``1``), each under every name the state_dict gives it;
+    a non-finite one refuses the write."""
     from ...lsuv.statistics import all_finite
 
     model = graph.module
     names_of: dict[int, list[str]] = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
         names_of.setdefault(id(tensor), []).append(key)
+    out = {}
+    for target in graph.targets:
+        layer = model.get_submodule(target.module_path)
+        for param in layer.parameters():
+            if not all_finite(param):
+                raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
+            for key in names_of.get(id(param), []):
+                out[key] = param.detach()
+    return out
+
+
+def copy_into(dest: dict, values: dict) -> list[str]:
+    """Copy ``values`` (by key) into the file's tensors ``dest``, in place and in the file's dtype
+    (so storage shared between entries stays shared); keys the file does not store are passed
+    over (a tied name). Returns the keys written."""
+    import torch
+
     written = []
     with torch.no_grad():
-        for target in graph.targets:
-            layer = model.get_submodule(target.module_path)
-            for param in layer.parameters():  # an attention target's out_proj too
-                if not all_finite(param):
-                    raise ConversionError(f"layer {target.name} has non-finite weights; nothing was written", path=out_path)
-                for key in names_of.get(id(param), []):
-                    dest = tensors.get(file_key(key))
-                    if dest is None:
-                        continue  # a tied name the file does not store
-                    dest.copy_(param.detach().to(dest.device, dest.dtype))
-                    written.append(file_key(key))
+        for key, value in values.items():
+            tensor = dest.get(key)
+            if tensor is None:
+                continue
+            tensor.copy_(value.to(tensor.device, tensor.dtype))
+            written.append(key)
     return written
+
+
+def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path) -> list[str]:
+    """Copy every target's own parameters (:func:`fitted_state`) into ``tensors`` (the file's, by
+    key); ``file_key`` maps the module's key to the file's. Returns the keys written."""
+    return copy_into(tensors, {file_key(key): value for key, value in fitted_state(graph, out_path).items()})

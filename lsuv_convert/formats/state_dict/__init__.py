@@ -35,7 +35,7 @@ class StateDictFormat(ModelFormat):
 
     def sniff(self, path: Path) -> bool:
         from ..shared.safetensors_io import is_safetensors
-        from .checkpoint import torch_save_kind
+        from ..shared.torch_save import torch_save_kind
 
         if path.name.lower().endswith(".safetensors"):
             return is_safetensors(path)
@@ -65,7 +65,12 @@ class StateDictFormat(ModelFormat):
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         from ..shared.eager_graph import built_graph
 
-        return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        located = loaded.state.located
+        graph.carried_params = [{"name": key, "shape": list(located.mapping[key].shape),
+                                 "reason": "not an entry of the architecture: carried through unchanged"}
+                                for key in located.carried]
+        return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
         from ..shared.eager_graph import copy_targets_into
@@ -100,6 +105,10 @@ def load_into(model, obj, arch: str, path: Path):
         raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
                                path=path) from None
     notes = [located.describe()]
+    if located.carried:
+        notes.append(f"{len(located.carried)} tensor(s) beside the weights that the architecture does not have, carried "
+                     f"through unchanged: {', '.join(located.carried[:5])}"
+                     + (f" and {len(located.carried) - 5} more" if len(located.carried) > 5 else ""))
     if located.others:
         notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()

@@ -3,13 +3,16 @@
 A bare ``state_dict``; one nested under ``"state_dict"`` / ``"model"`` / ... beside ``"epoch"``
 and ``"optimizer"``; Lightning's ``"model."``-style prefixes; DataParallel's ``"module."``. Every
 str-keyed dict holding tensors is a candidate; one matches when, after removing one common
-prefix, its tensor keys are exactly the architecture's state_dict keys.
+prefix, its tensor keys hold every key of the architecture's state_dict. Its other tensors (a
+loss's parameters beside the network's, a Lightning module's own buffers) are not the
+architecture's: they are carried through unchanged (``Located.carried``). Of several matches
+the one with the fewest such extras is taken.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import ModelFormatError
@@ -23,6 +26,7 @@ class Located:
     where: list[str]  # keys from the checkpoint's root to ``mapping``
     prefix: str  # what every key carries in front of the architecture's key
     others: list[str]  # other candidates that match too (an EMA copy, ...), left unchanged
+    carried: list[str] = field(default_factory=list)  # tensor keys of ``mapping`` the architecture lacks
 
     def file_key(self, model_key: str) -> str:
         return self.prefix + model_key
@@ -45,15 +49,17 @@ def locate(obj, model_keys: list[str], arch: str, path: Path) -> Located:
             continue
         for prefix in _prefixes(keys, model_keys):
             stripped = {k[len(prefix):] for k in keys if k.startswith(prefix)}
-            if stripped == wanted and len(stripped) == len(keys):
-                matches.append(Located(mapping, where, prefix, []))
+            if wanted <= stripped:
+                extra = [k for k in keys if not (k.startswith(prefix) and k[len(prefix):] in wanted)]
+                matches.append(Located(mapping, where, prefix, [], extra))
                 break
             matched = len(stripped & wanted)
             if best is None or matched > best[0]:
                 best = (matched, where, prefix, keys)
     if matches:
+        matches.sort(key=lambda m: len(m.carried))  # stable: the first found among equals
         found = matches[0]
-        found.others = ["".join(f"[{k!r}]" for k in m.where) for m in matches[1:]]
+        found.others = ["".join(f"[{k!r}]" for k in m.where) for m in matches[1:] if m.mapping is not found.mapping]
         return found
     if best is None:
         raise ModelFormatError("holds no tensors keyed by name: not a state_dict checkpoint", path=path)
@@ -61,10 +67,8 @@ def locate(obj, model_keys: list[str], arch: str, path: Path) -> Located:
     in_file = {k[len(prefix):] if k.startswith(prefix) else k for k in keys}
     missing = [k for k in model_keys if k not in in_file]
     extra = [k for k in keys if (k[len(prefix):] if k.startswith(prefix) else k) not in wanted]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} key(s) of {arch} missing from the file: {_first(missing)}")
-    if extra:
+    parts = [f"{len(missing)} key(s) of {arch} missing from the file: {_first(missing)}"]
+    if extra:  # named too: often the missing ones under another spelling
         parts.append(f"{len(extra)} key(s) in the file that {arch} does not have: {_first(extra)}")
     place = "".join(f"[{k!r}]" for k in where) or "top level"
     raise ModelFormatError(f"the checkpoint's keys (at {place}) do not match --arch {arch}: " + "; ".join(parts), path=path)

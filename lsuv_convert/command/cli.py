@@ -122,13 +122,14 @@ def main():
 @click.option("--fail-fast", is_flag=True, help="Stop at the first model that fails.")
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
 @click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Stream the model layer by layer (memory of about one layer; Hugging Face folders and safetensors checkpoints) or load it whole.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, strict, quiet, json_lines, table, debug):
+                    allow_unconverged, strict, stream, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from ..batch.load import ImageOptions
     from .run import Run
@@ -139,8 +140,8 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
         if len(dims) not in (1, 2):
             raise click.BadParameter("use H,W or S", param_hint="--image-size")
         size = (dims[0], dims[-1])
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
-                       settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
+    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, stream=stream,
+                       seed=seed, settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
                        image=ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True)),
                        allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
@@ -192,7 +193,8 @@ def verify_command(model, data, weights, arch, trust_code, stages, input_shapes,
     sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))
 
 
-def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), seed=0, settings=None, **rest):
+def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), stream=True, seed=0, settings=None,
+             **rest):
     """The pipeline's ConvertOptions from option values (one place for every command)."""
     from dataclasses import replace
 
@@ -200,7 +202,7 @@ def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(),
     from .convert import ConvertOptions
 
     return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code,
-                                                         stages=tuple(stages)),
+                                                         stages=tuple(stages), stream=stream),
                           settings=replace(DEFAULTS, seed=seed, **(settings or {})), **rest)
 
 

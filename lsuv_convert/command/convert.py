@@ -103,53 +103,62 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         if on_layer is not None:
             on_layer(source_name(report.name), report)
 
-    report = lsuv_init(
-        graph.module, tuple(graph.module_inputs(inputs)),
-        pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
-        center=settings.center, device=device, seed=options.seed,
-        targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
-    )
-    seconds.update(report.seconds)
-
-    log = {
-        "model": str(model),
-        "output": str(output),
-        "format": fmt.name,
-        "device": report.device,
-        "seed": options.seed,
-        "settings": settings.to_log(),
-        "data": batch.description,
-        "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
-        "notes": list(graph.notes),
-        "seconds": seconds,
-        "layers": _layer_entries(graph, report),
-    }
-    account = graph_account(graph, report.layers)
-    log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
+    # A streamed model (graph.streaming) is written during the LSUV pass, into a temporary that
+    # save() puts in place, so the provenance its headers carry is settled before the pass.
     graph.provenance = provenance(options, batch)
-    log["provenance"] = graph.provenance
-    if options.weights is not None:
-        log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
-                    read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
-    if result.unconverged and not options.allow_unconverged:
-        names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
-        more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
-        if log_path is not None:
-            write_log(log, log_path)
-        raise UnconvergedError(
-            f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
-            "(--allow-unconverged writes it anyway)", path=model,
+    stream = graph.streaming
+    try:
+        report = lsuv_init(
+            graph.module, tuple(graph.module_inputs(inputs)),
+            pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
+            center=settings.center, device=device, seed=options.seed,
+            targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
+            source=stream.source if stream is not None else None,
+            sink=stream.open(output, graph.provenance) if stream is not None else None,
         )
-    if options.strict:
-        try:
-            check_strict(account, path=model)
-        except IncompleteError:
+        seconds.update(report.seconds)
+
+        log = {
+            "model": str(model),
+            "output": str(output),
+            "format": fmt.name,
+            "device": report.device,
+            "seed": options.seed,
+            "settings": settings.to_log(),
+            "data": batch.description,
+            "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
+            "notes": list(graph.notes),
+            "seconds": seconds,
+            "layers": _layer_entries(graph, report),
+        }
+        account = graph_account(graph, report.layers)
+        log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
+        log["provenance"] = graph.provenance
+        if options.weights is not None:
+            log["weights"] = str(options.weights)
+        result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
+                        read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
+        if result.unconverged and not options.allow_unconverged:
+            names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
+            more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
             if log_path is not None:
                 write_log(log, log_path)
-            raise
-    with stage("save"):
-        fmt.save(graph, output)
+            raise UnconvergedError(
+                f"{len(result.unconverged)} layer(s) did not converge: {names}{more}; nothing written "
+                "(--allow-unconverged writes it anyway)", path=model,
+            )
+        if options.strict:
+            try:
+                check_strict(account, path=model)
+            except IncompleteError:
+                if log_path is not None:
+                    write_log(log, log_path)
+                raise
+        with stage("save"):
+            fmt.save(graph, output)
+    finally:
+        if stream is not None:
+            stream.discard()  # nothing once save() put the output in place; else its temporary goes
     log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
     if log_path is not None:
         write_log(log, log_path)

@@ -42,6 +42,7 @@ class LoadRequest:
     arch: str | None = None  # architecture for checkpoints that hold only tensors (--arch)
     trust_code: bool = False  # run code a file carries beyond the allowlist (--trust-code)
     stages: tuple[str, ...] = ()  # net stages that select layers (Caffe include/exclude { stage }; --stage)
+    stream: bool = True  # stream the model layer by layer where the format can (--stream / --no-stream)
 
 
 @dataclass

@@ -60,6 +60,10 @@ class ModelGraph:
     # The batch as the module takes it, where the plug-in had to type it (token ids the data path
     # delivered as floats, now int64); None: the module takes the inputs prepare() was given.
     typed_inputs: list | None = None
+    # A streamed model (formats.shared.safetensors_io.SafetensorsStream): ``module`` holds placeholders
+    # on the meta device; the engine reads each tensor from its source and writes the fitted ones to
+    # the output it opens; None: the module holds the whole model.
+    streaming: Any = None
 
     def module_inputs(self, inputs: list) -> list:
         """What to run the module on, given the inputs handed to prepare()."""

@@ -219,7 +219,7 @@ def lsuv_init(
         with layouts(module, target_map):
             report.layers, report.seconds = _walk_streaming(module, batch, kwargs, target_map, settings, dev, named,
                                                             source, sink, on_layer)
-        report.walker = "hooks (streaming)"
+        report.walker = "streaming"
         report.account = module_account(module, target_map, report.layers, named=named)
         if strict:
             check_strict(report.account)

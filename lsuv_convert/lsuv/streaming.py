@@ -43,6 +43,9 @@ from .statistics import all_finite
 class TensorSource(Protocol):
     """The stored value of each model entry, one tensor at a time."""
 
+    def __contains__(self, name: str) -> bool:
+        """Whether the model's state_dict entry ``name`` is stored."""
+
     def read(self, name: str) -> torch.Tensor:
         """The value of the model's state_dict entry ``name`` (any device, any dtype)."""
 
@@ -51,7 +54,8 @@ class TensorSink(Protocol):
     """Where the fitted tensors go, one at a time; it can give back what it was given."""
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Store the final value of the model's state_dict entry ``name``."""
+        """Store the final value of the model's state_dict entry ``name`` (a tied tensor comes once
+        under each of its names; a name the sink does not store is passed over)."""
 
     def read_back(self, name: str) -> torch.Tensor:
         """The value written for ``name`` (a module called again computes with it)."""
@@ -61,7 +65,7 @@ class TensorSink(Protocol):
 class _Entry:
     """One parameter or persistent buffer of the model, under every name and owner it has."""
 
-    name: str  # its first state_dict name: what the source and the sink are asked for
+    name: str  # its first state_dict name the source stores (else its first): what source and sink are asked for
     owners: list[tuple[nn.Module, str, bool]]  # (module, attribute, is a parameter)
     placeholder: torch.Tensor  # the meta parameter (or constructed buffer) put back when freed
     stored: bool  # in the state_dict (read from the source); else a non-persistent buffer
@@ -70,6 +74,7 @@ class _Entry:
     live: torch.Tensor | None = None
     initialized: bool = False  # drawn by the pre-init (or read, with keep) at least once
     written: bool = False
+    aliases: list[str] = field(default_factory=list)  # every state_dict name it has: each is written
 
 
 @dataclass
@@ -91,8 +96,12 @@ class Materializer:
         self.by_module: dict[nn.Module, list[_Entry]] = {}
         self.live_ids: dict[int, str] = {}  # id(live tensor) -> entry name: the engine's identity of a weight
         self.pre_init_seconds = 0.0
-        stored = {id(t) for t in module.state_dict(keep_vars=True).values()}
-        names = {id(t): n for n, t in reversed(list(module.state_dict(keep_vars=True).items()))}
+        names: dict[int, str] = {}
+        aliases: dict[int, list[str]] = {}
+        for n, t in module.state_dict(keep_vars=True).items():  # a tied tensor: the first name stored
+            aliases.setdefault(id(t), []).append(n)
+            if id(t) not in names or (n in source and names[id(t)] not in source):
+                names[id(t)] = n
         paths: dict[int, set[str]] = {}
         for path, owner in module.named_modules(remove_duplicate=False):
             direct = [(a, t, True) for a, t in owner._parameters.items() if t is not None]
@@ -101,8 +110,9 @@ class Materializer:
                 entry = self.entries.get(id(tensor))
                 if entry is None:
                     qualified = f"{path}.{attr}" if path else attr
-                    entry = self.entries[id(tensor)] = _Entry(names.get(id(tensor), qualified), [], tensor,
-                                                              id(tensor) in stored)
+                    name = names.get(id(tensor), qualified)
+                    entry = self.entries[id(tensor)] = _Entry(name, [], tensor, name in source,
+                                                              aliases=aliases.get(id(tensor), [name]))
                 if (owner, attr, is_param) not in entry.owners:
                     entry.owners.append((owner, attr, is_param))
                 paths.setdefault(id(tensor), set()).add(path)
@@ -168,8 +178,10 @@ class Materializer:
             if tuple(value.shape) != tuple(like.shape):
                 raise ConversionError(f"{entry.name} has shape {tuple(value.shape)} in the file, "
                                       f"{tuple(like.shape)} in the model")
-        else:  # a buffer the constructor computed (rotary frequencies, position ids)
+        elif like.device.type != "meta":  # a buffer the constructor computed (rotary frequencies, position ids)
             value = like
+        else:
+            raise ConversionError(f"{entry.name} is neither stored nor computed by the model's constructor")
         value = value.to(device=self.device, dtype=like.dtype if like.is_floating_point() else value.dtype)
         entry.live = value
         self._install(entry, value)
@@ -206,7 +218,8 @@ class Materializer:
             return
         if not all_finite(entry.live):
             raise ConversionError(f"{entry.name} has non-finite values; nothing was written")
-        self.sink.write(entry.name, entry.live.detach())
+        for name in entry.aliases:
+            self.sink.write(name, entry.live.detach())
         entry.written = True
 
     def _free(self, entry: _Entry) -> None:

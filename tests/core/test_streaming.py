@@ -19,6 +19,9 @@ class DictSource:
         self.tensors = tensors
         self.reads: list[str] = []
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
     def read(self, name: str) -> torch.Tensor:
         self.reads.append(name)
         return self.tensors[name].clone()
@@ -32,6 +35,8 @@ class DictSink:
         self.written: list[str] = []
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self.out:
+            return
         assert name not in self.written, f"{name} written twice"
         self.written.append(name)
         self.out[name].copy_(tensor)

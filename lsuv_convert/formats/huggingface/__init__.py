@@ -29,6 +29,7 @@ class FolderState:
     shards: list  # folder.Shard, tensors updated in place at write
     model: Any  # the transformers model, with the folder's weights
     keys: list  # loading.FileKey: each file key, its shard and the model entry it loads into
+    stream: Any = None  # SafetensorsStream of a streamed folder (model and shards then hold meta tensors)
 
 
 @register_format
@@ -54,13 +55,24 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.safetensors_io import provenance_of
         from .folder import read_shards, weight_files
         from .loading import load_model
+        from .streamed import streamed_model
 
         if not self.claims_directory(path):
             raise ModelFormatError("is not a Hugging Face model folder (config.json + model.safetensors or "
                                    "pytorch_model.bin)", path=path)
         _, others = weight_files(path)
-        shards = read_shards(path)
-        model, keys, notes = load_model(path, shards)
+        streamed = streamed_model(path) if request.stream else "--no-stream"
+        if isinstance(streamed, str):
+            shards = read_shards(path)
+            model, keys, notes = load_model(path, shards)
+            stream = None
+            if request.stream:
+                notes.append(f"loaded whole, not streamed: {streamed}")
+        else:
+            model, keys, shards, stream = streamed
+            notes = [f"architecture: transformers {type(model).__name__} built from config.json without its "
+                     "weights; streamed: each tensor read from the folder when its layer runs, the fitted ones "
+                     "written to the output then (local files only, no remote code)"] + _stored_dtypes(shards)
         targets, tied = module_target_layers(model)
         notes += tied
         if others:
@@ -73,7 +85,7 @@ class HuggingFaceFormat(ModelFormat):
             notes.append(f"{len(carried)} tensor(s) of the folder that {type(model).__name__} does not take: "
                          "carried through unchanged")
         return LoadedModel(format=self.name, source=path, inputs=declared_inputs(model),
-                           state=FolderState(shards, model, keys), targets=targets, notes=notes,
+                           state=FolderState(shards, model, keys, stream), targets=targets, notes=notes,
                            provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
@@ -82,6 +94,7 @@ class HuggingFaceFormat(ModelFormat):
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
         graph.typed_inputs = with_decoder_inputs(loaded.state.model, graph.typed_inputs)
         graph.carried_params = _carried(loaded.state)
+        graph.streaming = loaded.state.stream
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
@@ -90,6 +103,9 @@ class HuggingFaceFormat(ModelFormat):
         from .loading import file_values
 
         state: FolderState = graph.state
+        if state.stream is not None:  # the fitted tensors are in the output already
+            state.stream.commit()
+            return
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
         renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
         copy_into(tensors, renamed)
@@ -157,3 +173,12 @@ def _equal_as_stored(stored, value) -> bool:
     import torch
 
     return stored.shape == value.shape and bool(torch.equal(stored, value.to(stored.dtype)))
+
+
+def _stored_dtypes(shards) -> list[str]:
+    """The note a whole-model load makes about weights not stored in float32."""
+    import torch
+
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for shard in shards for t in shard.tensors.values()
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []

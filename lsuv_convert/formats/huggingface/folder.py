@@ -142,3 +142,17 @@ def _folder_swap(dest: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(source: Path, out: Path, shard_names: list[str]):
+    """The output folder of a streamed run: every file of ``source`` but the shards copied into a
+    temporary beside ``out``; yields ``{shard name: its path there}`` for the streaming writers, and
+    on a clean exit renames the folder into place (as :func:`write_folder` does)."""
+    with _folder_swap(out) as tmp:
+        try:
+            shutil.copytree(source, tmp, symlinks=False, dirs_exist_ok=True,
+                            ignore=lambda folder, names: [n for n in names if Path(folder) == source and n in shard_names])
+        except (OSError, shutil.Error) as exc:
+            raise OutputError(f"cannot copy the folder's files: {exc}", path=out) from None
+        yield {name: tmp / name for name in shard_names}

@@ -99,6 +99,9 @@ class SafetensorsSource:
         self.where = where
         self._open: dict[Path, object] = {}
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
     def read(self, name: str):
         from safetensors import safe_open
 
@@ -194,3 +197,59 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         done = os.pwrite(fd, data, offset)
         data, offset = data[done:], offset + done
+
+
+class SafetensorsStream:
+    """A model stored in safetensors files, streamed: the engine's :class:`TensorSource` (by model
+    entry) and, once :meth:`open`, its sink, which writes every file of the output in its source's
+    layout (:class:`StreamingSafetensorsWriter`).
+
+    ``files``: file name -> source path; ``where``: model entry -> the (file name, key) places it is
+    stored at (a tied tensor may be stored under several keys; the first is read). ``staging(out)``
+    is a context manager that yields ``{file name: temporary path}`` and, on a clean exit, puts the
+    output in place (a plug-in's atomic write); on an exception it removes the temporaries.
+    """
+
+    def __init__(self, files: dict[str, Path], where: dict[str, list[tuple[str, str]]], staging):
+        self.files, self.where, self.staging = files, where, staging
+        self.source = SafetensorsSource({name: (files[places[0][0]], places[0][1]) for name, places in where.items()})
+        self._staged = None
+        self.writers: dict[str, StreamingSafetensorsWriter] = {}
+
+    def open(self, out: Path, provenance: dict) -> "SafetensorsStream":
+        """Start the output ``out``: headers written, tensors to come. Returns the sink (itself)."""
+        self._staged = self.staging(out)
+        paths = self._staged.__enter__()
+        for name, source in self.files.items():
+            self.writers[name] = StreamingSafetensorsWriter(source, paths[name], provenance)
+        return self
+
+    def write(self, name: str, tensor) -> None:
+        for file, key in self.where.get(name, []):
+            self.writers[file].write(key, tensor)
+
+    def read_back(self, name: str):
+        file, key = self.where[name][0]
+        return self.writers[file].read_back(key)
+
+    def commit(self) -> None:
+        """The tensors not written copied from the sources, the files synced, the output put in place."""
+        if self._staged is None:
+            raise RuntimeError("the streamed output was never opened")
+        for writer in self.writers.values():
+            writer.copy_rest()
+            writer.close()
+        staged, self._staged = self._staged, None
+        staged.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        """Drop an output not committed (a refused or failed run): its temporaries go."""
+        for writer in self.writers.values():
+            writer.discard()
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            staged.__exit__(_Discarded, _Discarded(), None)
+
+
+class _Discarded(Exception):
+    """Thrown into a staging context to make it remove its temporaries."""

@@ -55,6 +55,7 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.safetensors_io import provenance_of
         from .folder import read_shards, weight_files
         from .loading import load_model
+        from ..shared.eager_graph import stored_dtype_notes
         from .streamed import streamed_model
 
         if not self.claims_directory(path):
@@ -72,7 +73,8 @@ class HuggingFaceFormat(ModelFormat):
             model, keys, shards, stream = streamed
             notes = [f"architecture: transformers {type(model).__name__} built from config.json without its "
                      "weights; streamed: each tensor read from the folder when its layer runs, the fitted ones "
-                     "written to the output then (local files only, no remote code)"] + _stored_dtypes(shards)
+                     "written to the output then (local files only, no remote code)"] + stored_dtype_notes(
+                         [t for shard in shards for t in shard.tensors.values()])
         targets, tied = module_target_layers(model)
         notes += tied
         if others:
@@ -173,12 +175,3 @@ def _equal_as_stored(stored, value) -> bool:
     import torch
 
     return stored.shape == value.shape and bool(torch.equal(stored, value.to(stored.dtype)))
-
-
-def _stored_dtypes(shards) -> list[str]:
-    """The note a whole-model load makes about weights not stored in float32."""
-    import torch
-
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for shard in shards for t in shard.tensors.values()
-                     if t.is_floating_point() and t.dtype != torch.float32})
-    return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []

@@ -212,3 +212,13 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
     """Copy every target's own parameters (:func:`fitted_state`) into ``tensors`` (the file's, by
     key); ``file_key`` maps the module's key to the file's. Returns the keys written."""
     return copy_into(tensors, {file_key(key): value for key, value in fitted_state(graph, out_path).items()})
+
+
+def stored_dtype_notes(values: list) -> list[str]:
+    """The log's note about weights stored in another float dtype than float32 (the model runs in
+    float32; the writers convert back)."""
+    import torch
+
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in values
+                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
+    return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...errors import ModelFormatError
 from ..model_graph import ModelGraph
+from ..shared.eager_graph import stored_dtype_notes
 from ..registry import register_format
 from ..contract import LoadedModel, LoadRequest, ModelFormat
 
@@ -26,6 +27,7 @@ class StateDictState:
     checkpoint: Any  # checkpoint.Checkpoint
     located: Any  # locate.Located
     model: Any  # the architecture, with the file's weights
+    stream: Any = None  # SafetensorsStream of a streamed checkpoint (model and checkpoint then hold meta tensors)
 
 
 @register_format
@@ -46,6 +48,7 @@ class StateDictFormat(ModelFormat):
         from ..shared.safetensors_io import provenance_of
         from .arch import build_architecture
         from .checkpoint import read_checkpoint
+        from .streamed import streamed_checkpoint
 
         if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
             folder = " (or give its folder, which has a config.json: a Hugging Face model folder)" if (
@@ -53,13 +56,23 @@ class StateDictFormat(ModelFormat):
             raise ModelFormatError(
                 "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
                 f"--arch torchvision:NAME, timm:NAME or package.module:factory{folder}", path=path)
-        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
-        arch = build_architecture(request.arch, path)
-        located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+        streamed = streamed_checkpoint(path, request.arch) if request.stream else "--no-stream"
+        if isinstance(streamed, str):
+            checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
+            arch = build_architecture(request.arch, path)
+            located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+            stream = None
+            if request.stream:
+                notes.append(f"loaded whole, not streamed: {streamed}")
+        else:
+            checkpoint, arch, located, stream = streamed
+            notes = [located.describe(), "streamed: each tensor read from the file when its layer runs, the fitted "
+                     "ones written to the output then"] + _carried_note(located) + stored_dtype_notes(
+                         [checkpoint.obj[located.file_key(k)] for k in arch.module.state_dict()])
         targets, tied = module_target_layers(arch.module)
         notes += tied
         return LoadedModel(format=self.name, source=path, inputs=arch.inputs,
-                           state=StateDictState(checkpoint, located, arch.module), targets=targets, notes=notes,
+                           state=StateDictState(checkpoint, located, arch.module, stream), targets=targets, notes=notes,
                            provenance=provenance_of(checkpoint.metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
@@ -70,6 +83,7 @@ class StateDictFormat(ModelFormat):
         graph.carried_params = [{"name": key, "shape": list(located.mapping[key].shape),
                                  "reason": "not an entry of the architecture: carried through unchanged"}
                                 for key in located.carried]
+        graph.streaming = loaded.state.stream
         return graph
 
     def write(self, graph: ModelGraph, out_path: Path) -> None:
@@ -77,6 +91,9 @@ class StateDictFormat(ModelFormat):
         from .checkpoint import write_checkpoint
 
         state: StateDictState = graph.state
+        if state.stream is not None:  # the fitted tensors are in the output already
+            state.stream.commit()
+            return
         copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
         write_checkpoint(state.checkpoint, out_path, graph.provenance)
 
@@ -84,14 +101,14 @@ class StateDictFormat(ModelFormat):
         """The named architecture built afresh with the written weights, measured with hooks."""
         from ..shared.eager_graph import measure_module, model_args
 
-        loaded = self.read(model_path, request or LoadRequest())
+        from dataclasses import replace
+
+        loaded = self.read(model_path, replace(request or LoadRequest(), stream=False))  # measured with its weights
         return measure_module(loaded.state.model, model_args(inputs, loaded.inputs), loaded.targets)
 
 
 def load_into(model, obj, arch: str, path: Path):
     """Find the weights in ``obj`` and load them into ``model``; (Located, notes)."""
-    import torch
-
     from .locate import locate
 
     model_keys = list(model.state_dict().keys())
@@ -104,15 +121,15 @@ def load_into(model, obj, arch: str, path: Path):
         shown = "; ".join(lines[:3]) + (f" and {len(lines) - 3} more" if len(lines) > 3 else "")
         raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
                                path=path) from None
-    notes = [located.describe()]
+    return located, [located.describe()] + _carried_note(located) + stored_dtype_notes(list(weights.values()))
+
+
+def _carried_note(located) -> list[str]:
+    notes = []
     if located.carried:
         notes.append(f"{len(located.carried)} tensor(s) beside the weights that the architecture does not have, carried "
                      f"through unchanged: {', '.join(located.carried[:5])}"
                      + (f" and {len(located.carried) - 5} more" if len(located.carried) > 5 else ""))
     if located.others:
         notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()
-                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
-    if dtypes:
-        notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
-    return located, notes
+    return notes

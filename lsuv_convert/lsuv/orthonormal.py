@@ -185,17 +185,24 @@ def pre_initialize_unit(module: nn.Module, mode: str, generator: torch.Generator
     """Fill one module's weight per ``mode`` (orthonormal or gaussian) and zero its bias.
 
     The noise is drawn on the CPU (the same numbers on every device) and orthonormalised
-    where the weight lives, so that on a GPU the QR runs there.
+    where the weight lives, so that on a GPU the QR runs there. A float32 CPU weight is drawn
+    into and orthonormalised in its own memory (no second weight-sized tensor); ``randn`` and
+    ``normal_`` draw the same numbers from a generator.
     """
     view = grouped_view(module)
-    noise = torch.randn(view.shape, generator=generator, dtype=torch.float32)
-    if view.device.type != "cpu":
-        noise = noise.to(view.device)
+    in_place = view.device.type == "cpu" and view.dtype == torch.float32 and view.is_contiguous()
+    if in_place:
+        noise = view.normal_(generator=generator)
+    else:
+        noise = torch.randn(view.shape, generator=generator, dtype=torch.float32)
+        if view.device.type != "cpu":
+            noise = noise.to(view.device)
     if mode == "orthonormal":
         values = orthonormalize(noise, overwrite=True)  # the noise is ours: no second copy
     else:  # gaussian: N(0, 1/fan_in), the paper's weaker variant
-        values = noise / view.shape[-1] ** 0.5
-    view.copy_(values.to(dtype=view.dtype))
+        values = noise.div_(view.shape[-1] ** 0.5)
+    if not (values.data_ptr() == view.data_ptr() and values.stride() == view.stride()):
+        view.copy_(values.to(dtype=view.dtype))
     bias = getattr(module, "bias", None)
     if isinstance(bias, torch.Tensor):
         bias.zero_()

@@ -91,13 +91,14 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 
 class SafetensorsSource:
-    """Tensors read one at a time from safetensors files with ``safe_open`` (memory-mapped; the
-    pages of a tensor are not kept resident once it is copied out). ``where`` maps a name the
-    caller uses (a model entry) to (file, key in the file)."""
+    """Tensors read one at a time from safetensors files with ``safe_open``, memory-mapped: a
+    tensor's pages are read when it is used. The file is opened for each tensor and closed right
+    away, so that the mapping lives exactly as long as the tensor: a handle kept open would keep
+    every page ever read resident (and counted in the process's memory) until it closed.
+    ``where`` maps a name the caller uses (a model entry) to (file, key in the file)."""
 
     def __init__(self, where: dict[str, tuple[Path, str]]):
         self.where = where
-        self._open: dict[Path, object] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -106,10 +107,8 @@ class SafetensorsSource:
         from safetensors import safe_open
 
         path, key = self.where[name]
-        handle = self._open.get(path)
-        if handle is None:
-            handle = self._open[path] = safe_open(str(path), framework="pt", device="cpu")
-        return handle.get_tensor(key)
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return handle.get_tensor(key)
 
 
 class StreamingSafetensorsWriter:

@@ -86,9 +86,9 @@ def input_shape(name: str, sizes: Sizes) -> tuple[int, ...]:
 
 
 def count_targets(model: nn.Module) -> int:
-    from lsuv_convert.lsuv.engine import is_target
+    from lsuv_convert.lsuv.targets import is_layer
 
-    return sum(1 for m in model.modules() if is_target(m))
+    return sum(1 for m in model.modules() if is_layer(m))
 
 
 # --------------------------------------------------------------------------- LSUV table
@@ -205,10 +205,10 @@ LSUV_HEADERS = ["model", "layers", "batch", "forward (ms)", "ours (s)", "ours / 
 
 
 def ortho_targets(name: str, sizes: Sizes) -> tuple[list[nn.Module], str]:
-    from lsuv_convert.lsuv.engine import is_target
+    from lsuv_convert.lsuv.targets import is_layer
 
     model = build_model(name)
-    modules = [m for m in model.modules() if is_target(m)]
+    modules = [m for m in model.modules() if is_layer(m)]
     if name == "vgg11" and not sizes.ortho_vgg_fc:
         modules = [m for m in modules if not isinstance(m, nn.Linear)]
         return modules, f"{len(modules)} conv (quick: no fc)"

@@ -21,7 +21,7 @@ from .version import __version__
 __all__ = ["lsuv_init", "convert", "__version__"]
 
 
-def lsuv_init(module, batch, **options):
+def lsuv_init(module, batch, settings=None, **options):
     """Orthonormal + LSUV on ``module`` in place, with ``batch``; see :func:`lsuv_convert.lsuv.api.lsuv_init`.
 
     A ``torch.jit.ScriptModule`` refuses hooks, so it goes through the TorchScript plug-in's
@@ -32,10 +32,10 @@ def lsuv_init(module, batch, **options):
     if isinstance(module, torch.jit.ScriptModule):
         from .formats.torchscript.script_module import lsuv_init_script
 
-        return lsuv_init_script(module, batch, **options)
+        return lsuv_init_script(module, batch, settings, **options)
     from .lsuv.api import lsuv_init as init_module
 
-    return init_module(module, batch, **options)
+    return init_module(module, batch, settings, **options)
 
 
 def __getattr__(name: str):

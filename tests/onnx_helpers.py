@@ -419,7 +419,7 @@ def paddle_style_constants() -> onnx.ModelProto:
     """paddle2onnx style (opset 11): every weight in a Constant node, none in an initializer;
     conv + batch-norm constants, a matmul + bias head, and a post-processing Softmax + ArgMax."""
     h, rng = onnx.helper, np.random.default_rng(11)
-    arr = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731
+    arr = lambda *shape: (rng.standard_normal(shape) * 0.5).astype(np.float32)  # noqa: E731 - a one-line array factory reads better inline
     nodes = [
         _constant("conv_w", arr(8, 3, 3, 3)), _constant("conv_b", arr(8)),
         h.make_node("Conv", ["image", "conv_w", "conv_b"], ["c1"], name="conv2d_0", pads=[1, 1, 1, 1]),

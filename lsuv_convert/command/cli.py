@@ -8,6 +8,7 @@ do, so ``--help`` and ``--version`` are instant.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -120,16 +121,17 @@ def main():
 @click.option("--std", help="Per-channel std image data is divided by, e.g. 0.229,0.224,0.225.")
 @click.option("--force", is_flag=True, help="Rebuild outputs even when newer than their inputs.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first model that fails.")
+@click.option("--shard", metavar="I/N|auto", help="Convert only part I of N (0 <= I < N) of the models, for job arrays; auto: from Slurm's SLURM_ARRAY_TASK_* or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX with LSUV_CONVERT_SHARD_COUNT.")
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
 @click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Stream the model layer by layer (memory of about one layer; Hugging Face folders and safetensors checkpoints) or load it whole.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout.")
+@click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout (with --shard, then one line for the shard).")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, strict, stream, quiet, json_lines, table, debug):
+                    allow_unconverged, strict, stream, shard, quiet, json_lines, table, debug):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from ..batch.load import ImageOptions
     from .run import Run
@@ -147,7 +149,7 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
                        allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
-    sys.exit(_guarded(lambda: run.run(list(models)), debug))
+    sys.exit(_guarded(lambda: run.run(list(models), shard=_shard(shard)), debug))
 
 
 @main.command("inspect")
@@ -191,6 +193,15 @@ def verify_command(model, data, weights, arch, trust_code, stages, input_shapes,
                        settings=dict(tol=tol, target_var=target_var),
                        input_shapes=[_shape(s) for s in input_shapes] or None)
     sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))
+
+
+def _shard(text: str | None):
+    """--shard's value (None: every model); a bad value or an unreadable job array is a usage error."""
+    if text is None:
+        return None
+    from .shards import parse_shard
+
+    return parse_shard(text, os.environ)
 
 
 def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), stream=True, seed=0, settings=None,

@@ -125,6 +125,9 @@ class Console:
     def skipped(self, model: Path, output: Path) -> None:
         self._line(f"skip  {model} -> {output} (up to date; --force rebuilds)")
 
+    def note(self, message: str) -> None:
+        self._line(message)
+
     def warn(self, message: str) -> None:
         self._line(f"lsuv-convert: warning: {message}")
 

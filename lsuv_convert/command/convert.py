@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..lsuv.account import IncompleteError, check_strict, counts, graph_account, rename_layer
+from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..atomic import write_bytes_atomic
 from ..batch.load import ImageOptions, load_batch
 from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
@@ -105,16 +105,14 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
 
     # A streamed model (graph.streaming) is written during the LSUV pass, into a temporary that
     # save() puts in place, so the provenance its headers carry is settled before the pass.
-    graph.provenance = provenance(options, batch)
+    made_by = provenance(options, batch)
     stream = graph.streaming
     try:
         report = lsuv_init(
-            graph.module, tuple(graph.module_inputs(inputs)),
-            pre_init=settings.pre_init, tol=settings.tol, max_iter=settings.max_iter, target_var=settings.target_var,
-            center=settings.center, device=device, seed=options.seed,
+            graph.module, tuple(graph.run_inputs), replace(settings, seed=options.seed), device=device,
             targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
             source=stream.source if stream is not None else None,
-            sink=stream.open(output, graph.provenance) if stream is not None else None,
+            sink=stream.open(output, made_by) if stream is not None else None,
         )
         seconds.update(report.seconds)
 
@@ -131,9 +129,9 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
             "seconds": seconds,
             "layers": _layer_entries(graph, report),
         }
-        account = graph_account(graph, report.layers)
+        account = fmt.account(graph, report.layers)
         log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
-        log["provenance"] = graph.provenance
+        log["provenance"] = made_by
         if options.weights is not None:
             log["weights"] = str(options.weights)
         result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
@@ -155,7 +153,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
                     write_log(log, log_path)
                 raise
         with stage("save"):
-            fmt.save(graph, output)
+            fmt.save(graph, output, log["provenance"])
     finally:
         if stream is not None:
             stream.discard()  # nothing once save() put the output in place; else its temporary goes

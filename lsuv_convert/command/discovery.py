@@ -7,6 +7,7 @@ modules import their libraries lazily), so that listing a zoo is instant.
 from __future__ import annotations
 
 import glob
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,25 @@ OUTPUT_FOLDER_SUFFIX = ".lsuv"  # a folder-format model's output: NAME.lsuv/
 class ModelJob:
     path: Path
     root: Path  # the folder the path was found under (for --output-dir mirroring)
+
+    @property
+    def shard_key(self) -> tuple:
+        """What ranks this model for ``--shard``, alike on every machine of a job array.
+
+        First its path below the argument that found it; models whose paths there are equal
+        (``zooA/ zooB/`` both holding ``m.onnx``; ``a/m.onnx b/m.onnx`` given as files) are told
+        apart by their root's folder names read from the innermost out, so a zoo mounted at
+        ``/data/zooA`` on one node and ``/mnt/nfs/zooA`` on another ranks alike; the order the shell
+        or the file system lists files plays no part. Names are compared in NFC, as a macOS and a
+        Linux client of one file server may spell them differently; the path as written comes
+        last, only to keep the keys of distinct files distinct.
+        """
+        try:
+            relative = self.path.relative_to(self.root).as_posix()
+        except ValueError:
+            relative = self.path.as_posix()
+        inward = tuple(unicodedata.normalize("NFC", part) for part in reversed(self.root.parts))
+        return unicodedata.normalize("NFC", relative), inward, self.path.as_posix()
 
 
 def is_own_output(path: Path) -> bool:
@@ -57,10 +77,17 @@ def expand(args: list[str]) -> list[ModelJob]:
             files = [m for m in matches if (m.is_file() or directory_format(m) is not None) and not is_own_output(m)]
             if not files:
                 raise LsuvError("pattern matches no model files", path=arg)
-            base = Path(arg.split("*")[0].rsplit("/", 1)[0] if "/" in arg.split("*")[0] else ".")
+            base = _glob_base(arg)
             for m in files:
                 add(m, base)
     return jobs
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folders of a pattern before its first wildcard part (``zoo/[ab]/*.onnx`` -> ``zoo``)."""
+    parts = Path(pattern).parts
+    fixed = next((k for k, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path(".")
 
 
 def _models_below(folder: Path) -> list[Path]:

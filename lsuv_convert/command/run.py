@@ -17,6 +17,7 @@ from ..errors import LsuvError, OutputError, UnconvergedError, UsageError
 from ..paths import PathPlan, same_file, identity
 from .convert import ConvertOptions, convert, finite_json, sidecar_batch
 from .records import digests, forget, is_up_to_date, write_record
+from .shards import Shard, select, summary_line
 
 
 @dataclass
@@ -31,11 +32,11 @@ class Outcome:
     exit_code: int = 0
     log: dict | None = field(default=None, repr=False)
 
-    def to_json(self) -> str:
+    def to_json(self, **extra) -> str:
         return json.dumps({
             "model": str(self.model), "output": str(self.output) if self.output else None, "status": self.status,
             "error": self.error, "layers": self.layers, "unconverged": self.unconverged,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), **extra,
         })
 
 
@@ -70,20 +71,26 @@ class Run:
         self.console = Console(quiet=quiet, table=table)
         self.many = False
 
-    def run(self, args: list[str]) -> int:
+    def run(self, args: list[str], shard: Shard | None = None) -> int:
+        """Convert the models ``args`` name; with ``shard``, only that part of them (a job array's task)."""
         jobs = expand(args)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
             raise UsageError("-o/--output names one file but several models were given; use --output-dir")
         plans = [self._plan(job) for job in jobs]
-        self._check_paths(plans)  # before any work: a collision stops the whole run
+        self._check_paths(plans)  # before any work, over the whole run: a collision stops every shard
+        plans = select(plans, shard, key=lambda plan: plan.job.shard_key)
+        if shard is not None:
+            origin = f" ({shard.origin})" if shard.origin else ""
+            self.console.note(f"shard {shard}{origin}: {len(plans)} of {len(jobs)} model(s)")
+        tag = {"shard": shard.as_json()} if shard is not None else {}
         outcomes: list[Outcome] = []
         closed = False
-        with self.console.models(len(jobs)) as progress:
+        with self.console.models(len(plans)) as progress:
             for plan in plans:
                 outcome = self._one(plan, progress)
                 outcomes.append(outcome)
-                if self.json_lines and not _emit(outcome.to_json()):
+                if self.json_lines and not _emit(outcome.to_json(**tag)):
                     closed = True  # the reader went away: stop after this (complete) model
                     break
                 progress.advance()
@@ -94,7 +101,12 @@ class Run:
         if len(jobs) > 1:
             self.console.summary(outcomes)
         codes = [o.exit_code for o in outcomes if o.exit_code]
-        return 1 if any(c != 3 for c in codes) else (3 if codes else 0)
+        # one kind of failure keeps its own code (2: usage, 3: unconverged, ...); a mix is 1
+        code = 0 if not codes else (codes[0] if len(set(codes)) == 1 else 1)
+        if self.json_lines and shard is not None and not _emit(json.dumps(
+                summary_line(shard, outcomes, planned=len(plans), run_models=len(jobs), exit_code=code))):
+            return CLOSED_STDOUT
+        return code
 
     # ---- planning ---------------------------------------------------------------------------------
     def _plan(self, job: ModelJob) -> Planned:

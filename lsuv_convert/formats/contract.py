@@ -9,15 +9,20 @@ A format's life cycle is the same for all of them:
     Build the complete torch graph for this batch and run the format's own checks (ONNX's
     fidelity gate against onnxruntime, ...). Only ``prepare`` makes a ``ModelGraph``, and it
     hands out only complete ones (module built, every target resolvable to a weight).
-``save(graph, out_path)``
-    Write the initialized graph back in the format. Refuses a graph that ``prepare`` did not
-    check, so no format can skip its checks by being called in another order.
+``account(graph, reports)``
+    What happened to every parameter tensor, named as in the file (the log's ``account``).
+    The default accounts for the module's parameters; a format whose file names its tensors
+    otherwise (ONNX) or holds tensors no module has (TorchScript) overrides it.
+``save(graph, out_path, provenance)``
+    Write the initialized graph back in the format, with the tool's provenance where the format
+    has room for it. Refuses a graph that ``prepare`` did not check, so no format can skip its
+    checks by being called in another order.
 ``measure(model_path, weights_path, inputs, names=None)``
     ``{layer name: (variance, mean)}`` of each target layer's output in the written file,
     computed by the format's own runtime (``verify``). ``names=None`` means every target;
     an unknown name is an error, in every format.
 
-Plug-ins implement the hooks ``read``, ``build``, ``write`` and (optionally) ``measure_all``;
+Plug-ins implement the hooks ``read``, ``build``, ``write`` and (optionally) ``account`` and ``measure_all``;
 the public methods above are template methods that check before and after they call them.
 Plug-in modules import torch/onnx/... lazily (inside functions) so that discovering formats
 stays cheap.
@@ -26,23 +31,38 @@ stays cheap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import DataError, ModelFormatError
+from ..errors import DataError, ModelFormatError, UsageError
 from .model_graph import InputSpec, ModelGraph, TargetLayer
 
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What the user said about how to read a model, beyond its path (format-neutral options)."""
+    """What the user said about how to read a model, beyond its path.
 
-    weights: Path | None = None  # trained weights to start from (Caffe .caffemodel, ...)
-    arch: str | None = None  # architecture for checkpoints that hold only tensors (--arch)
-    trust_code: bool = False  # run code a file carries beyond the allowlist (--trust-code)
-    stages: tuple[str, ...] = ()  # net stages that select layers (Caffe include/exclude { stage }; --stage)
+    ``trust_code`` is a permission every format honours; ``stream`` a preference (a format that
+    can't stream loads the model whole). The other fields are *format options*:
+    a plug-in names the ones it takes in :attr:`ModelFormat.options`, and ``load`` refuses any
+    other that is set, so ``--arch`` on an ONNX file is a usage error, never silently ignored.
+    Each option field's metadata names the command-line flag that sets it (for that message).
+    """
+
+    weights: Path | None = field(default=None, metadata={"flag": "--weights"})  # trained weights to start from (Caffe .caffemodel)
+    arch: str | None = field(default=None, metadata={"flag": "--arch"})  # architecture for checkpoints that hold only tensors
+    stages: tuple[str, ...] = field(default=(), metadata={"flag": "--stage"})  # Caffe net stages (include/exclude { stage })
+    trust_code: bool = False  # run code a file carries beyond the operator policy (--trust-code)
     stream: bool = True  # stream the model layer by layer where the format can (--stream / --no-stream)
+
+    def set_options(self) -> list[str]:
+        """The format option fields this request sets (non-default values), in field order."""
+        return [f.name for f in fields(self) if "flag" in f.metadata and getattr(self, f.name) != f.default]
+
+    @staticmethod
+    def flag(option: str) -> str:
+        return next(f.metadata["flag"] for f in fields(LoadRequest) if f.name == option)
 
 
 @dataclass
@@ -65,6 +85,7 @@ class ModelFormat(ABC):
     name: ClassVar[str] = ""
     extensions: ClassVar[tuple[str, ...]] = ()  # lower-case, with the dot; what a folder walk picks up
     output_extension: ClassVar[str] = ""  # "" means: same as the input's
+    options: ClassVar[frozenset[str]] = frozenset()  # the LoadRequest format options this format takes
 
     # ---- hooks a plug-in implements -------------------------------------------------------------
     @classmethod
@@ -86,8 +107,16 @@ class ModelFormat(ABC):
         """The complete torch graph for this batch; ``check`` runs the format's own checks."""
 
     @abstractmethod
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
-        """Write ``graph``'s weights back in this format, atomically."""
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
+        """Write ``graph``'s weights back in this format, atomically; ``provenance`` (tool version,
+        seed, settings, batch hash) goes into the file where the format keeps metadata."""
+
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The log's account of every parameter (:class:`~lsuv_convert.lsuv.account.ParamAccount`),
+        named as in the file, given the engine's layer reports."""
+        from ..lsuv.account import module_graph_account
+
+        return module_graph_account(graph.module, graph.targets, reports)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list[Any],
                     request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
@@ -96,12 +125,11 @@ class ModelFormat(ABC):
         raise ModelFormatError(f"{self.name} has no independent runtime to verify with", path=model_path)
 
     # ---- template methods the pipeline calls ------------------------------------------------------
-    def load(self, path: Path | str, request: LoadRequest | None = None, **fields) -> LoadedModel:
-        """Parse ``path``. ``fields`` are LoadRequest fields, for callers that name one or two."""
-        request = request if request is not None else LoadRequest(**fields)
-        if request.weights is not None and not self.accepts_weights:
-            raise ModelFormatError(f"a {self.name} model carries its own weights; --weights is not used for it",
-                                   path=request.weights)
+    def load(self, path: Path | str, request: LoadRequest | None = None, **given) -> LoadedModel:
+        """Parse ``path``. ``given`` are LoadRequest fields, for callers that name one or two.
+        A format option this format doesn't take is refused before the file is read."""
+        request = request if request is not None else LoadRequest(**given)
+        self.check_options(request, path)
         loaded = self.read(Path(path), request)
         if loaded.format != self.name:
             raise TypeError(f"{type(self).__name__}.read returned a {loaded.format!r} model")
@@ -115,16 +143,18 @@ class ModelFormat(ABC):
         check_inputs(loaded.inputs, inputs, loaded.source)
         graph = self.build(loaded, inputs, check)
         _check_complete(graph, self.name)
+        if graph.run_inputs is None:
+            graph.run_inputs = list(inputs)
         graph.checked = bool(check)
         return graph
 
-    def save(self, graph: ModelGraph, out_path: Path | str) -> None:
+    def save(self, graph: ModelGraph, out_path: Path | str, provenance: dict | None = None) -> None:
         """Write ``graph``; only a graph ``prepare`` built with its checks on can be written."""
         if graph.format != self.name:
             raise TypeError(f"a {graph.format!r} graph handed to the {self.name!r} plug-in")
         if not graph.checked:
             raise RuntimeError("save() needs a graph from prepare(..., check=True): its checks never ran")
-        self.write(graph, Path(out_path))
+        self.write(graph, Path(out_path), dict(provenance or {}))
 
     def measure(self, model_path: Path | str, weights_path: Path | str | None, inputs: list[Any],
                 names: list[str] | None = None, request: LoadRequest | None = None) -> dict[str, tuple[float, float]]:
@@ -147,8 +177,16 @@ class ModelFormat(ABC):
             raise ModelFormatError(f"no target layer named {unknown[0]!r} in this model", path=model_path)
         return {entry: stats[entry] for n in names for entry in owned[n]}
 
+    def check_options(self, request: LoadRequest, path: Path | str) -> None:
+        """Refuse a format option this format doesn't take (``--arch`` on an ONNX file), naming it."""
+        refused = [o for o in request.set_options() if o not in self.options]
+        if refused:
+            flag = LoadRequest.flag(refused[0])
+            takes = ", ".join(LoadRequest.flag(o) for o in sorted(self.options)) or "none"
+            raise UsageError(f"{flag} does not apply to this {self.name} model (format options of {self.name}: {takes})",
+                             path=path)
+
     # ---- naming and companions ---------------------------------------------------------------------
-    accepts_weights: ClassVar[bool] = False  # whether --weights means something to this format
 
     def matches(self, path: Path) -> bool:
         """Whether ``path``'s name has one of this format's model extensions."""

@@ -47,27 +47,13 @@ class ModelGraph:
     notes: list[str] = field(default_factory=list)  # things the log should tell the user
     engine_path: str = "fx"  # how the engine should walk the module ("fx" or "hooks")
     checked: bool = False  # set by ModelFormat.prepare once the format's checks passed; save() needs it
-    # Source parameters the module does not hold as parameters of a target (the account lists
-    # them as skipped): dicts with name, shape, reason and linear (a matrix a conv / linear op uses).
-    skipped_params: list[dict] = field(default_factory=list)
-    # Tensors of the file the architecture does not have (a checkpoint's extra entries), written
-    # back unchanged; the account lists them as carried: dicts with name, shape and reason.
-    carried_params: list[dict] = field(default_factory=list)
-    # A format whose file names its tensors otherwise than the module does (ONNX: stored tensors,
-    # some held by no module) accounts for them itself: the engine's LayerReports -> ParamAccounts.
-    file_account: Any = None
-    provenance: dict = field(default_factory=dict)  # tool version, seed, settings, batch hash: for formats with metadata
-    # The batch as the module takes it, where the plug-in had to type it (token ids the data path
-    # delivered as floats, now int64); None: the module takes the inputs prepare() was given.
-    typed_inputs: list | None = None
+    # The batch as the module takes it: what prepare() was given, or what the plug-in typed it to
+    # (token ids the data path delivered as floats, now int64). prepare() fills it for every format.
+    run_inputs: list | None = None
     # A streamed model (formats.shared.safetensors_io.SafetensorsStream): ``module`` holds placeholders
     # on the meta device; the engine reads each tensor from its source and writes the fitted ones to
     # the output it opens; None: the module holds the whole model.
     streaming: Any = None
-
-    def module_inputs(self, inputs: list) -> list:
-        """What to run the module on, given the inputs handed to prepare()."""
-        return list(self.typed_inputs) if self.typed_inputs is not None else list(inputs)
 
     def target_by_path(self) -> dict[str, TargetLayer]:
         return {t.module_path: t for t in self.targets}

@@ -2,7 +2,8 @@
 
 Lives here: ``api`` (``lsuv_init`` on an ``nn.Module``), ``engine`` (the layer-sequential pass),
 ``orthonormal`` (the pre-init), ``attention`` / ``conv1d`` (layers that hold several maps or a
-transposed layout), ``account`` (what happened to each tensor), ``statistics`` (variance as another
+transposed layout), ``parametrized`` (weights computed from stored tensors: weight norm,
+``torch.nn.utils.parametrize``), ``account`` (what happened to each tensor), ``statistics`` (variance as another
 runtime computes it, finite checks), ``settings`` (the knobs and their defaults).
 
 May import: torch and the base modules (``errors``, ``timings``, ...). Never a format, the batch

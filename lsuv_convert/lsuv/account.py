@@ -57,10 +57,13 @@ class IncompleteError(LsuvError):
 
 
 def counts(account: Iterable[ParamAccount]) -> dict[str, int]:
-    """Number of parameter tensors per status."""
+    """Number of parameter tensors per status; ``carried`` only where the file has such entries
+    (the log of a file that carries nothing reads as before)."""
     out = dict.fromkeys(STATUSES, 0)
     for entry in account:
         out[entry.status] += 1
+    if not out["carried"]:
+        del out["carried"]
     return out
 
 
@@ -110,14 +113,18 @@ def unknown_layer_weight(owner_type: str, attr: str, shape) -> bool:
             and not any(marker in owner_type for marker, _ in _SKIP_REASONS))
 
 
-def module_account(module, targets: dict[str, Any], reports, rename=None, named=None) -> list[ParamAccount]:
+def module_account(module, targets: dict[str, Any], reports, rename=None, named=None,
+                   param_names: dict[str, str] | None = None) -> list[ParamAccount]:
     """The account of ``module``'s parameters given the engine's ``targets`` and ``reports``.
 
     ``rename`` maps a target's qualified name to the name shown (a format's source name);
-    ``named`` is ``module.named_modules()`` when the caller has listed it already.
+    ``named`` is ``module.named_modules()`` when the caller has listed it already;
+    ``param_names`` maps a parameter's qualified name to the file's key for it, where the file
+    names its tensors otherwise than the module (transformers' renamed modules).
     """
-    from .attention import is_attention, join, parameter_names
+    from .attention import join, parameter_names
     from .parametrized import weight_sources
+    from .targets import is_attention
 
     rename = rename or (lambda n: n)
     by_target: dict[str, list] = {}  # a report ``path`` or ``path[q]`` under its target's ``path``
@@ -160,7 +167,12 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
         hit = owner.get(id(p))
         if hit is not None:
             target_name, cover = hit
-            shown = rename(target_name) + pname[len(target_name):] if target_name and pname.startswith(target_name) else pname
+            if param_names and pname in param_names:
+                shown = param_names[pname]
+            elif target_name and pname.startswith(target_name):
+                shown = rename(target_name) + pname[len(target_name):]
+            else:
+                shown = pname
             is_weight = p.dim() >= 2
             if cover:
                 before = [r.var_before for r in cover]
@@ -173,15 +185,16 @@ def module_account(module, targets: dict[str, Any], reports, rename=None, named=
                                             reason="the batch never ran this layer: keeps its pre-init, unscaled"))
             continue
         owner_name, _, attr = pname.rpartition(".")
+        shown = param_names.get(pname, pname) if param_names else pname
         if module_types is None:
             module_types = {n: type(m).__name__ for n, m in named}
         owner_type = module_types.get(owner_name, type(module).__name__)
         if unknown_layer_weight(owner_type, attr, shape):
-            account.append(ParamAccount(pname, shape, numel, "skipped", linear=True,
+            account.append(ParamAccount(shown, shape, numel, "skipped", linear=True,
                                         reason=f"a weight matrix of {owner_type}, a module class the tool does not "
                                                "initialize (not a conv / linear layer it knows)"))
             continue
-        account.append(ParamAccount(pname, shape, numel, "skipped", reason=skip_reason(owner_type)))
+        account.append(ParamAccount(shown, shape, numel, "skipped", reason=skip_reason(owner_type)))
     return account
 
 
@@ -196,21 +209,36 @@ def _named_parameters(named):
             yield (f"{prefix}.{key}" if prefix else key), p
 
 
-def graph_account(graph, reports) -> list[ParamAccount]:
-    """The account of a loaded model (a format's ModelGraph), parameters named as in its file."""
-    if graph.file_account is not None:
-        return graph.file_account(reports)
-    by_path = graph.target_by_path()
-    targets = {t.module_path: graph.module.get_submodule(t.module_path) for t in graph.targets}
-    account = module_account(graph.module, targets, reports, rename=lambda p: by_path[p].name if p in by_path else p)
-    for status, entries in (("skipped", graph.skipped_params), ("carried", graph.carried_params)):
-        for p in entries:
-            numel = 1
-            for d in p["shape"]:
-                numel *= int(d)
-            account.append(ParamAccount(p["name"], list(p["shape"]), numel, status, linear=bool(p.get("linear")),
-                                        reason=p.get("reason")))
-    return account
+def module_graph_account(module, targets, reports, param_names: dict[str, str] | None = None) -> list[ParamAccount]:
+    """The account of a format's module whose ``targets`` (TargetLayers: ``module_path`` and the
+    file's ``name``) the engine ran: parameters named as in the file (``param_names``: the file's
+    key of each parameter the file names otherwise)."""
+    by_path = {t.module_path: t for t in targets}
+    layers = {t.module_path: module.get_submodule(t.module_path) for t in targets}
+    return module_account(module, layers, reports, rename=lambda p: by_path[p].name if p in by_path else p,
+                          param_names=param_names)
+
+
+def skipped_entries(skipped: list[dict]) -> list[ParamAccount]:
+    """Account entries for file parameters no module holds: dicts with name, shape, reason, linear."""
+    return _file_entries(skipped, "skipped")
+
+
+def carried_entries(carried: list[dict]) -> list[ParamAccount]:
+    """Account entries for file tensors the architecture does not have, written back unchanged:
+    dicts with name, shape and reason."""
+    return _file_entries(carried, "carried")
+
+
+def _file_entries(entries: list[dict], status: str) -> list[ParamAccount]:
+    out = []
+    for p in entries:
+        numel = 1
+        for d in p["shape"]:
+            numel *= int(d)
+        out.append(ParamAccount(p["name"], list(p["shape"]), numel, status, linear=bool(p.get("linear")),
+                                reason=p.get("reason")))
+    return out
 
 
 def rename_layer(layer: str, rename) -> str:
@@ -219,7 +247,3 @@ def rename_layer(layer: str, rename) -> str:
     return rename(head) + bracket + tail
 
 
-def summary_line(account: list[ParamAccount]) -> str:
-    c = counts(account)
-    carried = f", {c['carried']} carried" if c["carried"] else ""
-    return f"{c['initialized']} initialized, {c['unreached']} unreached, {c['skipped']} skipped{carried}"

@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from .account import check_strict, module_account
-from .attention import attention_hooks, is_attention, projection_maps
-from .conv1d import is_conv1d, layouts
-from .engine import LsuvReport, is_target, lsuv_walk
+from .attention import attention_hooks, projection_maps
+from .conv1d import layouts
+from .engine import LsuvReport, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
 from .orthonormal import pre_initialize, unit_seeds
-from .parametrized import effective_weights, without_unscalable
+from .parametrized import effective_weights
+from .targets import find_targets, fittable_targets, is_attention
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -103,37 +105,6 @@ def _eval_mode(module: nn.Module, modules: Sequence[nn.Module]):
                 m.training = mode
 
 
-def find_targets(module: nn.Module, names: Sequence[str] | None = None,
-                 named: Sequence[tuple[str, nn.Module]] | None = None) -> dict[str, nn.Module]:
-    """Target submodules by qualified name: ``names`` if given, else every conv / linear (transformers'
-    Conv1D included) and every MultiheadAttention (whose ``out_proj`` it fits itself: that Linear is
-    never called). ``named``: ``module.named_modules()`` when the caller has listed it already."""
-    if names is not None:
-        return {n: module.get_submodule(n) for n in names}
-    found = {n: m for n, m in (named if named is not None else module.named_modules())
-             if is_target(m) or is_conv1d(m) or is_attention(m)}
-    owned = {f"{n}.out_proj" for n, m in found.items() if is_attention(m)}
-    return {n: m for n, m in found.items() if n not in owned}
-
-
-def without_tied_targets(module: nn.Module, targets: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], list[str]]:
-    """``targets`` less those whose weight a module that is not a target also holds (an output
-    projection tied to the input embedding: scaling it would change a layer that already ran,
-    which breaks LSUV's order), and a note for each one left out."""
-    owners: dict[int, list[str]] = {}
-    for name, owner in module.named_modules(remove_duplicate=False):
-        for param in owner.parameters(recurse=False):
-            owners.setdefault(id(param), []).append(name)
-    kept, notes = {}, []
-    for path, target in targets.items():
-        others = [o for o in owners.get(id(getattr(target, "weight", None)), []) if o != path and o not in targets]
-        if others:
-            notes.append(f"{path}: weight tied to {others[0]} (not a conv / linear layer, it runs first); left as it is")
-            continue
-        kept[path] = target
-    return kept, notes
-
-
 def _pre_init_units(targets: dict[str, nn.Module]) -> list:
     """What the pre-init fills: each target, and each projection of an attention separately."""
     units = []
@@ -151,14 +122,9 @@ def _is_graph_module(module: nn.Module) -> bool:
 def lsuv_init(
     module: nn.Module,
     batch: Any,
+    settings: LsuvSettings | None = None,
     *,
-    pre_init: str = DEFAULTS.pre_init,
-    tol: float = DEFAULTS.tol,
-    max_iter: int = DEFAULTS.max_iter,
-    target_var: float = DEFAULTS.target_var,
-    center: bool = DEFAULTS.center,
     device: str | torch.device | None = None,
-    seed: int | None = None,
     targets: Sequence[str] | None = None,
     walker: str = "auto",
     on_layer: Callable | None = None,
@@ -166,8 +132,13 @@ def lsuv_init(
     strict: bool = False,
     source=None,
     sink=None,
+    **knobs,
 ) -> LsuvReport:
     """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch``.
+
+    How LSUV runs is ``settings`` (:class:`~lsuv_convert.lsuv.settings.LsuvSettings`: pre_init,
+    tol, max_iter, target_var, center, seed), or the same knobs given one by one as keywords
+    (``lsuv_init(model, x, tol=0.01, seed=0)``); not both. Unset knobs take :data:`DEFAULTS`.
 
     ``batch`` is what the module's forward takes: a tensor, a tuple of tensors (positional) or
     a dict of tensors (keyword inputs, e.g. ``{"input_ids": ids, "attention_mask": mask}``);
@@ -198,7 +169,10 @@ def lsuv_init(
     if _is_script_module(module):
         raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
                         "through the TorchScript reader")
-    settings = LsuvSettings(pre_init, tol, max_iter, target_var, center, seed)
+    if settings is None:
+        settings = replace(DEFAULTS, **knobs)  # an unknown knob is a TypeError naming it
+    elif knobs:
+        raise TypeError(f"give either settings or individual knobs, not both (got {', '.join(sorted(knobs))})")
     settings.validate()
     dev = resolve_device(device)
     report = LsuvReport(settings=settings, device=str(dev))
@@ -206,9 +180,7 @@ def lsuv_init(
     named = list(module.named_modules())  # one walk of the module tree for every scan below
     target_map = find_targets(module, targets, named)
     if targets is None:
-        target_map, report.notes = without_tied_targets(module, target_map)
-        target_map, unscalable = without_unscalable(target_map)
-        report.notes += unscalable
+        target_map, report.notes = fittable_targets(module, target_map)
 
     if source is not None:
         from .streaming import is_streamable
@@ -229,7 +201,7 @@ def lsuv_init(
     # the fixed tensors they compute, their stored sources set from the fit afterwards
     with layouts(module, target_map), effective_weights(target_map):
         t0 = time.perf_counter()
-        pre_initialize(_pre_init_units(target_map), pre_init, unit_seeds(seed))
+        pre_initialize(_pre_init_units(target_map), settings.pre_init, unit_seeds(settings.seed))
         report.seconds["pre_init"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

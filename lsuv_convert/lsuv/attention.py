@@ -21,16 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import LinearMap, declared
+from .engine import LinearMap
+from .targets import is_attention
 
 
 def join(owner: str, name: str) -> str:
     return f"{owner}.{name}" if owner else name
-
-
-def is_attention(module: nn.Module) -> bool:
-    """nn.MultiheadAttention, or a module shaped like it that opts in (``lsuv_attention``)."""
-    return isinstance(module, nn.MultiheadAttention) or bool(declared(module, "lsuv_attention"))
 
 
 def projection_maps(mha: nn.MultiheadAttention) -> list[tuple[str, LinearMap]]:
@@ -109,7 +105,9 @@ class AttentionFit:
         if not self.tracker.first_use(self.name, self.key):
             return None  # fitted at an earlier call: runs as it is
         for (suffix, linear_map), x in zip(self.maps[:3], self._inputs(args, kwargs)):
-            run = (lambda x=x, m=linear_map: F.linear(x, m.weight, m.bias))  # noqa: E731
+            def run(x=x, m=linear_map):
+                return F.linear(x, m.weight, m.bias)
+
             self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         out = self.mha.out_proj
         self.saved = (out.weight.detach().clone(), out.bias.detach().clone() if out.bias is not None else None)
@@ -130,7 +128,9 @@ class AttentionFit:
             out.bias.copy_(bias)
         attended, weights = output if isinstance(output, tuple) else (output, None)
         suffix, linear_map = self.maps[3]
-        run = lambda: F.linear(attended, linear_map.weight, linear_map.bias)  # noqa: E731
+        def run():
+            return F.linear(attended, linear_map.weight, linear_map.bias)
+
         projected = self.tracker.fit_map(join(self.name, suffix), linear_map, run, run(), self.key)
         return (projected, weights) if isinstance(output, tuple) else projected
 

@@ -17,15 +17,7 @@ import contextlib
 from torch import nn
 
 from .attention import packed_parts
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """A transformers-style Conv1D: class named ``Conv1D`` with ``nf`` outputs and an (in, nf) weight."""
-    if type(module).__name__ != "Conv1D":  # first: any other module would pay Module.__getattr__'s raise
-        return False
-    weight = getattr(module, "weight", None)
-    return (isinstance(getattr(module, "nf", None), int)
-            and isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.shape[1] == module.nf)
+from .targets import is_conv1d
 
 
 def conv1d_layout(root: nn.Module, path: str, module: nn.Module) -> dict[str, int]:

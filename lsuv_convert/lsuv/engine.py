@@ -28,7 +28,6 @@ from torch import nn
 
 from .settings import LsuvSettings
 
-TARGET_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 @dataclass
@@ -96,13 +95,6 @@ def declared(module, name: str):
     if name in getattr(module, "__dict__", ()) or hasattr(type(module), name):
         return getattr(module, name)
     return None
-
-
-def is_target(module: nn.Module) -> bool:
-    """Conv / deconv / linear layers, or any module that opts in with ``lsuv_target = True``."""
-    if isinstance(module, TARGET_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor):
-        return True
-    return bool(declared(module, "lsuv_target"))
 
 
 def output_stats(out: torch.Tensor) -> tuple[float, float]:

@@ -86,6 +86,10 @@ def effective_weights(targets: dict[str, nn.Module]):
     """Within: every computed target weight is a fixed tensor holding its effective value (a
     non-persistent buffer, so that moving the module to a device moves it too); on leaving: the
     weight's sources are set to compute it, and the layer computes its weight as before."""
+    for m in targets.values():  # before anything is changed
+        if legacy_weight_norm(m) is None and is_parametrized(m) and set(m.parametrizations.keys()) != {_NAME}:
+            raise ValueError(f"target {type(m).__name__} has parametrized tensors besides its weight "
+                             f"({', '.join(m.parametrizations.keys())}): leave it out of the targets")
     legacy, parametrized = {}, {}
     with torch.no_grad():
         for m in targets.values():

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError
-from .attention import is_attention, projection_maps
+from .attention import projection_maps
+from .targets import is_attention
 from .orthonormal import UnitSeeds, pre_initialize_unit
 from .statistics import all_finite
 

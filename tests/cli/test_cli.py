@@ -93,10 +93,10 @@ def test_rerun_skips_up_to_date_outputs_and_force_rebuilds(zoo):
     batch = zoo / "onnx" / "fitnet1.npy"
     np.save(batch, np.load(batch) * 2)  # another batch makes it stale
     stale = run_cli(zoo, "--json")
-    statuses = {Path(json.loads(l)["model"]).name: json.loads(l)["status"] for l in stale.stdout.splitlines()}
+    statuses = {Path(json.loads(line)["model"]).name: json.loads(line)["status"] for line in stale.stdout.splitlines()}
     assert statuses == {"fitnet1.onnx": "ok", "fitnet_mnist.prototxt": "skipped", "small_tanh.pt": "skipped"}
     forced = run_cli(zoo, "--force", "--json")
-    assert all(json.loads(l)["status"] == "ok" for l in forced.stdout.splitlines())
+    assert all(json.loads(line)["status"] == "ok" for line in forced.stdout.splitlines())
 
 
 def test_outputs_are_byte_identical_across_runs(zoo, tmp_path):

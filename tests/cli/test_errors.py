@@ -340,7 +340,7 @@ def test_interrupt_swallowed_by_a_library_still_stops_the_write(tmp_path, capsys
         try:
             os.kill(os.getpid(), signal.SIGTERM)  # SIGINT may be ignored where the suite runs (nohup)
             time.sleep(1)  # the handler runs here and raises
-        except BaseException:  # what a careless library does
+        except BaseException:  # noqa: BLE001 - what a careless library does
             pass
         write_bytes_atomic(dest, b"data")
         return 0

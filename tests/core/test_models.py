@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from lsuv_convert import lsuv_init
-from lsuv_convert.lsuv.engine import is_target
+from lsuv_convert.lsuv.targets import is_layer
 from naive_lsuv import hook_variances
 
 TOL = 0.02
@@ -41,7 +41,7 @@ def test_every_layer_has_unit_variance(name):
     model = build()
     batch = torch.randn(shape)
     report = lsuv_init(model, batch, seed=0, device="cpu")
-    targets = [n for n, m in model.named_modules() if is_target(m)]
+    targets = [n for n, m in model.named_modules() if is_layer(m)]
     assert len(report.layers) == len(targets)
     assert all(layer.converged for layer in report.layers)
     measured = hook_variances(model.eval(), batch, targets)

@@ -32,14 +32,19 @@ def test_typed_batch_travels_in_the_graph_and_the_callers_list_is_untouched():
     original = given[0]
     graph = built_graph("state_dict", loaded, model, given, check=True, engine_path="hooks")
     assert given[0] is original and given[0].dtype == torch.float32
-    (typed,) = graph.module_inputs(given)
+    (typed,) = graph.run_inputs
     assert typed.dtype == torch.int64 and torch.equal(typed, original.long())
     assert graph.module(typed).shape == (2, 3, 4)
 
 
-def test_graphs_without_typed_inputs_run_on_what_prepare_was_given():
-    from lsuv_convert.formats.model_graph import ModelGraph
+def test_prepare_hands_on_what_it_was_given_where_the_plugin_typed_nothing(tmp_path):
+    import shutil
 
-    graph = ModelGraph(module=nn.Linear(2, 2), targets=[], inputs=[InputSpec("x")], format="onnx", source=Path("m.onnx"))
-    x = torch.randn(3, 2)
-    assert graph.module_inputs([x])[0] is x
+    from lsuv_convert.formats import get_format
+
+    sample = Path(__file__).resolve().parents[2] / "sample_models" / "fitnet1.onnx"
+    shutil.copy(sample, tmp_path / "m.onnx")
+    fmt = get_format("onnx")
+    x = torch.randn(2, 3, 32, 32)
+    graph = fmt.prepare(fmt.load(tmp_path / "m.onnx"), [x])
+    assert graph.run_inputs[0] is x

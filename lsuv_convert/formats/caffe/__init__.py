@@ -57,7 +57,7 @@ class CaffeFormat(ModelFormat):
             return False
         return b"\x00" not in head and _SNIFF.search(head) is not None
 
-    accepts_weights = True
+    options = frozenset({"weights", "stages"})
 
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .build import target_layers
@@ -98,7 +98,7 @@ class CaffeFormat(ModelFormat):
                           inputs=[InputSpec(i.name, shapes[i.name]) for i in state.parsed.inputs],
                           format=self.name, source=loaded.source, state=state, notes=notes, engine_path="fx")
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from .write import write_caffemodel
 
         state: CaffeState = graph.state

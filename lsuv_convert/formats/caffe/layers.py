@@ -249,7 +249,7 @@ def _pool(ctx: LayerContext, x: Blob, method: str, kernel, stride, pad, ceil: bo
         raise ctx.error(f"pad {pad} must be smaller than the kernel {kernel}")
     in_size = x.shape[2:]
     out_size = [caffe_pooled_size(n, k, s, pd, ceil, any(pad)) for n, k, s, pd in zip(in_size, kernel, stride, pad)]
-    for n, k, s, pd, o in zip(in_size, kernel, stride, pad, out_size):
+    for n, _k, s, pd, o in zip(in_size, kernel, stride, pad, out_size):
         if o <= 0:
             raise ctx.error(f"kernel {kernel} does not fit the input {_fmt(x.shape)}")
         if (o - 1) * s - pd >= n:

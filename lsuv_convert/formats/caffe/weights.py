@@ -33,7 +33,7 @@ def read_weights(path: Path) -> dict[str, StoredLayer]:
     net = caffe_pb.WeightsNet()
     try:
         net.ParseFromString(data)
-    except Exception:  # google.protobuf.message.DecodeError, raised as various types by backends
+    except Exception:  # noqa: BLE001 - DecodeError, raised as various types by the protobuf backends
         raise ModelFormatError("not a binary .caffemodel (NetParameter): cannot decode it", path=path) from None
     layers: dict[str, StoredLayer] = {}
     for layer in net.layer:

@@ -54,8 +54,8 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.eager_graph import declared_inputs, module_target_layers
         from ..shared.safetensors_io import provenance_of
         from .folder import read_shards, weight_files
-        from .loading import load_model
         from ..shared.eager_graph import stored_dtype_notes
+        from .loading import file_named, load_model
         from .streamed import streamed_model
 
         if not self.claims_directory(path):
@@ -76,6 +76,7 @@ class HuggingFaceFormat(ModelFormat):
                      "written to the output then (local files only, no remote code)"] + stored_dtype_notes(
                          [t for shard in shards for t in shard.tensors.values()])
         targets, tied = module_target_layers(model)
+        targets = file_named(targets, keys)
         notes += tied
         if others:
             notes.append(f"weights read from {shards[0].name if len(shards) == 1 else 'the shards of its index'}, as "
@@ -94,12 +95,21 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.eager_graph import built_graph
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
-        graph.typed_inputs = with_decoder_inputs(loaded.state.model, graph.typed_inputs)
-        graph.carried_params = _carried(loaded.state)
+        graph.run_inputs = with_decoder_inputs(loaded.state.model, graph.run_inputs)
         graph.streaming = loaded.state.stream
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The module's parameters under the file's keys, and the folder's tensors the model does
+        not take as ``carried``."""
+        from ...lsuv.account import carried_entries, module_graph_account
+
+        state: FolderState = graph.state
+        names = {fk.param: fk.key for fk in state.keys if fk.param is not None and not fk.converted}
+        return (module_graph_account(graph.module, graph.targets, reports, param_names=names)
+                + carried_entries(_carried(state)))
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_into, fitted_state
         from .folder import write_folder
         from .loading import file_values
@@ -112,17 +122,32 @@ class HuggingFaceFormat(ModelFormat):
         renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
         copy_into(tensors, renamed)
         copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
-        write_folder(graph.source, Path(out_path), state.shards, graph.provenance)
+        write_folder(graph.source, Path(out_path), state.shards, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
-        """The written folder loaded by transformers' own ``from_pretrained`` (local files only),
-        each target's output measured with hooks."""
-        from ..shared.eager_graph import declared_inputs, measure_module, model_args, module_target_layers
-        from .loading import from_pretrained
+        """The written folder loaded as :meth:`read` loads it (transformers' ``from_pretrained``,
+        local files only), each target's output measured with hooks, named as the file names it."""
+        from ..shared.eager_graph import measure_module, model_args
 
-        model, _ = from_pretrained(model_path)
-        targets, _ = module_target_layers(model)
-        return measure_module(model, with_decoder_inputs(model, model_args(inputs, declared_inputs(model))), targets)
+        from dataclasses import replace
+
+        loaded = self.read(model_path, replace(request or LoadRequest(), stream=False))  # measured with its weights
+        model = loaded.state.model
+        return measure_module(model, with_decoder_inputs(model, model_args(inputs, loaded.inputs)), loaded.targets)
+
+
+def _carried(state: FolderState) -> list[dict]:
+    """The folder's tensors the model does not take, for the account."""
+    shard_of = {shard.name: shard for shard in state.shards}
+    return [{"name": fk.key, "shape": list(shard_of[fk.shard].tensors[fk.key].shape),
+             "reason": f"in {fk.shard}, not an entry of {type(state.model).__name__}: carried through unchanged"}
+            for fk in state.keys if fk.param is None]
+
+
+def _equal_as_stored(stored, value) -> bool:
+    import torch
+
+    return stored.shape == value.shape and bool(torch.equal(stored, value.to(stored.dtype)))
 
 
 def with_decoder_inputs(model, args: list) -> list:
@@ -161,17 +186,3 @@ def _shifted_right(model, ids):
     start = next((t for t in (getattr(config, "decoder_start_token_id", None), getattr(config, "pad_token_id", None))
                   if isinstance(t, int)), 0)
     return torch.cat([torch.full_like(ids[:, :1], start), ids[:, :-1]], dim=1)
-
-
-def _carried(state: FolderState) -> list[dict]:
-    """The folder's tensors the model does not take, for the account."""
-    shard_of = {shard.name: shard for shard in state.shards}
-    return [{"name": fk.key, "shape": list(shard_of[fk.shard].tensors[fk.key].shape),
-             "reason": f"in {fk.shard}, not an entry of {type(state.model).__name__}: carried through unchanged"}
-            for fk in state.keys if fk.param is None]
-
-
-def _equal_as_stored(stored, value) -> bool:
-    import torch
-
-    return stored.shape == value.shape and bool(torch.equal(stored, value.to(stored.dtype)))

@@ -69,6 +69,21 @@ def _conversions(model) -> list:
     return list(get_model_conversion_mapping(model))
 
 
+def file_named(targets: list, keys: list[FileKey]) -> list:
+    """``targets`` (named by module path) renamed as the file names them: a layer whose weight is
+    stored under ``encoder.layer.0.attention.attention.query.weight`` is
+    ``encoder.layer.0.attention.attention.query``, as the log and ``verify`` name it; a layer whose
+    weight is stored otherwise (split, fused, weight-normed) keeps its module path."""
+    from dataclasses import replace
+
+    stored = {fk.param: fk.key for fk in keys if fk.param is not None and not fk.converted}
+    out = []
+    for target in targets:
+        key = stored.get(f"{target.module_path}.weight", "")
+        out.append(replace(target, name=key[: -len(".weight")]) if key.endswith(".weight") else target)
+    return out
+
+
 def file_values(model, keys: list[FileKey], names: set[str]) -> tuple[dict, dict]:
     """The values ``save_pretrained`` would write for the fitted entries ``names`` of the model's
     state_dict: (``{file key: tensor}`` of renamed keys, each the parameter itself; ``{file key:
@@ -197,10 +212,14 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
                            for shard in shards})
     notes = [f"architecture: transformers {name} loaded by from_pretrained from config.json and the folder's "
              "tensors (local files only, no remote code)"]
-    renamed = sum(1 for fk in keys if fk.param is not None and fk.param != fk.key)
+    renamed = [fk for fk in keys if fk.param is not None and fk.param != fk.key and not fk.converted]
     if renamed:
-        notes.append(f"{renamed} file key(s) renamed by transformers on load (e.g. {_example(keys)}); "
-                     "written back under the file's own keys")
+        notes.append(f"{len(renamed)} file key(s) renamed by transformers on load (e.g. {renamed[0].key} -> "
+                     f"{renamed[0].param}); written back under the file's own keys")
+    converted = [fk for fk in keys if fk.converted and fk.param is not None]
+    if converted:
+        notes.append(f"{len(converted)} file key(s) fused or split by transformers' converters on load (e.g. "
+                     f"{converted[0].key} -> {converted[0].param}); written back through its reverse conversion")
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()
                      if t.is_floating_point() and t.dtype != torch.float32})
     if dtypes:
@@ -224,11 +243,6 @@ def file_spelling(model, names: list[str]) -> list[str]:
             spelled = name
         out.append(name if spelled == name else f"{name} (file key {spelled})")
     return out
-
-
-def _example(keys: list[FileKey]) -> str:
-    fk = next(fk for fk in keys if fk.param is not None and fk.param != fk.key)
-    return f"{fk.key} -> {fk.param}"
 
 
 def first_of(keys: list[str], n: int = 5) -> str:

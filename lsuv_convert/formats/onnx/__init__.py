@@ -15,7 +15,6 @@ Heavy imports (onnx, torch, onnx2torch, onnxruntime) happen inside the methods.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,6 @@ class OnnxFormat(ModelFormat):
         graph = ModelGraph(module=state.converted.module, targets=list(loaded.targets), inputs=loaded.inputs,
                            format=self.name, source=loaded.source, state=state, notes=list(loaded.notes),
                            engine_path="fx")
-        graph.file_account = functools.partial(_file_account, state, {t.module_path: t.name for t in graph.targets})
         if check:
             with stage("fidelity_gate"):
                 worst, judged = fidelity.gate(
@@ -112,7 +110,14 @@ class OnnxFormat(ModelFormat):
             )
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The file's stored tensors under the file's names, each once (see :mod:`.account`)."""
+        from .account import file_account
+
+        state: OnnxState = graph.state
+        return file_account(state.model, state.plan, {t.module_path: t.name for t in graph.targets}, reports)
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from . import fidelity, files, runtime, write
 
         state: OnnxState = graph.state
@@ -158,12 +163,6 @@ class OnnxFormat(ModelFormat):
         by_label = {t.label: t for t in targets.find_targets(model).targets}
         values = runtime.run(model, inputs, [t.output for t in by_label.values()])
         return {n: population_stats(values[t.output]) for n, t in by_label.items()}
-
-
-def _file_account(state: OnnxState, label_of: dict[str, str], reports) -> list:
-    from .account import file_account
-
-    return file_account(state.model, state.plan, label_of, reports)
 
 
 def _targets(plan, converted) -> list[TargetLayer]:

@@ -220,7 +220,7 @@ def convert(model: onnx.ModelProto, work: onnx.ModelProto, plan: TargetPlan, sou
         with warnings.catch_warnings(record=True) as caught, onnx2torch_infers_without_weights(), modules_without_random_init():
             warnings.simplefilter("always")  # onnx2torch's warnings go to the log, not stderr
             gm = onnx2torch.convert(work)
-    except Exception as exc:  # noqa: BLE001 - onnx2torch raises anything; report it as one line
+    except Exception as exc:
         raise ModelFormatError(f"onnx2torch can't convert this model: {type(exc).__name__}: {first_line(exc)}", path=source) from exc
     work_nodes = OnnxGraph(work.graph).nodes
     unique = {node.output_values[0]: name for name, node in work_nodes.items() if node.output_values}

@@ -21,11 +21,11 @@ from .deferred import import_onnx2torch
 
 import_onnx2torch()  # before any onnx2torch import: keeps torchvision out of the process
 
-from onnx2torch.node_converters import add_converter, get_converter  # noqa: E402
-from onnx2torch.onnx_graph import OnnxGraph  # noqa: E402
-from onnx2torch.onnx_node import OnnxNode  # noqa: E402
-from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node  # noqa: E402
-from torch import nn  # noqa: E402
+from onnx2torch.node_converters import add_converter, get_converter  # noqa: E402 - after import_onnx2torch() above
+from onnx2torch.onnx_graph import OnnxGraph  # noqa: E402 - after import_onnx2torch() above
+from onnx2torch.onnx_node import OnnxNode  # noqa: E402 - after import_onnx2torch() above
+from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node  # noqa: E402 - after import_onnx2torch() above
+from torch import nn  # noqa: E402 - after import_onnx2torch() above
 
 # Nodes onnx2torch has a converter for but refuses (Reshape allowzero=1) or converts wrongly
 # (Reduce* with an axes attribute: negative axes) are moved to this private domain in the working
@@ -149,7 +149,7 @@ for _op in ("ReduceMax", "ReduceMin"):  # 20 only added bool support
     _register(_op, 20, _convert_reduce18)
 
 
-def _convert_reduce_attribute_axes(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_reduce_attribute_axes(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """Reduce*-1..13 (axes attribute), in place of onnx2torch's, which mishandles negative axes."""
     attrs = node.attributes
     module = OnnxReduce18(node.operation_type, bool(attrs.get("keepdims", 1)), False, axes=list(attrs.get("axes", [])))
@@ -286,7 +286,7 @@ class OnnxReshapeAllowZero(nn.Module):
         return torch.reshape(x, dims)
 
 
-def _convert_reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     allowzero = bool(node.attributes.get("allowzero", 0))
     return OperationConverterResult(OnnxReshapeAllowZero(allowzero), onnx_mapping_from_node(node))
 
@@ -409,7 +409,7 @@ class OnnxResize18(nn.Module):
         return out.to(x.dtype)
 
 
-def _convert_resize18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_resize18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     attrs = node.attributes
     mode = attrs.get("mode", "nearest")
     coord_mode = attrs.get("coordinate_transformation_mode", "half_pixel")
@@ -473,7 +473,7 @@ class OnnxLayerNormalization(nn.Module):
         return out + bias if bias is not None else out
 
 
-def _convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     attrs = node.attributes
     module = OnnxLayerNormalization(int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5)))
     return OperationConverterResult(module, OnnxMapping(inputs=tuple(node.input_values[:3]), outputs=node.output_values[:1]))
@@ -503,7 +503,7 @@ class OnnxDropoutInference(nn.Module):
         return x
 
 
-def _convert_old_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_old_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     outputs = tuple(o for o in node.output_values if o)
     return OperationConverterResult(OnnxDropoutInference(len(outputs) > 1), OnnxMapping(inputs=node.input_values[:1], outputs=outputs))
 
@@ -531,7 +531,7 @@ class OnnxFlatten2d(nn.Module):
         return x.reshape(outer, -1) if x.numel() else x.reshape(outer, math.prod(x.shape[axis:]))
 
 
-def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return OperationConverterResult(OnnxFlatten2d(int(node.attributes.get("axis", 1))), _static_mapping(node, 1))
 
 

@@ -37,14 +37,14 @@ def _deferred_function(module: str, name: str):
 def import_onnx2torch() -> None:
     """Import onnx2torch's converters (once); torchvision only if it is already imported."""
     if "onnx2torch.node_converters" in sys.modules or "torchvision" in sys.modules:
-        import onnx2torch  # noqa: F401
+        import onnx2torch
 
         return
     stand_ins = {"torchvision": _Deferred("torchvision"), "torchvision.ops": _Deferred("torchvision.ops")}
     stand_ins["torchvision.ops"].roi_align = _deferred_function("torchvision.ops", "roi_align")
     sys.modules.update(stand_ins)
     try:
-        import onnx2torch  # noqa: F401
+        import onnx2torch  # noqa: F401 - imported for its side effect: converters register under the stand-ins
     finally:
         for name, module in stand_ins.items():
             if sys.modules.get(name) is module:

@@ -144,7 +144,7 @@ def torch_values(gm, inputs: list, tensors: dict[str, tuple[str, int]], dtypes: 
         def call_module(self, target, args, kwargs):
             try:
                 out = super().call_module(target, args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - report which node failed
+            except Exception as exc:
                 raise _NodeFailure(target, exc) from exc
             for name, index in wanted.get(target, ()):
                 if isinstance(out, (tuple, list)):

@@ -244,7 +244,7 @@ def _stream(model: onnx.ModelProto, tensors: list, fh, out_path: Path, external_
             parts.append((proto, None, None, proto.ByteSize()))
     graph_head = _serialize(graph, out_path)
     fields = []
-    for tensor, head, payload, size in parts:
+    for _tensor, head, _payload, size in parts:
         inner = size + (len(head) if head is not None else 0)
         fields.append(_field_head(5, inner))
     graph_size = len(graph_head) + sum(len(f) for f in fields) + sum(

@@ -78,7 +78,7 @@ class OrtRegion(nn.Module):
         return out[0] if len(out) == 1 else out
 
 
-def _convert_region(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
+def _convert_region(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     attrs = {a.name: a for a in node.proto.attribute}
     model_bytes = numpy_helper.to_array(attrs["model"].t).tobytes()
     label = attrs["label"].s.decode() if "label" in attrs else node.name

@@ -46,10 +46,10 @@ class Pt2Format(ModelFormat):
 
         return built_graph(self.name, loaded, loaded.state.graph_module, inputs, check, engine_path="fx")
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from .program import save_program
 
-        save_program(graph.state, graph.module, graph.targets, Path(out_path), graph.provenance)
+        save_program(graph.state, graph.module, graph.targets, Path(out_path), provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written program loaded afresh with torch.export.load, each target's output hooked."""

@@ -249,5 +249,5 @@ def save_program(state: ProgramState, gm: fx.GraphModule, targets: list[TargetLa
     with atomic_path(out_path) as tmp:
         try:
             torch.export.save(program, str(tmp), extra_files=extra)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - torch.export.save raises many kinds; one line names it
             raise OutputError(f"torch.export.save failed: {first_line(exc)}", path=out_path) from None

@@ -20,12 +20,10 @@ from ..model_graph import InputSpec, ModelGraph, TargetLayer
 
 def module_targets(model) -> tuple[list[str], list[str]]:
     """(target module paths in registration order, notes about targets left out)."""
-    from ...lsuv.api import find_targets, without_tied_targets
-    from ...lsuv.parametrized import without_unscalable
+    from ...lsuv.targets import find_targets, fittable_targets
 
-    kept, notes = without_tied_targets(model, find_targets(model))
-    kept, unscalable = without_unscalable(kept)
-    return list(kept), notes + unscalable
+    kept, notes = fittable_targets(model, find_targets(model))
+    return list(kept), notes
 
 
 def declared_inputs(model) -> list[InputSpec]:
@@ -88,14 +86,14 @@ def first_run_checked(model, args: list, source: Path) -> None:
 
 def built_graph(format_name: str, loaded, module, inputs: list, check: bool, engine_path: str) -> ModelGraph:
     """A plug-in's ``build`` for a module that already computes the model: the batch as the module
-    takes it (handed on as the graph's ``typed_inputs``, so the engine runs on it); the LSUV pass,
+    takes it (handed on as the graph's ``run_inputs``, so the engine runs on it); the LSUV pass,
     the model's one run, is checked (:func:`first_run_checked`)."""
     args = model_args(inputs, loaded.inputs)
     if check:
         first_run_checked(module, args, loaded.source)
     return ModelGraph(module=module, targets=list(loaded.targets), inputs=loaded.inputs, format=format_name,
                       source=loaded.source, state=loaded.state, notes=list(loaded.notes), engine_path=engine_path,
-                      typed_inputs=args)
+                      run_inputs=args)
 
 
 def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, tuple[float, float]]:
@@ -105,8 +103,9 @@ def measure_module(model, args: list, targets: list[TargetLayer]) -> dict[str, t
     (``F.linear`` on its own inputs and weight rows) and ``NAME.out_proj`` (the module's output)."""
     import torch
 
-    from ...lsuv.attention import attention_inputs, is_attention, projection_maps
-    from ...lsuv.conv1d import conv1d_layout, is_conv1d
+    from ...lsuv.attention import attention_inputs, projection_maps
+    from ...lsuv.conv1d import conv1d_layout
+    from ...lsuv.targets import is_attention, is_conv1d
     from ...lsuv.engine import part_name
     from ...lsuv.statistics import population_stats
 

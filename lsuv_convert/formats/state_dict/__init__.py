@@ -34,6 +34,7 @@ class StateDictState:
 class StateDictFormat(ModelFormat):
     name = "state_dict"
     extensions = _TORCH_SAVE_EXTENSIONS + (".safetensors",)
+    options = frozenset({"arch"})
 
     def sniff(self, path: Path) -> bool:
         from ..shared.safetensors_io import is_safetensors
@@ -79,14 +80,20 @@ class StateDictFormat(ModelFormat):
         from ..shared.eager_graph import built_graph
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
-        located = loaded.state.located
-        graph.carried_params = [{"name": key, "shape": list(located.mapping[key].shape),
-                                 "reason": "not an entry of the architecture: carried through unchanged"}
-                                for key in located.carried]
         graph.streaming = loaded.state.stream
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The architecture's parameters, and the checkpoint's tensors beside them that it does not
+        have as ``carried``."""
+        from ...lsuv.account import carried_entries, module_graph_account
+
+        located = graph.state.located
+        carried = [{"name": key, "shape": list(located.mapping[key].shape),
+                    "reason": "not an entry of the architecture: carried through unchanged"} for key in located.carried]
+        return module_graph_account(graph.module, graph.targets, reports) + carried_entries(carried)
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from ..shared.eager_graph import copy_targets_into
         from .checkpoint import write_checkpoint
 
@@ -95,7 +102,7 @@ class StateDictFormat(ModelFormat):
             state.stream.commit()
             return
         copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
-        write_checkpoint(state.checkpoint, out_path, graph.provenance)
+        write_checkpoint(state.checkpoint, out_path, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The named architecture built afresh with the written weights, measured with hooks."""

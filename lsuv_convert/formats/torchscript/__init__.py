@@ -31,23 +31,26 @@ class TorchScriptFormat(ModelFormat):
     def read(self, path: Path, request: LoadRequest) -> LoadedModel:
         from .loader import load_script
 
-        graph = load_script(path, trust_code=request.trust_code)  # complete already: TorchScript's graph doesn't depend on the batch shape
-        graph.state.graph = graph
-        return LoadedModel(format=self.name, source=path, inputs=graph.inputs, state=graph.state,
-                           targets=list(graph.targets), notes=list(graph.notes))
+        return load_script(path, trust_code=request.trust_code)
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         """The translated graph; with ``check``, it must agree with the real ScriptModule on the batch."""
         from ...timings import stage
-        from .loader import prepare_inputs
+        from .loader import graph_of, prepare_inputs
 
-        graph: ModelGraph = loaded.state.graph
+        graph = graph_of(loaded)
         if check:
             with stage("fidelity_gate"):
                 prepare_inputs(graph, inputs)
         return graph
 
-    def write(self, graph: ModelGraph, out_path: Path) -> None:
+    def account(self, graph: ModelGraph, reports) -> list:
+        """The module's parameters, plus the file's parameters no conv / linear op uses as its weight."""
+        from ...lsuv.account import skipped_entries
+
+        return super().account(graph, reports) + skipped_entries(graph.state.skipped_params)
+
+    def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
         from .write import save_script
 
         save_script(graph, Path(out_path))

@@ -1,4 +1,5 @@
-"""Load a TorchScript file into a ModelGraph, and check the batch against the real module.
+"""Read a TorchScript file (a LoadedModel whose state holds the translated graph), make its
+ModelGraph, and check the batch against the real module.
 
 ``torch.jit.load`` runs no Python pickle code: TorchScript archives are read by torch's own
 restricted unpickler and their code is compiled TorchScript. Anything that isn't a
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import ConversionError, DataError, ModelFormatError, first_line
+from ..contract import LoadedModel
 from ..model_graph import InputSpec, ModelGraph, TargetLayer
 from ...timings import stage
 from .archive import ArchiveInfo, inspect_archive
@@ -27,27 +29,31 @@ from .usage import input_types, skipped_parameters
 
 @dataclass
 class ScriptState:
-    """What save() needs: the loaded module and how it looked when loaded."""
+    """The loaded module, how it looked when loaded, and its translation (which doesn't depend on
+    the batch shape, so reading makes it once; ``graph_of`` wraps it into the ModelGraph)."""
 
     module: Any  # torch.jit.RecursiveScriptModule, in eval mode while we work on it
     program: Program
-    archive: ArchiveInfo
+    archive: ArchiveInfo | None
     extra_files: dict[str, bytes]
     training: dict[str, bool] = field(default_factory=dict)  # submodule path -> training flag as loaded
-    graph: Any = None  # the ModelGraph load_script made (complete at load: it doesn't depend on the batch)
+    translated: Any = None  # the module the engine walks: an fx GraphModule, or the exact interpreter
+    engine_path: str = "fx"
+    # parameters no target holds (the account lists them as skipped): name, shape, reason, linear
+    skipped_params: list[dict] = field(default_factory=list)
 
 
-def load_script(path: Path, *, trust_code: bool = False) -> ModelGraph:
+def load_script(path: Path, *, trust_code: bool = False) -> LoadedModel:
     with stage("parse"):  # the archive's layout and code check, then torch.jit.load
         info = inspect_archive(path, check_code=not trust_code)
         extra = {name: "" for name in info.extra_files}
         script_module = _jit_load(path, extra)
     with stage("conversion"):  # the inlined graph read into a Program, then an fx graph
-        return script_graph(script_module, path, info, extra)
+        return read_script(script_module, path, info, extra)
 
 
-def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
-    """The ModelGraph of a loaded ScriptModule (``path`` names it in messages)."""
+def read_script(script_module, path, info=None, extra=None) -> LoadedModel:
+    """A loaded ScriptModule read and translated (``path`` names it in messages)."""
     extra = extra or {}
     training = training_flags(script_module)
     set_training(script_module, {name: False for name in training})
@@ -100,19 +106,18 @@ def script_graph(script_module, path, info=None, extra=None) -> ModelGraph:
         TargetLayer(name=program.layer_names[mp], op=calls[0].kind, module_path=mp, binding=(calls[0].weight_path, calls[0].bias_path))
         for mp, calls in program.layers.items()
     ]
-    state = ScriptState(script_module, program, info, {k: v for k, v in extra.items()}, training)
-    graph = ModelGraph(
-        module=module,
-        targets=targets,
-        inputs=_input_specs(program),
-        format="torchscript",
-        source=path,
-        state=state,
-        notes=notes,
-        engine_path=engine_path,
-    )
-    graph.skipped_params = skipped_parameters(script_module, program)
-    return graph
+    state = ScriptState(script_module, program, info, dict(extra), training, translated=module,
+                        engine_path=engine_path, skipped_params=skipped_parameters(script_module, program))
+    return LoadedModel(format="torchscript", source=path, inputs=_input_specs(program), state=state,
+                       targets=targets, notes=notes)
+
+
+def graph_of(loaded: LoadedModel) -> ModelGraph:
+    """The ModelGraph of a read TorchScript model: its translation, the same for every batch."""
+    state: ScriptState = loaded.state
+    return ModelGraph(module=state.translated, targets=list(loaded.targets), inputs=loaded.inputs,
+                      format="torchscript", source=loaded.source, state=state, notes=list(loaded.notes),
+                      engine_path=state.engine_path)
 
 
 _FUSED = ("aten::_transformer_encoder_layer_fwd", "aten::_transformer_decoder_only_layer_fwd")
@@ -266,7 +271,7 @@ def _compare_translation(graph: ModelGraph, args: list, expected) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)
             actual = graph.module(*args)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         cause = exc.__cause__ if isinstance(exc, DataError) and exc.__cause__ is not None else exc  # the op's own words
         raise ConversionError(f"the translated graph fails where TorchScript runs: {first_line(cause)}", path=graph.source) from exc
     problem = _compare(expected, actual)
@@ -289,7 +294,7 @@ def _snapshot_mutable(state: ScriptState):
         with torch.no_grad():
             for tensor, copy in saved_tensors.values():
                 tensor.copy_(copy)
-        for (path, name), (owner, value) in saved_attrs.items():
+        for (_path, name), (owner, value) in saved_attrs.items():
             owner.setattr(name, value)
 
     return restore

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from ...lsuv.account import check_strict, graph_account, rename_layer
-from .loader import prepare_inputs, script_graph, set_training
+from ...lsuv.account import check_strict, rename_layer
+from ..registry import get_format
+from .loader import graph_of, prepare_inputs, read_script, set_training
 
 
 def _positional(graph, batch: Any, kwargs: dict | None) -> list[torch.Tensor]:
@@ -39,14 +40,14 @@ def _positional(graph, batch: Any, kwargs: dict | None) -> list[torch.Tensor]:
     return values
 
 
-def lsuv_init_script(script_module, batch: Any, *, kwargs=None, strict: bool = False, on_layer=None,
+def lsuv_init_script(script_module, batch: Any, settings=None, *, kwargs=None, strict: bool = False, on_layer=None,
                      targets=None, walker=None, **options):
     """LSUV of a ScriptModule in place (its parameters); the report names layers as the file would."""
     if targets is not None or walker is not None:
         raise TypeError("targets / walker are chosen by the TorchScript reader for a ScriptModule")
     from ...lsuv.api import lsuv_init
 
-    graph = script_graph(script_module, "<ScriptModule>")
+    graph = graph_of(read_script(script_module, "<ScriptModule>"))
     state = graph.state
     try:
         inputs = _positional(graph, batch, kwargs)
@@ -58,11 +59,11 @@ def lsuv_init_script(script_module, batch: Any, *, kwargs=None, strict: bool = F
                 on_layer(report)
 
         report = lsuv_init(graph.module, tuple(inputs), targets=[t.module_path for t in graph.targets],
-                           walker=graph.engine_path, on_layer=renamed, **options)
+                           walker=graph.engine_path, on_layer=renamed, settings=settings, **options)
         _copy_back(graph)
     finally:
         set_training(script_module, state.training)
-    report.account = graph_account(graph, report.layers)
+    report.account = get_format("torchscript").account(graph, report.layers)
     for layer in report.layers:
         layer.name = rename_layer(layer.name, lambda p: by_path[p].name if p in by_path else p)
     report.walker = f"torchscript ({report.walker})"

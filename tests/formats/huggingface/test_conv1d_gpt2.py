@@ -201,7 +201,7 @@ def test_strict_names_a_weight_matrix_of_an_unknown_layer_class(work):
 def test_pre_init_views_rows_as_outputs_and_gaussian_uses_fan_in():
     """The (in, out) weight is pre-initialized as (groups, outputs, fan_in) matrices: q, k, v of
     c_attn each (32 x 32); c_fc (128 outputs of 32 inputs); the gaussian mode's N(0, 1/fan_in)."""
-    from lsuv_convert.lsuv.api import find_targets
+    from lsuv_convert.lsuv.targets import find_targets
     from lsuv_convert.lsuv.conv1d import layouts
     from lsuv_convert.lsuv.orthonormal import grouped_view, pre_initialize
 

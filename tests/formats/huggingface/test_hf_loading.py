@@ -50,6 +50,8 @@ def test_renamed_modules_are_fitted_and_written_under_the_files_keys(tmp_path):
                            after["encoder.layer.1.attention.attention.query.weight"])
     assert torch.equal(before["embeddings.position_embeddings"], after["embeddings.position_embeddings"])
     assert any("renamed by transformers" in note for note in log["notes"])
+    assert {e["name"] for e in log["account"]} <= set(before)  # parameters named as the file names them
+    assert "encoder.layer.0.attention.attention.query" in [layer["name"] for layer in log["layers"]]
     # the map streaming reuses: file key <-> model entry <-> shard
     keys = {fk.key: fk for fk in key_map(model, {s.name: list(s.tensors) for s in read_shards(tmp_path / "vit")})}
     query = keys["encoder.layer.0.attention.attention.query.weight"]
@@ -77,6 +79,7 @@ def test_weight_norm_is_written_as_the_weight_it_was_fitted_to(tmp_path, form):
     g_key = [k for k in written if "pos_conv" in k and k.endswith(("weight_g", "original0"))]
     assert len(g_key) == 1 and (g_key[0].endswith("weight_g") == (form == "weight_g"))
     account = {e["name"]: e["status"] for e in log["account"]}
+    assert set(account) <= set(written)
     assert [s for n, s in account.items() if "pos_conv_embed.conv" in n] == ["initialized"] * 3
 
 
@@ -187,3 +190,24 @@ def test_verify_and_format_sniffing_of_a_bin_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"]
     assert os.listdir(tmp_path / "legacy.lsuv")  # written as a folder beside the input
+
+
+def test_tensors_fused_by_a_converter_are_written_back_through_its_reverse(tmp_path):
+    """Mixtral's file holds one tensor per expert; transformers 5 fuses them into one parameter when it
+    loads (a converter, not a renaming). The experts are no conv / linear layers: their tensors come
+    back bit for bit, under the file's own keys, while the attention layers are initialized."""
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                        num_experts_per_tok=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    data = batch("bert", tmp_path / "ids.npy")
+    _, log = _convert(tmp_path / "moe", data)
+    assert any("fused or split by transformers' converters" in note for note in log["notes"])
+    before, after = (load_file(str(tmp_path / f / "model.safetensors")) for f in ("moe", "moe.lsuv"))
+    assert list(after) == list(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "model.layers.1.self_attn.q_proj.weight" in changed
+    assert not any(".experts." in k for k in changed)
+    proc = invoke("verify", tmp_path / "moe.lsuv", "--data", data, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stderr

@@ -277,7 +277,7 @@ def postprocessing(tmp_path_factory):
 def test_detection_and_segmentation_postprocessing_is_not_converted(postprocessing):
     paths, code, runs, stderr = postprocessing
     assert code == 0, stderr
-    for name, path in paths.items():
+    for path in paths.values():
         entry = runs[path.name]
         _check_written(path, entry, _feeds(onnx.load(str(path)), path.with_suffix(".npy")))
         assert any("feed no target layer" in n for n in entry["log"]["notes"]), entry["log"]["notes"]

@@ -80,7 +80,7 @@ def test_straight_line_graph_is_checked_on_its_first_samples(tmp_path, script_ba
 
 def test_a_translation_mistake_is_caught_on_the_sub_batch(tmp_path, script_batches):
     loaded = TS.load(traced(SmallNet(), tmp_path / "net.pt"))
-    state = loaded.state.graph.module.get_submodule("_ts_state")
+    state = loaded.state.translated.get_submodule("_ts_state")
     name = next(n for n, _ in state.named_buffers() if n.endswith("running_var"))
     setattr(state, name, getattr(state, name) * 4)  # a wrong copy in the translation only
     with pytest.raises(ConversionError, match="disagrees with TorchScript"):
@@ -140,7 +140,7 @@ def test_code_check_reads_each_source_once_per_content(tmp_path, monkeypatch):
 
 def test_translation_failing_where_torchscript_runs_names_the_op_error(tmp_path):
     loaded = TS.load(traced(SmallNet(), tmp_path / "net.pt"))
-    state = loaded.state.graph.module.get_submodule("_ts_state")
+    state = loaded.state.translated.get_submodule("_ts_state")
     name = next(n for n, _ in state.named_buffers() if n.endswith("running_var"))
     setattr(state, name, torch.ones(3))  # a wrong shape in the translation only
     with pytest.raises(ConversionError, match="fails where TorchScript runs") as caught:

@@ -16,6 +16,7 @@ from torch import nn
 from lsuv_convert import lsuv_init
 from lsuv_convert.errors import ConversionError, ModelFormatError
 from lsuv_convert.formats import find_format, get_format
+from lsuv_convert.formats.torchscript.loader import graph_of
 from lsuv_convert.formats.contract import LoadedModel
 from lsuv_convert.formats.torchscript.interpreter import ProgramModule
 from naive_lsuv import naive_lsuv
@@ -35,15 +36,20 @@ def save_script(model: nn.Module, path: Path, mode="script", example=None, **sav
 def ts_graph(path: Path):
     """The ModelGraph of a TorchScript file: complete at load (TorchScript's graph doesn't depend on
     the batch), unchecked until prepared."""
-    return TS.load(path).state.graph
+    return graph_of(TS.load(path))
 
 
 def as_loaded(graph) -> LoadedModel:
-    return LoadedModel(format="torchscript", source=graph.source, inputs=graph.inputs, state=graph.state)
+    return LoadedModel(format="torchscript", source=graph.source, inputs=graph.inputs, state=graph.state,
+                       targets=list(graph.targets), notes=list(graph.notes))
 
 
 def run_lsuv(graph, batch, **kw):
-    graph = TS.prepare(as_loaded(graph), [batch])
+    """LSUV on ``graph`` after the plug-in's checks on ``batch``; the graph prepare() makes wraps the
+    same translated module, so its verdict is the verdict on ``graph`` (which the test saves)."""
+    prepared = TS.prepare(as_loaded(graph), [batch])
+    assert prepared.module is graph.module
+    graph.checked = prepared.checked
     return lsuv_init(graph.module, (batch,), targets=[t.module_path for t in graph.targets],
                      walker=graph.engine_path, device="cpu", **kw)
 

@@ -55,7 +55,7 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.safetensors_io import provenance_of
         from .folder import read_shards, weight_files
         from ..shared.eager_graph import stored_dtype_notes
-        from .loading import file_named, load_model
+        from .loading import file_named, key_notes, load_model
         from .streamed import streamed_model
 
         if not self.claims_directory(path):
@@ -73,8 +73,8 @@ class HuggingFaceFormat(ModelFormat):
             model, keys, shards, stream = streamed
             notes = [f"architecture: transformers {type(model).__name__} built from config.json without its "
                      "weights; streamed: each tensor read from the folder when its layer runs, the fitted ones "
-                     "written to the output then (local files only, no remote code)"] + stored_dtype_notes(
-                         [t for shard in shards for t in shard.tensors.values()])
+                     "written to the output then (local files only, no remote code)"] + key_notes(keys) + \
+                stored_dtype_notes([t for shard in shards for t in shard.tensors.values()])
         targets, tied = module_target_layers(model)
         targets = file_named(targets, keys)
         notes += tied

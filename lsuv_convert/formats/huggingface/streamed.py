@@ -48,6 +48,8 @@ def streamed_model(path: Path):
         except Exception as exc:  # noqa: BLE001 - the whole-model load reports it in its words
             return f"transformers cannot build {cls.__name__} without its weights ({type(exc).__name__})"
     model.eval()
+    if getattr(model.config, "use_cache", None):  # no key / value cache of every layer kept through the pass
+        model.config.use_cache = False
     why = is_streamable(model)
     if why is not None:
         return why

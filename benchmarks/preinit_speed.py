@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks._common import machine_summary  # noqa: E402
-from lsuv_convert.lsuv.orthonormal import UnitSeeds, pre_initialize  # noqa: E402
+from benchmarks._common import machine_summary
+from lsuv_convert.lsuv.orthonormal import UnitSeeds, pre_initialize
 
 SHAPES = [(32000, 1024), (2816, 1024), (1024, 2816), (1024, 1024)]
 LLAMA_LAYER = [(1024, 1024)] * 4 + [(2816, 1024)] * 2 + [(1024, 2816)]

@@ -11,6 +11,7 @@ ratio to the model's bytes.
     python benchmarks/streaming_memory.py                      # 0.3, 1 and 3 GB
     python benchmarks/streaming_memory.py --sizes small,llama  # some of them
     python benchmarks/streaming_memory.py --keep /tmp/models   # reuse / keep the folders
+    python benchmarks/streaming_memory.py --sizes llama --modes=--stream --batch 2,128
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, machine_summary  # noqa: E402
+from benchmarks._common import REPO, machine_summary
 
 # name: (hidden, layers, intermediate, heads); vocabulary 32000, output layer not tied
 SIZES = {
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--keep", type=Path, help="folder for the generated models (kept; reused when present)")
     parser.add_argument("--batch", default="8,128", help="token ids per run: ROWS,TOKENS")
+    parser.add_argument("--modes", default="--stream,--no-stream", help="CLI modes to run, comma-separated")
     args = parser.parse_args(argv)
     import numpy as np
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.sizes.split(","):
             folder = make_model(name, work)
             size = (folder / "model.safetensors").stat().st_size
-            for mode in ("--stream", "--no-stream"):
+            for mode in args.modes.split(","):
                 out, log = work / f"{name}{mode}.lsuv", work / f"{name}{mode}.json"
                 rss, wall, code, err = peak_rss([cli, str(folder), "--data", str(ids), "-o", str(out), "--log", str(log),
                                                  "--device", "cpu", "--force", "-q", mode], env)

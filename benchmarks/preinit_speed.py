@@ -35,7 +35,7 @@ from torch import nn
 from benchmarks._common import machine_summary
 from lsuv_convert.lsuv.orthonormal import UnitSeeds, pre_initialize
 
-SHAPES = [(32000, 1024), (2816, 1024), (1024, 2816), (1024, 1024)]
+SHAPES = [(32000, 1024), (2816, 1024), (1024, 2816), (1024, 1024), (4096, 4096)]  # the last: CaffeNet's fc7
 LLAMA_LAYER = [(1024, 1024)] * 4 + [(2816, 1024)] * 2 + [(1024, 2816)]
 LLAMA = LLAMA_LAYER * 16 + [(32000, 1024)]
 

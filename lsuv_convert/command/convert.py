@@ -67,12 +67,22 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     Raises an :class:`LsuvError` for every expected failure; nothing is written then. A run whose
     layers don't all converge raises :class:`UnconvergedError` unless ``allow_unconverged``.
     """
+    from ..lsuv.streaming import StreamingError
+
     seconds: dict[str, float] = {}
     with recording(seconds):
-        return _convert(model, output, options, log_path, on_layer, on_targets, seconds)
+        try:
+            return _convert(model, output, options, log_path, on_layer, on_targets, seconds)
+        except StreamingError as exc:  # nothing was written: run it again, loaded whole
+            options = options or ConvertOptions()
+            options = replace(options, request=replace(options.request, stream=False))
+            seconds.clear()
+            return _convert(model, output, options, log_path, on_layer, on_targets, seconds,
+                            notes=[f"loaded whole, not streamed: {exc.args[0]}"])
 
 
-def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float]) -> Result:
+def _convert(model, output, options, log_path, on_layer, on_targets, seconds: dict[str, float],
+             notes: list[str] = ()) -> Result:
     with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
         from ..lsuv.api import lsuv_init, resolve_device
 
@@ -94,6 +104,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         batch, inputs = _batch_for(loaded, batch_path, options)
     with stage("prepare"):
         graph = fmt.prepare(loaded, inputs)
+    graph.notes.extend(notes)
     if on_targets is not None:
         on_targets(len(graph.targets))
 

@@ -229,7 +229,7 @@ def lsuv_init(
 
 def _walk_streaming(module, batch, kwargs, target_map, settings, dev, named, source, sink, on_layer):
     """The LSUV walk of a module on the meta device, materializing each module as it runs."""
-    from .streaming import Materializer
+    from .streaming import Materializer, PlaceholderGuard, StreamingError
 
     t0 = time.perf_counter()
     materializer = Materializer(module, target_map, source, sink, dev, settings.pre_init, unit_seeds(settings.seed))
@@ -238,7 +238,15 @@ def _walk_streaming(module, batch, kwargs, target_map, settings, dev, named, sou
     args = tuple(_to_device(a, dev, dtype) for a in args)
     kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
     with _eval_mode(module, [m for _, m in named]):
-        layers = lsuv_walk(module, args, target_map, settings, on_layer, kw, attention_hooks, streaming=materializer)
+        try:
+            with PlaceholderGuard():
+                layers = lsuv_walk(module, args, target_map, settings, on_layer, kw, attention_hooks,
+                                   streaming=materializer)
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc):
+                raise
+            raise StreamingError("the model computes with a module's tensors outside that module's call, which "
+                                 f"streaming can't follow ({str(exc).splitlines()[0][:200]}); run it whole") from None
     materializer.finish()
     # the pre-init runs inside the pass, layer by layer: its time is told apart, as in a whole run
     total = time.perf_counter() - t0

@@ -41,6 +41,11 @@ from .orthonormal import UnitSeeds, pre_initialize_unit
 from .statistics import all_finite
 
 
+class StreamingError(ConversionError):
+    """The model can't run streaming: its code computes with a module's tensors without calling
+    that module (so nothing materializes them). The caller may run it whole instead."""
+
+
 class TensorSource(Protocol):
     """The stored value of each model entry, one tensor at a time."""
 
@@ -292,3 +297,30 @@ def is_streamable(module: nn.Module) -> str | None:
                 type(h).__name__ == "WeightNorm" for h in sub._forward_pre_hooks.values()):
             return f"{name or 'the model'} computes a weight from others (weight norm or a parametrization)"
     return None
+
+
+class PlaceholderGuard:
+    """During a streaming pass: any torch op that mixes a placeholder (a meta tensor) with real
+    tensors raises :class:`StreamingError`. Some ops would not fail by themselves: ``F.linear`` of
+    a real input and a meta weight returns an uninitialised real tensor, which the fit would take
+    for the layer's output. That happens when code computes with a module's tensors without
+    calling the module, so nothing materialized them."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        class _Guard(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                devices = {t.device.type for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+                if "meta" in devices and len(devices) > 1:
+                    raise StreamingError(f"the model computes with a module's tensors outside that module's call "
+                                         f"({func}), which streaming can't follow; run it whole")
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Guard()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

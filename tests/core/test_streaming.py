@@ -168,3 +168,25 @@ def test_live_bytes_stay_near_one_layer():
     assert meter.peak < model_bytes / 4
     for key in stored:  # everything was fitted and written
         assert torch.isfinite(sink.out[key]).all()
+
+
+class ReadsAChildsWeight(nn.Module):
+    """Code that uses a module's weight without calling the module: nothing materializes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return self.a(nn.functional.embedding(ids, self.emb.weight))
+
+
+def test_a_module_read_outside_its_call_is_a_streaming_error():
+    from lsuv_convert.lsuv.streaming import StreamingError
+
+    stored = {k: v.detach().clone() for k, v in ReadsAChildsWeight().state_dict().items()}
+    with init_empty_weights():
+        model = ReadsAChildsWeight()
+    with pytest.raises(StreamingError, match="outside that module's call"):
+        lsuv_init(model, torch.randint(0, 10, (3, 5)), source=DictSource(stored), sink=DictSink(stored))

@@ -77,7 +77,9 @@ def first_run_checked(model, args: list, source: Path) -> None:
             return model.forward(*a, **k)
         except LsuvError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
+        except Exception as exc:  # the model's own error on this batch
+            if is_unmaterialized_use(model, exc):
+                raise  # a streamed model read a tensor outside its module's call: the engine's to tell
             raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
                             path=source) from None
 
@@ -221,3 +223,10 @@ def stored_dtype_notes(values: list) -> list[str]:
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in values
                      if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
     return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []
+
+
+def is_unmaterialized_use(model, exc: Exception) -> bool:
+    """Whether ``exc`` is a streamed model (placeholders on the meta device) computing with a
+    placeholder: code that reads a module's tensors without calling that module."""
+    return isinstance(exc, (RuntimeError, NotImplementedError)) and "meta" in str(exc) and any(
+        p.device.type == "meta" for p in model.parameters())

@@ -128,3 +128,29 @@ def test_bin_weights_are_loaded_whole_with_a_note(tmp_path):
     assert proc.returncode == 0, proc.stderr
     notes = json.loads((tmp_path / "log.json").read_text())["notes"]
     assert any(n.startswith("loaded whole, not streamed: ") and "pytorch_model.bin" in n for n in notes), notes
+
+
+def test_a_model_streaming_cannot_follow_is_run_whole(tmp_path, monkeypatch):
+    """A module whose tensors are used without a call of it (simulated: the output layer is never
+    materialized) makes the run start again, loaded whole: same output as --no-stream, and a note."""
+    from lsuv_convert.lsuv import streaming
+
+    src = tmp_path / "llama"
+    tiny_model("llama").save_pretrained(src)
+    data = batch("llama", tmp_path / "ids.npy")
+    before = streaming.Materializer._before
+
+    def skip_the_head(self, module, args):
+        if getattr(module, "out_features", None) != 96:
+            before(self, module, args)
+
+    monkeypatch.setattr(streaming.Materializer, "_before", skip_the_head)
+    proc = invoke(src, "--data", data, "-o", tmp_path / "a", "--log", tmp_path / "a.json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads((tmp_path / "a.json").read_text())["notes"]
+    assert any(n.startswith("loaded whole, not streamed: the model computes with a module's tensors") for n in notes)
+    proc = invoke(src, "--data", data, "-o", tmp_path / "b", "--device", "cpu", "--no-stream")
+    assert proc.returncode == 0, proc.stderr
+    a, b = _tensors(tmp_path / "a"), _tensors(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left

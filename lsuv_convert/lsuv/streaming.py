@@ -307,15 +307,18 @@ class PlaceholderGuard:
     calling the module, so nothing materialized them."""
 
     def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.overrides import TorchFunctionMode
         from torch.utils._pytree import tree_flatten
 
-        class _Guard(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        class _Guard(TorchFunctionMode):
+            # At the level of torch functions (F.linear, matmul, ...), before any decomposition:
+            # a dispatch mode would see composite ops decomposed and change their rounding.
+            def __torch_function__(self, func, types, args=(), kwargs=None):
                 devices = {t.device.type for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
                 if "meta" in devices and len(devices) > 1:
                     raise StreamingError(f"the model computes with a module's tensors outside that module's call "
-                                         f"({func}), which streaming can't follow; run it whole")
+                                         f"({getattr(func, '__name__', func)}), which streaming can't follow; "
+                                         "run it whole")
                 return func(*args, **(kwargs or {}))
 
         self._mode = _Guard()

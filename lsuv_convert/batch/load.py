@@ -1,42 +1,36 @@
-"""The data batch: read from .npy / .npz / a folder of images, or made up from the input shape.
+"""The data batch: a sample read from what ``--data`` names (arrays, text, audio, images; see
+:mod:`.sample`), or made up from the declared input shapes.
 
-Every path returns one numpy array per model input, in the model's input order, of the type
-the input declares (:class:`~lsuv_convert.formats.model_graph.InputSpec` ``dtype``): float inputs get float32
+Every path returns one numpy array per fed model input, in the model's input order (optional
+inputs, such as an attention mask, are fed when the data has them), of the type the input declares
+(:class:`~lsuv_convert.formats.model_graph.InputSpec` ``dtype``): float inputs get float32
 (``uint8`` arrays are images, divided by 255; other integer arrays are cast), integer and bool
 inputs (token ids, masks) keep integer / bool values (cast to the declared width). A float
 array for an integer input is an error naming the input. Synthetic integer inputs draw ids
 below the declared bound ``high`` (the embedding size), synthetic bool masks are all True.
-Nothing here unpickles: arrays are read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import logging
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from ..formats.model_graph import InputSpec
+from ..formats.model_graph import InputSpec, required_count
+from .arrays import read_arrays
+from .audio import audio_batch
+from .images import ImageOptions, image_batch, normalize
+from .processors import PREPROCESSOR_CONFIG, Prepared, load_image_processor, preprocessor_kinds
+from .sample import KIND_NAMES, DataOptions, SampleFiles, sample_files
+from .text import text_batch
 
-log = logging.getLogger("lsuv_convert")
+__all__ = ["Batch", "DataOptions", "ImageOptions", "load_batch", "synthetic", "as_input_type"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_BATCH = 16
-
-
-@dataclass
-class ImageOptions:
-    """How a folder of images becomes a batch: resize, scale to [0, 1], then (x - mean) / std."""
-
-    size: tuple[int, int] | None = None  # (height, width); None: the model's declared size
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    limit: int = 64  # images read at most (sorted by name)
 
 
 @dataclass
@@ -45,57 +39,141 @@ class Batch:
     description: str  # for the log: where the batch came from
     warnings: list[str]
     names: list[str] | None = None  # the model input each array feeds
+    files: list[Path] = field(default_factory=list)  # every data file read (the up-to-date record hashes them)
+    processor: dict | None = None  # {"class", "source"} of the tokenizer / feature extractor / image processor
 
     @functools.cached_property
     def sha256(self) -> str:
-        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order); computed once."""
+        """SHA-256 of the arrays as fed (dtype, shape and bytes of each, in input order); computed once,
+        without a copy of the sample."""
         digest = hashlib.sha256()
         for a in self.arrays:
             digest.update(f"{a.dtype.str}{tuple(a.shape)}".encode())
-            digest.update(np.ascontiguousarray(a).tobytes())
+            digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))
         return digest.hexdigest()
 
     def stats(self) -> list[dict]:
-        """Per input: name, shape, dtype, mean and variance (for the log)."""
+        """Per input: name, shape, dtype, mean and variance over the whole sample (for the log); an
+        image-like input (N, C, H, W) with at most 4 channels also per channel."""
         out = []
         for i, a in enumerate(self.arrays):
-            values = a.astype(np.float64, copy=False)
-            out.append({"name": self.names[i] if self.names and i < len(self.names) else f"input{i}",
-                        "shape": list(a.shape), "dtype": str(a.dtype),
-                        "mean": float(values.mean()) if a.size else None, "var": float(values.var()) if a.size else None})
+            mean, var = moments(a) if a.size else (None, None)
+            entry = {"name": self.names[i] if self.names and i < len(self.names) else f"input{i}",
+                     "shape": list(a.shape), "dtype": str(a.dtype),
+                     "mean": float(mean) if a.size else None, "var": float(var) if a.size else None}
+            if a.dtype.kind == "f" and a.ndim == 4 and a.shape[1] <= 4 and a.size:
+                mean, var = moments(a, (0, 2, 3))
+                entry["channel_mean"] = [float(m) for m in mean.ravel()]
+                entry["channel_var"] = [float(v) for v in var.ravel()]
+            out.append(entry)
         return out
 
     def to_log(self) -> dict:
-        return {"sha256": self.sha256, "inputs": self.stats()}
+        log = {"sha256": self.sha256, "samples": int(self.arrays[0].shape[0]) if self.arrays and self.arrays[0].ndim else None,
+               "files": len(self.files), "inputs": self.stats()}
+        if self.processor is not None:
+            log["processor"] = self.processor
+        return log
 
 
-def load_batch(path: Path | None, specs: list[InputSpec], *, seed: int = 0, image: ImageOptions | None = None,
-               input_shapes: list[tuple[int, ...]] | None = None) -> Batch:
-    """The batch for a model with inputs ``specs``: from ``path`` if given, else synthetic."""
+MOMENTS_CHUNK = 1 << 22  # float64 values converted at a time: a sample's statistics never copy it whole
+
+
+def moments(a: np.ndarray, axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, variance) of ``a`` over ``axes`` (None: every element), in float64, a slab of rows at a
+    time (Chan et al.'s pairwise update), so a large sample is never copied whole as float64."""
+    if a.ndim == 0:
+        return np.float64(a), np.float64(0.0)
+    step = max(1, MOMENTS_CHUNK // max(1, int(np.prod(a.shape[1:], dtype=np.int64))))
+    count, mean, m2 = 0, np.float64(0.0), np.float64(0.0)
+    for start in range(0, a.shape[0], step):
+        chunk = a[start:start + step].astype(np.float64)
+        k = chunk.size if axes is None else chunk.size // int(np.prod([chunk.shape[d] for d in range(a.ndim) if d not in axes]))
+        chunk_mean = chunk.mean(axis=axes, keepdims=axes is not None)
+        chunk_m2 = ((chunk - chunk_mean) ** 2).sum(axis=axes, keepdims=axes is not None)
+        delta, total = chunk_mean - mean, count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + chunk_m2 + delta ** 2 * (count * k / total)
+        count = total
+    return mean, m2 / count
+
+
+def load_batch(data: DataOptions | Path | str | None, specs: list[InputSpec], *, seed: int = 0,
+               image: ImageOptions | None = None, input_shapes: list[tuple[int, ...]] | None = None,
+               model_folder: Path | None = None) -> Batch:
+    """The batch for a model with inputs ``specs``: the sample ``data`` names (a path, or the run's
+    :class:`DataOptions`), else synthetic. ``model_folder``: the model's own folder (Hugging Face),
+    whose tokenizer / feature extractor / image processor prepares text, audio and images."""
+    if not isinstance(data, DataOptions):
+        data = DataOptions(sources=(data,) if data is not None else (), image=image or ImageOptions())
     names = [s.name for s in specs]
-    if path is None:
-        arrays, desc = synthetic(specs, seed=seed, shapes=input_shapes), None
+    if not data.given:
+        _check_applicable(None, data)
+        arrays = synthetic(specs, seed=seed, shapes=input_shapes)
         shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
         kind = "seeded N(0,1)" if all(a.dtype.kind == "f" for a in arrays) else "seeded synthetic (N(0,1) floats, valid ids)"
         desc = f"{kind} batch of shape {shapes} (seed {seed}); pass --data for real data"
-        return Batch(arrays, desc, [], names)
-    path = Path(path)
-    if not path.exists():
-        raise DataError("data file not found", path=path)
-    if path.is_dir():
-        arrays = [_read_images(path, specs, image or ImageOptions())]
-        desc = f"{arrays[0].shape[0]} images from {path}"
-    else:
-        arrays = _read_array_file(path, specs)
-        desc = f"{path} {', '.join(str(tuple(a.shape)) for a in arrays)}"
-    arrays = [as_input_type(a, spec_for(specs, i), path) for i, a in enumerate(arrays)]
-    normalized = image is not None and (image.mean is not None or image.std is not None)
-    if normalized and not path.is_dir():
-        arrays = [_normalize(a, image, path) if a.dtype.kind == "f" else a for a in arrays]
-    warnings = _check_values(arrays, path)
+        return Batch(arrays, desc, [], names[: len(arrays)])
+    sample = sample_files(data)
+    _check_applicable(sample.kind, data)
+    where = data.where()
+    prepared, files = _prepared(sample, specs, data, model_folder, where)
+    arrays = [as_input_type(a, spec_for(specs, i), where) for i, a in enumerate(prepared.arrays)]
+    normalized = prepared.normalized or data.image.mean is not None or data.image.std is not None
+    if sample.kind in ("npy", "npz") and normalized:
+        arrays = [normalize(a, data.image, where) if a.dtype.kind == "f" else a for a in arrays]
+    warnings = _check_values(arrays, where)
     if not normalized:
-        warnings += unnormalized_warnings(arrays, names, path)
-    return Batch(arrays, desc, warnings, names)
+        warnings += unnormalized_warnings(arrays, prepared.names, where)
+    return Batch(arrays, prepared.description, warnings, prepared.names, files=files, processor=prepared.processor)
+
+
+def _prepared(sample: SampleFiles, specs: list[InputSpec], data: DataOptions, folder: Path | None,
+              where) -> tuple[Prepared, list[Path]]:
+    """The sample prepared for the model's inputs, and every file read."""
+    kind, files = sample.kind, sample.files
+    if kind == "text":
+        return text_batch(files, specs, tokenizer_path=data.tokenizer, model_folder=folder,
+                          max_length=data.max_length, samples=data.samples)
+    if kind in ("npy", "npz"):
+        arrays, names, desc, used = read_arrays(files, specs, data.samples, where)
+        return Prepared(arrays, names, desc), used
+    files = files[: data.samples] if data.samples is not None else files
+    if kind == "audio":
+        prepared = audio_batch(files, specs, model_folder=folder, sample_rate=data.sample_rate,
+                               seconds=data.audio_seconds)
+        return prepared, files
+    processor = None
+    if "image" in preprocessor_kinds(folder):
+        if data.image.given:
+            given = data.image.given
+            raise DataError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to models without an image "
+                            f"processor; {PREPROCESSOR_CONFIG} says how this model's images are prepared", path=folder)
+        processor = load_image_processor(folder)
+    return image_batch(files, specs, data.image, processor, folder), files
+
+
+# The data options that mean something for each kind of data (None: a synthetic batch).
+_APPLICABLE = {
+    "--max-length": ("text",), "--tokenizer": ("text",),
+    "--sample-rate": ("audio",), "--audio-seconds": ("audio",),
+    "--image-size": ("image",), "--samples": ("npy", "npz", "text", "audio", "image"),
+    "--mean": ("npy", "npz", "image", None), "--std": ("npy", "npz", "image", None),  # a synthetic batch ignores them
+}
+
+
+def _check_applicable(kind: str | None, data: DataOptions) -> None:
+    """An option that does nothing for this data is a mistake worth one clear line."""
+    given = {"--max-length": data.max_length, "--tokenizer": data.tokenizer, "--sample-rate": data.sample_rate,
+             "--audio-seconds": data.audio_seconds, "--image-size": data.image.size, "--samples": data.samples,
+             "--mean": data.image.mean, "--std": data.image.std}
+    for option, value in given.items():
+        if value is not None and kind not in _APPLICABLE[option]:
+            if kind is None:
+                raise DataError(f"{option} applies to the data given with --data, and there is none")
+            kinds = " or ".join(KIND_NAMES[k] for k in _APPLICABLE[option] if k is not None)
+            raise DataError(f"{option} applies to {kinds}, "
+                            f"but the data is {KIND_NAMES[kind]}", path=data.where())
 
 
 def spec_for(specs: list[InputSpec], index: int) -> InputSpec | None:
@@ -131,7 +209,10 @@ def as_input_type(a: np.ndarray, spec: InputSpec | None, path: Path) -> np.ndarr
 
 
 def synthetic(specs: list[InputSpec], *, seed: int, shapes: list[tuple[int, ...]] | None = None) -> list[np.ndarray]:
-    """Seeded N(0,1) arrays of the declared input shapes (a free batch dim becomes 16)."""
+    """Seeded N(0,1) arrays of the declared input shapes (a free batch dim becomes 16), for the
+    required inputs (optional ones too when ``shapes`` gives a shape for each)."""
+    if shapes is None or len(shapes) != len(specs):
+        specs = specs[: required_count(specs)]
     if shapes is not None:
         if len(shapes) != len(specs):
             raise DataError(f"model has {len(specs)} input(s) but {len(shapes)} --input-shape value(s) were given")
@@ -175,88 +256,6 @@ def _check_synthetic_budget(dims: list[tuple[int, ...]]) -> None:
                      hint="pass --input-shape with a smaller shape, or --data")
 
 
-def _check_array_header(path: Path) -> None:
-    """A .npy header declaring more bytes than the file holds (or than memory) is refused
-    before numpy allocates the array it declares."""
-    with open(path, "rb") as fh:
-        _check_declared_array(fh, path.stat().st_size, path, "")
-
-
-def _check_npz_members(path: Path) -> None:
-    """Each member of a .npz is unpacked in memory: its header, like a .npy's, must match its
-    size, and all of them together must fit."""
-    from ..budget import check_allocation
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                with zf.open(info) as fh:
-                    _check_declared_array(fh, info.file_size, path, f"member {info.filename}: ")
-    except (zipfile.BadZipFile, OSError):
-        return  # np.load reports it
-    check_allocation(sum(info.file_size for info in infos), "the arrays of this .npz", path=path)
-
-
-def _check_declared_array(fh, size: int, path: Path, label: str) -> None:
-    from ..budget import check_allocation
-
-    try:
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(fh, max_header_size=10000)
-        data_start = fh.tell()
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
-        return  # np.load reports a malformed header itself
-    if dtype.hasobject:
-        return
-    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    held = size - data_start
-    if needed > held:
-        raise DataError(f"{label}its header declares an array of shape {tuple(shape)} ({needed} bytes) but the file "
-                        f"holds {held} bytes (truncated or forged file)", path=path)
-    check_allocation(needed, f"{label}the array of shape {tuple(shape)}", path=path)
-
-
-def _read_array_file(path: Path, specs: list[InputSpec]) -> list[np.ndarray]:
-    suffix = path.suffix.lower()
-    magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}.get(suffix)
-    if magic is not None:
-        with open(path, "rb") as fh:
-            if fh.read(len(magic)) != magic:
-                raise DataError(f"not a {suffix} file (numpy's header is missing)", path=path)
-    try:
-        if suffix == ".npz":
-            _check_npz_members(path)
-            with np.load(path, allow_pickle=False) as archive:
-                named = {k: archive[k] for k in archive.files}
-            return _match_named(named, specs, path)
-        if suffix == ".npy":
-            _check_array_header(path)
-            return [np.load(path, allow_pickle=False)]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DataError("holds pickled Python objects, which are never loaded; save a numeric array", path=path) from None
-        raise DataError(f"not a valid numpy file ({exc})", path=path) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read numpy data ({exc.__class__.__name__}: {exc})", path=path) from None
-    raise DataError("unsupported data file: use .npy, .npz (one array per input) or a folder of images", path=path)
-
-
-def _match_named(named: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> list[np.ndarray]:
-    if not named:
-        raise DataError("the .npz archive holds no arrays", path=path)
-    if len(specs) == 1 and len(named) == 1:
-        return list(named.values())
-    missing = [s.name for s in specs if s.name not in named]
-    if missing:
-        raise DataError(
-            f"no array for model input(s) {', '.join(missing)}; the archive holds {', '.join(sorted(named))}",
-            path=path,
-        )
-    return [named[s.name] for s in specs]
-
-
 def _to_float(a: np.ndarray, path: Path) -> np.ndarray:
     """uint8 arrays are images: scaled to [0, 1]. Other integer/bool arrays are cast unchanged."""
     if a.dtype == object or a.dtype.kind not in "biuf":
@@ -270,27 +269,6 @@ def _to_float(a: np.ndarray, path: Path) -> np.ndarray:
             raise DataError(f"{a.dtype} values up to {largest:.3g} overflow float32 (largest {np.finfo(np.float32).max:.3g}), "
                             "which the model computes in: rescale the data", path=path)
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _normalize(a: np.ndarray, image: ImageOptions, path: Path) -> np.ndarray:
-    channels = a.shape[1] if a.ndim >= 2 else 1
-    shape = (1, channels) + (1,) * (a.ndim - 2)
-    mean = _per_channel(image.mean, channels, "--mean", path, 0.0)
-    std = _per_channel(image.std, channels, "--std", path, 1.0)
-    return ((a - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-
-
-def _per_channel(values, channels: int, option: str, path: Path, default: float) -> np.ndarray:
-    if values is None:
-        return np.full(channels, default, dtype=np.float32)
-    if not all(np.isfinite(v) for v in values) or (option == "--std" and not all(v > 0 for v in values)):
-        need = "finite numbers > 0" if option == "--std" else "finite numbers"
-        raise DataError(f"{option} must be {need}, got {', '.join(str(v) for v in values)}", path=path)
-    if len(values) == 1:
-        return np.full(channels, values[0], dtype=np.float32)
-    if len(values) != channels:
-        raise DataError(f"{option} has {len(values)} values but the data has {channels} channels", path=path)
-    return np.asarray(values, dtype=np.float32)
 
 
 def _check_values(arrays: list[np.ndarray], path: Path) -> list[str]:
@@ -333,57 +311,3 @@ def unnormalized_warnings(arrays: list[np.ndarray], names: list[str], path: Path
                 + "): LSUV scales to this data as it is; pass --mean/--std to normalize it "
                 "(e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for [0,1] ImageNet-style images)"]
     return []
-
-
-def _read_images(folder: Path, specs: list[InputSpec], options: ImageOptions) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if len(specs) != 1:
-        raise DataError("a folder of images can feed only single-input models", path=folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[: options.limit]
-    if not files:
-        raise DataError("the folder holds no images (" + ", ".join(IMAGE_EXTENSIONS) + ")", path=folder)
-    shape = specs[0].shape
-    channels = shape[1] if shape is not None and len(shape) == 4 and shape[1] is not None else 3
-    size = options.size
-    if size is None:
-        if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
-            raise DataError("the model declares no image size: pass --image-size H,W", path=folder)
-        size = (shape[2], shape[3])
-    if channels not in (1, 3):
-        raise DataError(f"images can feed 1- or 3-channel inputs, the model has {channels}", path=folder)
-    batch = []
-    for f in files:
-        try:
-            with _opened_image(f) as img:
-                img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image: {exc}", path=f) from None
-        batch.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-    a = np.stack(batch)
-    return _normalize(a, options, folder)
-
-
-MAX_IMAGE_PIXELS = 64_000_000  # far above any input size LSUV needs; a bomb is far above it
-
-
-def _opened_image(path: Path):
-    """``Image.open`` that refuses a decompression bomb (an image declaring a huge size) by name,
-    before its pixels are decoded."""
-    import warnings
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # one error line, not a warning too
-        try:
-            img = Image.open(path)
-        except Image.DecompressionBombWarning as exc:
-            raise DataError(f"image refused (a decompression bomb?): {exc}", path=path) from None
-    width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        img.close()
-        raise DataError(f"image of {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS} pixels "
-                        "lsuv-convert decodes (a decompression bomb?); resize it first", path=path)
-    return img

@@ -96,9 +96,28 @@ def main():
     """
 
 
+DATA_HELP = ("Data: .npy / .npz arrays (one array per input), text (.txt, .jsonl), audio clips, images, or a folder "
+             "of images or clips; repeat it, or quote a glob ('parts/*.npy'), for a sample of several files.")
+
+
+def _data_options(command):
+    """The options that say how --data becomes a sample (see lsuv_convert.batch.sample.DataOptions)."""
+    options = [
+        click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples of the data (sorted order). Default: all, if they fit in memory."),
+        click.option("--max-length", type=click.IntRange(min=1), help="Tokens per text (truncated and padded to it). Default: the model's positions or 128, whichever is smaller; padded to the longest text."),
+        click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder or tokenizer.json for text data, for models without their own (ONNX, TorchScript, ...)."),
+        click.option("--sample-rate", type=click.IntRange(min=1), help="Hz audio is resampled to, for models without a feature extractor."),
+        click.option("--audio-seconds", type=POSITIVE, help="Length audio clips are padded or cropped to. Default: the model's length, else the longest clip (at most 30 s)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("convert")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--data", type=click.Path(path_type=Path), help="Batch: .npy, .npz (one array per input) or a folder of images. Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
+@click.option("--data", multiple=True, metavar="PATH", help=DATA_HELP + " Default: NAME.npy beside the model, else a seeded N(0,1) batch of the declared input shape.")
+@_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Existing weights to start from (Caffe .caffemodel); use with --pre-init keep to only rescale them.")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors: torchvision:NAME, timm:NAME, or package.module:factory (runs that code).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist (runs that code).")
@@ -131,7 +150,7 @@ def main():
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, strict, stream, shard, quiet, json_lines, table, debug):
+                    allow_unconverged, strict, stream, shard, quiet, json_lines, table, debug, **sample):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from ..batch.load import ImageOptions
     from .run import Run
@@ -142,10 +161,10 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
         if len(dims) not in (1, 2):
             raise click.BadParameter("use H,W or S", param_hint="--image-size")
         size = (dims[0], dims[-1])
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, stream=stream,
+    image = ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True))
+    options = _options(data=_data(data, sample, image), weights=weights, arch=arch, trust_code=trust_code, stages=stages, stream=stream,
                        seed=seed, settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
-                       image=ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True)),
                        allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
               fail_fast=fail_fast, quiet=quiet, json_lines=json_lines, table=table, debug=debug)
@@ -158,22 +177,24 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
 @click.option("--stage", "stages", multiple=True, help="Net stage that selects layers (Caffe include/exclude { stage }); repeatable.")
-@click.option("--data", type=click.Path(path_type=Path), help="A batch to build the net for (default: the declared input shape).")
+@click.option("--data", multiple=True, metavar="PATH", help="Data to build the net for (as for convert; default: the declared input shape).")
+@_data_options
 @click.option("--input-shape", "input_shapes", multiple=True, help="Shape to build the net for, e.g. 1,3,224,224 (repeat per input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes, as_json, debug):
+def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes, as_json, debug, **sample):
     """List MODEL's target layers (name, op, weight shape) and its declared inputs; changes nothing."""
     from .run import inspect_model
 
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages,
+    options = _options(data=_data(data, sample), weights=weights, arch=arch, trust_code=trust_code, stages=stages,
                        input_shapes=[_shape(s) for s in input_shapes] or None)
     sys.exit(_guarded(lambda: inspect_model(model, options, as_json), debug))
 
 
 @main.command("verify")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="The batch (default: NAME.npy beside the model, else seeded N(0,1)).")
+@click.option("--data", multiple=True, metavar="PATH", help="The data, as given to convert (default: NAME.npy beside the model, else seeded N(0,1)).")
+@_data_options
 @click.option("--weights", type=click.Path(path_type=Path), help="Written weights (Caffe: the .caffemodel; MODEL is then the prototxt).")
 @click.option("--arch", help="Architecture of a checkpoint that holds only tensors (see convert --help).")
 @click.option("--trust-code", is_flag=True, help="Load model files whose code calls operators outside the allowlist.")
@@ -184,12 +205,13 @@ def inspect_command(model, weights, arch, trust_code, stages, data, input_shapes
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the synthetic batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
-def verify_command(model, data, weights, arch, trust_code, stages, input_shapes, tol, target_var, seed, as_json, debug):
+def verify_command(model, data, weights, arch, trust_code, stages, input_shapes, tol, target_var, seed, as_json, debug,
+                   **sample):
     """Re-measure each target layer's output variance of a written MODEL with the format's own
     runtime (onnxruntime, OpenCV, torch.jit); exit 1 if any layer is out of tolerance."""
     from .run import verify_model
 
-    options = _options(data=data, weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
+    options = _options(data=_data(data, sample), weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
                        settings=dict(tol=tol, target_var=target_var),
                        input_shapes=[_shape(s) for s in input_shapes] or None)
     sys.exit(_guarded(lambda: verify_model(model, options, as_json), debug))
@@ -202,6 +224,13 @@ def _shard(text: str | None):
     from .shards import parse_shard
 
     return parse_shard(text, os.environ)
+
+
+def _data(sources: tuple[str, ...], sample: dict, image=None):
+    """The run's data options: the --data values and the options that prepare them."""
+    from ..batch.load import DataOptions, ImageOptions
+
+    return DataOptions(sources=tuple(sources), image=image or ImageOptions(), **sample)
 
 
 def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), stream=True, seed=0, settings=None,

@@ -167,7 +167,7 @@ def print_inspection(info: dict) -> None:
     for spec in info["inputs"]:
         shape = "undeclared" if spec["shape"] is None else "x".join(
             ("N" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(spec["shape"]))
-        console.print(f"input {spec['name']}: {shape}", markup=False)
+        console.print(f"input {spec['name']}: {shape}" + (" (optional)" if spec.get("optional") else ""), markup=False)
     table = Table(show_edge=False)
     for col in ("#", "layer", "op", "weight"):
         table.add_column(col)

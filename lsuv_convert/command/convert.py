@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..lsuv.account import IncompleteError, check_strict, counts, rename_layer
 from ..atomic import write_bytes_atomic
-from ..batch.load import ImageOptions, load_batch
+from ..batch.load import DataOptions, load_batch
 from ..errors import DataError, DeviceError, OutputError, UnconvergedError, UsageError
 from ..formats import find_format
 from ..formats.contract import LoadRequest
@@ -26,15 +26,18 @@ from ..timings import recording, stage
 class ConvertOptions:
     """Everything about a run that isn't the model path itself."""
 
-    data: Path | None = None
+    data: DataOptions | Path | str | None = None  # --data and the options that prepare it (a path: just that file)
     request: LoadRequest = field(default_factory=LoadRequest)  # --weights, --arch, --trust-code
     settings: LsuvSettings = field(default_factory=lambda: replace(DEFAULTS, seed=0))
     device: str = "auto"
     input_shapes: list[tuple[int, ...]] | None = None
-    image: ImageOptions = field(default_factory=ImageOptions)
     allow_unconverged: bool = False
     in_place: bool = False
     strict: bool = False  # unreached / skipped conv, linear or attention weights fail the run (exit 3)
+
+    def __post_init__(self):
+        if not isinstance(self.data, DataOptions):
+            self.data = DataOptions(sources=(self.data,) if self.data is not None else ())
 
     @property
     def seed(self) -> int:
@@ -99,9 +102,9 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
 
     with stage("load"):
         loaded = fmt.load(model, options.request)
-    batch_path = _data_path(loaded, options)
+    data = _data_for(loaded, options)
     with stage("batch"):
-        batch, inputs = _batch_for(loaded, batch_path, options)
+        batch, inputs = _batch_for(loaded, data, options)
     with stage("prepare"):
         graph = fmt.prepare(loaded, inputs)
     graph.notes.extend(notes)
@@ -146,7 +149,7 @@ def _convert(model, output, options, log_path, on_layer, on_targets, seconds: di
         if options.weights is not None:
             log["weights"] = str(options.weights)
         result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
-                        read_files=fmt.read_files(loaded) + ([Path(batch_path)] if batch_path is not None else []))
+                        read_files=fmt.read_files(loaded) + batch.files)
         if result.unconverged and not options.allow_unconverged:
             names = ", ".join(f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged[:3])
             more = f" and {len(result.unconverged) - 3} more" if len(result.unconverged) > 3 else ""
@@ -183,7 +186,7 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
     loaded = fmt.load(model, options.request)
     targets, module, inputs = loaded.targets, None, loaded.inputs
     try:
-        _, batch_inputs = _batch_for(loaded, _data_path(loaded, options), options)
+        _, batch_inputs = _batch_for(loaded, _data_for(loaded, options), options)
     except DataError:
         batch_inputs = None  # no declared shape and no data: list the targets the file declares
     if batch_inputs is not None:
@@ -191,8 +194,8 @@ def inspect(model: Path | str, options: ConvertOptions | None = None) -> dict:
         targets, module, inputs = graph.targets, graph.module, graph.inputs
     info = {
         "model": str(model), "format": fmt.name,
-        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype}
-                   for s in inputs],
+        "inputs": [{"name": s.name, "shape": list(s.shape) if s.shape is not None else None, "dtype": s.dtype,
+                    **({"optional": True} if s.optional else {})} for s in inputs],
         "targets": [{"index": i, "name": t.name, "op": t.op,
                      "weight_shape": _weight_shape(module.get_submodule(t.module_path)) if module is not None else None}
                     for i, t in enumerate(targets)],
@@ -229,7 +232,7 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
     model, weights = fmt.written_pair(Path(model), options.weights)
     request = replace(options.request, weights=weights)
     loaded = fmt.load(model, request)
-    _, inputs = _batch_for(loaded, _data_path(loaded, options), options)
+    _, inputs = _batch_for(loaded, _data_for(loaded, options), options)
     stats = fmt.measure(model, weights, inputs, [t.name for t in loaded.targets], request=request)
     rows = []
     for name, (var, mean) in stats.items():
@@ -239,17 +242,18 @@ def verify(model: Path | str, options: ConvertOptions | None = None) -> dict:
             "ok": all(r["ok"] for r in rows)}
 
 
-def _data_path(loaded, options: ConvertOptions) -> Path | None:
-    """``--data``, else the model's sidecar batch, else None (a synthetic batch)."""
-    return options.data if options.data is not None else sidecar_batch(loaded.source)
+def _data_for(loaded, options: ConvertOptions) -> DataOptions:
+    """``--data``, else the model's sidecar batch, else none (a synthetic batch)."""
+    return options.data if options.data.given else options.data.with_sources(sidecar_batch(loaded.source))
 
 
-def _batch_for(loaded, data_path: Path | None, options: ConvertOptions):
-    """The batch read from ``data_path`` (or synthetic when None) as tensors, one per input."""
+def _batch_for(loaded, data: DataOptions, options: ConvertOptions):
+    """The batch ``data`` names (synthetic when it names none) as tensors, one per fed input; a
+    model folder's own tokenizer / processors prepare text, audio and images."""
     import torch
 
-    batch = load_batch(data_path, loaded.inputs, seed=options.seed, image=options.image,
-                       input_shapes=options.input_shapes)
+    folder = loaded.source if Path(loaded.source).is_dir() else None
+    batch = load_batch(data, loaded.inputs, seed=options.seed, input_shapes=options.input_shapes, model_folder=folder)
     return batch, [torch.from_numpy(a) for a in batch.arrays]
 
 
@@ -317,7 +321,8 @@ def _check_output(model: Path, output: Path, options: ConvertOptions, folder: bo
     paths = PathPlan()
     paths.read(model, f"the input model {model}")
     paths.read(options.weights, f"the --weights file {options.weights}")
-    paths.read(options.data, f"the data {options.data}")
+    for path in options.data.read_paths(missing_ok=True):
+        paths.read(path, f"the data {path}")
     paths.write(output, f"the output of {model}", may_overwrite=(model, options.weights) if options.in_place else (), folder=folder)
     try:
         paths.check()

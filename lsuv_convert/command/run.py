@@ -74,6 +74,7 @@ class Run:
     def run(self, args: list[str], shard: Shard | None = None) -> int:
         """Convert the models ``args`` name; with ``shard``, only that part of them (a job array's task)."""
         jobs = expand(args)
+        _refuse_data_as_models(jobs)
         self.many = len(jobs) > 1
         if self.output is not None and len(jobs) > 1:
             raise UsageError("-o/--output names one file but several models were given; use --output-dir")
@@ -126,11 +127,12 @@ class Run:
         weights = self.options.weights
         paths.read(weights, f"the --weights file {weights}")
         data = self.options.data
-        paths.read(data, f"the --data {'folder' if data is not None and data.is_dir() else 'file'} {data}")
+        for path in data.read_paths(missing_ok=True):
+            paths.read(path, f"the --data {'folder' if path.is_dir() else 'file'} {path}")
         for plan in plans:
             model = plan.job.path
             paths.read(model, f"the input model {model}")
-            if data is None:
+            if not data.given:
                 paths.read(sidecar_batch(model), f"the sample batch of {model}")
         for plan in plans:
             if plan.output is None:
@@ -172,7 +174,8 @@ class Run:
         return option
 
     def _inputs_of(self, model: Path) -> list[Path]:
-        paths = [model, self.options.data or sidecar_batch(model), self.options.weights]
+        data = self.options.data
+        paths = [model, *(data.read_paths() if data.given else [sidecar_batch(model)]), self.options.weights]
         return [p for p in paths if p is not None]
 
     def _fingerprint(self) -> dict:
@@ -182,9 +185,9 @@ class Run:
         o = self.options
         return json.loads(json.dumps({
             "settings": asdict(o.settings), "device": o.device, "input_shapes": o.input_shapes,
-            "image": asdict(o.image), "allow_unconverged": o.allow_unconverged,
+            "allow_unconverged": o.allow_unconverged,
             "arch": o.request.arch, "trust_code": o.request.trust_code,
-            "data": os.path.realpath(o.data) if o.data is not None else None,
+            "data": o.data.fingerprint(),
             "weights": os.path.realpath(o.weights) if o.weights is not None else None,
         }, default=str))
 
@@ -241,6 +244,17 @@ class Run:
             return Outcome(job.path, output, "failed", error=message, seconds=time.perf_counter() - start, exit_code=1)
         finally:
             progress.end_model()
+
+
+def _refuse_data_as_models(jobs: list[ModelJob]) -> None:
+    """``--data parts/*.npy`` unquoted: the shell hands the second part on as a model. Refused before
+    any work, so no model is initialized on part of the sample."""
+    from ..batch.sample import looks_like_data
+
+    stray = [job.path for job in jobs if looks_like_data(job.path)]
+    if stray:
+        raise UsageError(f"{stray[0]} is data, not a model; nothing was done (a glob given to --data must be quoted, "
+                         f"e.g. --data '{stray[0].parent / ('*' + stray[0].suffix)}', or the shell expands it)")
 
 
 CLOSED_STDOUT = 141  # like a shell's status for a command killed by SIGPIPE

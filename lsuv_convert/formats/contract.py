@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import DataError, ModelFormatError, UsageError
-from .model_graph import InputSpec, ModelGraph, TargetLayer
+from .model_graph import InputSpec, ModelGraph, TargetLayer, required_count
 
 
 @dataclass(frozen=True)
@@ -260,8 +260,9 @@ def _check_complete(graph: ModelGraph, name: str) -> None:
 
 def check_inputs(specs: list[InputSpec], inputs: list[Any], source: Path | None = None) -> None:
     """Raise DataError naming expected vs given when the batch doesn't fit the declared inputs."""
-    if len(inputs) != len(specs):
-        names = ", ".join(s.name for s in specs)
+    required = required_count(specs)
+    if not required <= len(inputs) <= len(specs):
+        names = ", ".join(s.name + (" (optional)" if s.optional else "") for s in specs)
         raise DataError(f"model has {len(specs)} input(s) ({names}) but {len(inputs)} array(s) were given", path=source)
     for spec, tensor in zip(specs, inputs):
         given = tuple(tensor.shape)

@@ -32,6 +32,14 @@ class InputSpec:
     shape: tuple[int | None, ...] | None = None
     dtype: str = "float32"  # numpy dtype name the model takes ("int64" token ids, "bool" masks, ...)
     high: int | None = None  # integer inputs: exclusive upper bound of valid values (e.g. vocabulary size)
+    # An input the model runs without (a Hugging Face model's attention_mask, token_type_ids): fed
+    # when the data holds it. Optional inputs come after the required ones; a batch feeds a prefix.
+    optional: bool = False
+
+
+def required_count(specs: list[InputSpec]) -> int:
+    """How many leading inputs a batch must feed: up to the last one that is not optional."""
+    return max((i + 1 for i, s in enumerate(specs) if not s.optional), default=0)
 
 
 @dataclass

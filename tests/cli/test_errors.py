@@ -146,6 +146,9 @@ def _data_case(work: Path, kind: str) -> Path:
     elif kind == "text":
         path = work / "data.txt"
         path.write_text("1 2 3")
+    elif kind == "unsupported":
+        path = work / "data.csv"
+        path.write_text("1,2,3")
     elif kind == "notnpy":
         path.write_bytes(b"definitely not numpy")
     elif kind == "missing":
@@ -163,7 +166,8 @@ DATA_CASES = {
     "inf": ["Inf"],
     "constant": ["constant"],
     "object": ["pickle"],
-    "text": [".npy"],
+    "text": ["token ids", "float32"],  # text for an image model
+    "unsupported": ["unsupported", ".npy"],
     "notnpy": ["numpy"],
     "missing": ["not found"],
 }

@@ -154,20 +154,21 @@ def with_decoder_inputs(model, args: list) -> list:
     """An encoder-decoder model (T5, BART, ...) given token ids alone: its decoder takes the same
     ids shifted right, as in training with teacher forcing (the model's own
     ``prepare_decoder_input_ids_from_labels`` / ``_shift_right``), passed in its forward's
-    ``decoder_input_ids`` place. Any other model: ``args`` as they are."""
+    ``decoder_input_ids`` place after the inputs the batch gives (ids, attention mask). Any other
+    model, or a batch that gives decoder ids: ``args`` as they are."""
     import inspect
 
     config = getattr(model, "config", None)
-    if len(args) != 1 or not getattr(config, "is_encoder_decoder", False) or args[0].is_floating_point():
+    if not args or not getattr(config, "is_encoder_decoder", False) or args[0].is_floating_point():
         return args
     try:
         names = list(inspect.signature(type(model).forward).parameters)[1:]  # the class's: past self
     except (TypeError, ValueError):
         return args
-    if "decoder_input_ids" not in names:
+    place = names.index("decoder_input_ids") if "decoder_input_ids" in names else -1
+    if place < len(args):  # no such input, or the batch gives it already
         return args
-    place = names.index("decoder_input_ids")
-    return [args[0], *([None] * (place - 1)), _shifted_right(model, args[0])]
+    return [*args, *([None] * (place - len(args))), _shifted_right(model, args[0])]
 
 
 def _shifted_right(model, ids):

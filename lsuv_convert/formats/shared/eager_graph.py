@@ -27,21 +27,50 @@ def module_targets(model) -> tuple[list[str], list[str]]:
 
 
 def declared_inputs(model) -> list[InputSpec]:
-    """The main input of a module: a transformers model's token ids (int64, below the vocabulary
-    size) or images, read from its ``main_input_name`` and config; else one undeclared float input."""
+    """The inputs of a module: a transformers model's main input (token ids: int64, below the
+    vocabulary size; images; audio), read from its ``main_input_name`` and config, followed by the
+    optional inputs a tokenizer or feature extractor also gives (:func:`_optional_inputs`); else one
+    undeclared float input."""
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", None)
     if config is None or not isinstance(name, str):
         return [InputSpec("input", None)]
     if name == "input_ids":
         vocab = getattr(config, "vocab_size", None)
-        return [InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)]
-    if name == "pixel_values":
+        main = InputSpec(name, (None, None), "int64", high=int(vocab) if vocab else None)
+    elif name == "pixel_values":
         channels = getattr(config, "num_channels", 3)
         size = getattr(config, "image_size", None)
         size = size if isinstance(size, int) else None
-        return [InputSpec(name, (None, channels, size, size))]
-    return [InputSpec(name, None)]
+        main = InputSpec(name, (None, channels, size, size))
+    else:
+        main = InputSpec(name, None)
+    return [main, *_optional_inputs(model, name, config)]
+
+
+def _optional_inputs(model, main: str, config) -> list[InputSpec]:
+    """``attention_mask`` / ``token_type_ids`` where the forward takes them right after the main
+    input, in its own order (the batch is passed positionally): fed when the data has them."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+    names = [p.name for p in params]
+    if main not in names:
+        return []
+    specs = []
+    for name in names[names.index(main) + 1:]:
+        if name == "attention_mask":
+            specs.append(InputSpec(name, None, "int64", high=2, optional=True))
+        elif name == "token_type_ids":
+            types = getattr(config, "type_vocab_size", None)
+            specs.append(InputSpec(name, None, "int64", high=int(types) if types else None, optional=True))
+        else:
+            break
+    return specs
 
 
 def model_args(inputs: list, specs: list[InputSpec]) -> list:

@@ -2,8 +2,8 @@
 
 LSUV is layer-sequential: when layer k is fitted only its weights and the live activations
 matter. A streaming run takes a model whose parameters are on the ``meta`` device (built
-without allocating them, see :func:`empty_model_note`) and, during the one forward pass of
-:func:`~lsuv_convert.lsuv.engine.lsuv_walk`, per module:
+without allocating them, e.g. under accelerate's ``init_empty_weights``) and, during the one
+forward pass of :func:`~lsuv_convert.lsuv.engine.lsuv_walk`, per module:
 
 1. right before the module runs, its tensors are *materialized* on the run's device: a
    target's weight drawn by the pre-init there (nothing read), its bias zeroed; everything

@@ -75,6 +75,12 @@ def swap_in(private: Path, new: Path, dest: Path, *, between=None) -> None:
     step("journal removed")
 
 
+def folder_links(source: Path) -> list[str]:
+    """The links to folders and dangling links in ``source``: what :func:`copy_folder` copies as
+    links, never following them."""
+    return [rel for rel, kind, _ in walk_folder(source) if kind in ("dir-link", "dangling-link")]
+
+
 def copy_folder(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[str]:
     """Copy ``source``'s files into the existing folder ``dest`` (``skip``: top-level names left
     out); links to folders and dangling links are copied as the same links, never followed:

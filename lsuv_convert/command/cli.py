@@ -174,13 +174,14 @@ def _data_options(command):
 @click.option("--shard", metavar="I/N|auto", help="Convert only part I of N (0 <= I < N) of the models, for job arrays; auto: from Slurm's SLURM_ARRAY_TASK_* or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX with LSUV_CONVERT_SHARD_COUNT.")
 @click.option("--allow-unconverged", is_flag=True, help="Write the output even if some layer could not be scaled (exit 0).")
 @click.option("--strict", is_flag=True, help="Fail (exit 3, nothing written) if any conv / linear / attention weight is unreached by the batch or skipped.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Stream the model layer by layer (memory of about one layer; Hugging Face folders and safetensors checkpoints) or load it whole.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--json", "json_lines", is_flag=True, help="Print one JSON summary line per model on stdout (with --shard, then one line for the shard).")
 @click.option("--table/--no-table", default=None, help="Per-layer table on stderr (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def convert_command(models, data, weights, arch, trust_code, stages, output, output_dir, in_place, log_path, plot_path, seed, tol, max_iter,
                     target_var, pre_init, center, device, input_shapes, image_size, mean, std, force, fail_fast,
-                    allow_unconverged, strict, shard, quiet, json_lines, table, debug, **sample):
+                    allow_unconverged, strict, stream, shard, quiet, json_lines, table, debug, **sample):
     """Initialize MODELS (files, folders, globs) and write them back in their own format."""
     from ..batch.load import ImageOptions
     from .run import Run
@@ -192,8 +193,8 @@ def convert_command(models, data, weights, arch, trust_code, stages, output, out
             raise click.BadParameter("use H,W or S", param_hint="--image-size")
         size = (dims[0], dims[-1])
     image = ImageOptions(size=size, mean=_floats(mean, "--mean"), std=_floats(std, "--std", positive=True))
-    options = _options(data=_data(data, sample, image), weights=weights, arch=arch, trust_code=trust_code, stages=stages, seed=seed,
-                       settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
+    options = _options(data=_data(data, sample, image), weights=weights, arch=arch, trust_code=trust_code, stages=stages, stream=stream,
+                       seed=seed, settings=dict(pre_init=pre_init, tol=tol, max_iter=max_iter, target_var=target_var, center=center),
                        device=device, input_shapes=[_shape(s) for s in input_shapes] or None,
                        allow_unconverged=allow_unconverged, in_place=in_place, strict=strict)
     run = Run(options, output=output, output_dir=output_dir, log_path=log_path, plot_path=plot_path, force=force,
@@ -263,7 +264,8 @@ def _data(sources: tuple[str, ...], sample: dict, image=None):
     return DataOptions(sources=tuple(sources), image=image or ImageOptions(), **sample)
 
 
-def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), seed=0, settings=None, **rest):
+def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(), stream=True, seed=0, settings=None,
+             **rest):
     """The pipeline's ConvertOptions from option values (one place for every command)."""
     from dataclasses import replace
 
@@ -271,7 +273,7 @@ def _options(*, data=None, weights=None, arch=None, trust_code=False, stages=(),
     from .convert import ConvertOptions
 
     return ConvertOptions(data=data, request=LoadRequest(weights=weights, arch=arch, trust_code=trust_code,
-                                                         stages=tuple(stages)),
+                                                         stages=tuple(stages), stream=stream),
                           settings=replace(DEFAULTS, seed=seed, **(settings or {})), **rest)
 
 

@@ -75,14 +75,22 @@ def convert(model: Path | str, output: Path | str | None = None, *, options: Con
     plan of every path of the run (files the format reads once loaded are checked against it);
     without them, they are found and checked here.
     """
+    from ..lsuv.streaming import StreamingError
+
     seconds: dict[str, float] = {}
     with recording(seconds):
-        return _convert(Path(model), output, options or ConvertOptions(), log_path, on_layer, on_targets,
-                        seconds, fmt, paths)
+        options = options or ConvertOptions()
+        try:
+            return _convert(Path(model), output, options, log_path, on_layer, on_targets, seconds, fmt, paths)
+        except StreamingError as exc:  # nothing was written: run it again, loaded whole
+            options = replace(options, request=replace(options.request, stream=False))
+            seconds.clear()
+            return _convert(Path(model), output, options, log_path, on_layer, on_targets, seconds, fmt, paths,
+                            notes=[f"loaded whole, not streamed: {exc.args[0]}"])
 
 
 def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, on_targets, seconds: dict[str, float],
-             fmt, paths: PathPlan | None) -> Result:
+             fmt, paths: PathPlan | None, notes: list[str] = ()) -> Result:
     with stage("imports"):  # torch and the engine (a format's own imports are timed in its load)
         from ..lsuv.api import lsuv_init, resolve_device
 
@@ -105,6 +113,7 @@ def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, o
         batch, inputs = _batch_for(loaded, data, options)
     with stage("prepare"):
         graph = fmt.prepare(loaded, inputs)
+    graph.notes.extend(notes)
     if on_targets is not None:
         on_targets(len(graph.targets))
 
@@ -114,47 +123,59 @@ def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, o
         if on_layer is not None:
             on_layer(source_name(report.name), report)
 
-    report = lsuv_init(graph.module, tuple(graph.run_inputs), settings, device=device,
-                       targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done)
-    seconds.update(report.seconds)
-
-    log = {
-        "model": str(model),
-        "output": str(output),
-        "format": fmt.name,
-        "device": report.device,
-        "seed": options.seed,
-        "settings": settings.to_log(),
-        "data": batch.description,
-        "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
-        "notes": list(graph.notes),
-        "seconds": seconds,
-        "layers": _layer_entries(graph, report),
-    }
-    account = fmt.account(graph, report.layers)
-    log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
-    log["provenance"] = provenance(options, batch)
-    if options.weights is not None:
-        log["weights"] = str(options.weights)
-    result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
-                    read_files=fmt.read_files(loaded) + batch.files)
-    if result.unconverged and not options.allow_unconverged:
-        names = first_few((f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged), 3)
-        if log_path is not None:
-            write_log(log, log_path)
-        raise UnconvergedError(
-            f"{len(result.unconverged)} layer(s) did not converge: {names}; nothing written "
-            "(--allow-unconverged writes it anyway)", path=model,
+    # A streamed model (graph.streaming) is written during the LSUV pass, into a temporary that
+    # save() puts in place, so the provenance its headers carry is settled before the pass.
+    made_by = provenance(options, batch)
+    stream = graph.streaming
+    try:
+        report = lsuv_init(
+            graph.module, tuple(graph.run_inputs), settings, device=device,
+            targets=[t.module_path for t in graph.targets], walker=graph.engine_path, on_layer=layer_done,
+            source=stream.source if stream is not None else None,
+            sink=stream.open(output, made_by) if stream is not None else None,
         )
-    if options.strict:
-        try:
-            check_strict(account, path=model)
-        except IncompleteError:
+        seconds.update(report.seconds)
+
+        log = {
+            "model": str(model),
+            "output": str(output),
+            "format": fmt.name,
+            "device": report.device,
+            "seed": options.seed,
+            "settings": settings.to_log(),
+            "data": batch.description,
+            "walker": f"{graph.engine_path}" + (f" ({report.walker})" if report.walker != graph.engine_path else ""),
+            "notes": list(graph.notes),
+            "seconds": seconds,
+            "layers": _layer_entries(graph, report),
+        }
+        account = fmt.account(graph, report.layers)
+        log.update(batch=batch.to_log(), counts=counts(account), account=[e.to_dict() for e in account])
+        log["provenance"] = made_by
+        if options.weights is not None:
+            log["weights"] = str(options.weights)
+        result = Result(log, list(batch.warnings) + _unreached_warning(model, log["layers"]),
+                        read_files=fmt.read_files(loaded) + batch.files)
+        if result.unconverged and not options.allow_unconverged:
+            names = first_few((f"{layer['name']} ({layer.get('reason')})" for layer in result.unconverged), 3)
             if log_path is not None:
                 write_log(log, log_path)
-            raise
-    with stage("save"):
-        fmt.save(graph, output, log["provenance"])
+            raise UnconvergedError(
+                f"{len(result.unconverged)} layer(s) did not converge: {names}; nothing written "
+                "(--allow-unconverged writes it anyway)", path=model,
+            )
+        if options.strict:
+            try:
+                check_strict(account, path=model)
+            except IncompleteError:
+                if log_path is not None:
+                    write_log(log, log_path)
+                raise
+        with stage("save"):
+            fmt.save(graph, output, log["provenance"])
+    finally:
+        if stream is not None:
+            stream.discard()  # nothing once save() put the output in place; else its temporary goes
     log["notes"] = list(graph.notes)  # save may add notes (what it had to untie, ...)
     if log_path is not None:
         write_log(log, log_path)

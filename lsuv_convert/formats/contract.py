@@ -43,7 +43,8 @@ from .model_graph import InputSpec, ModelGraph, TargetLayer, required_count
 class LoadRequest:
     """What the user said about how to read a model, beyond its path.
 
-    ``trust_code`` is a permission every format honours. The other fields are *format options*:
+    ``trust_code`` is a permission every format honours; ``stream`` a preference (a format that
+    can't stream loads the model whole). The other fields are *format options*:
     a plug-in names the ones it takes in :attr:`ModelFormat.options`, and ``load`` refuses any
     other that is set, so ``--arch`` on an ONNX file is a usage error, never silently ignored.
     Each option field's metadata names the command-line flag that sets it (for that message).
@@ -53,6 +54,7 @@ class LoadRequest:
     arch: str | None = field(default=None, metadata={"flag": "--arch"})  # architecture for checkpoints that hold only tensors
     stages: tuple[str, ...] = field(default=(), metadata={"flag": "--stage"})  # Caffe net stages (include/exclude { stage })
     trust_code: bool = False  # run code, operators and pickles a file carries that the trust checks refuse (--trust-code)
+    stream: bool = True  # stream the model layer by layer where the format can (--stream / --no-stream)
 
     def set_options(self) -> list[str]:
         """The format option fields this request sets (non-default values), in field order."""

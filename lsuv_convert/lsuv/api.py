@@ -16,7 +16,7 @@ from .attention import attention_hooks, projection_maps
 from .conv1d import layouts
 from .engine import LsuvReport, lsuv_walk
 from .settings import DEFAULTS, LsuvSettings
-from .orthonormal import pre_initialize
+from .orthonormal import pre_initialize, unit_seeds
 from .parametrized import effective_weights
 from .targets import find_targets, fittable_targets, is_attention
 
@@ -130,6 +130,8 @@ def lsuv_init(
     on_layer: Callable | None = None,
     kwargs: dict | None = None,
     strict: bool = False,
+    source=None,
+    sink=None,
     **knobs,
 ) -> LsuvReport:
     """Orthonormal pre-init + LSUV of ``module`` in place, using ``batch``.
@@ -156,6 +158,13 @@ def lsuv_init(
     unreached (its layer never ran on the batch) or skipped (with the reason); ``strict=True``
     raises :class:`~lsuv_convert.lsuv.account.IncompleteError` when a conv / linear / attention
     weight is unreached or skipped (the weights are changed all the same).
+
+    Streaming (``source`` and ``sink`` given, see :mod:`.streaming`): ``module``'s parameters are
+    placeholders on the meta device; each module's tensors are materialized on ``device`` right
+    before it runs (read from ``source``; a target's weight drawn by the pre-init), a target's are
+    written to ``sink`` after its fit, and all are freed, so memory holds about one layer and
+    the activations. The module is left with its placeholders; the values equal those of a
+    run on the whole model with the same seed.
     """
     if _is_script_module(module):
         raise TypeError("a torch.jit.ScriptModule refuses hooks: use lsuv_convert.lsuv_init, which runs it "
@@ -173,14 +182,26 @@ def lsuv_init(
     if targets is None:
         target_map, report.notes = fittable_targets(module, target_map)
 
+    if source is not None:
+        from .streaming import is_streamable
+
+        why = is_streamable(module)
+        if why is not None:
+            raise ValueError(f"cannot stream this module: {why}")
+        with layouts(module, target_map):
+            report.layers, report.seconds = _walk_streaming(module, batch, kwargs, target_map, settings, dev, named,
+                                                            source, sink, on_layer)
+        report.walker = "streaming"
+        report.account = module_account(module, target_map, report.layers, named=named)
+        if strict:
+            check_strict(report.account)
+        return report
+
     # Conv1D's (in, out) weight and packed q / k / v; weight-normed and parametrized weights as
     # the fixed tensors they compute, their stored sources set from the fit afterwards
     with layouts(module, target_map), effective_weights(target_map):
         t0 = time.perf_counter()
-        generator = None
-        if settings.seed is not None:
-            generator = torch.Generator().manual_seed(int(settings.seed))
-        pre_initialize(_pre_init_units(target_map), settings.pre_init, generator)
+        pre_initialize(_pre_init_units(target_map), settings.pre_init, unit_seeds(settings.seed))
         report.seconds["pre_init"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -204,6 +225,32 @@ def lsuv_init(
     if strict:
         check_strict(report.account)
     return report
+
+
+def _walk_streaming(module, batch, kwargs, target_map, settings, dev, named, source, sink, on_layer):
+    """The LSUV walk of a module on the meta device, materializing each module as it runs."""
+    from .streaming import Materializer, PlaceholderGuard, StreamingError
+
+    t0 = time.perf_counter()
+    materializer = Materializer(module, target_map, source, sink, dev, settings.pre_init, unit_seeds(settings.seed))
+    dtype = _float_dtype(module)
+    args, kw = _as_args(batch, kwargs)
+    args = tuple(_to_device(a, dev, dtype) for a in args)
+    kw = {k: _to_device(v, dev, dtype) for k, v in kw.items()}
+    with _eval_mode(module, [m for _, m in named]):
+        try:
+            with PlaceholderGuard():
+                layers = lsuv_walk(module, args, target_map, settings, on_layer, kw, attention_hooks,
+                                   streaming=materializer)
+        except (RuntimeError, NotImplementedError) as exc:
+            if "meta" not in str(exc):
+                raise
+            raise StreamingError("the model computes with a module's tensors outside that module's call, which "
+                                 f"streaming can't follow ({str(exc).splitlines()[0][:200]}); run it whole") from None
+    materializer.finish()
+    # the pre-init runs inside the pass, layer by layer: its time is told apart, as in a whole run
+    total = time.perf_counter() - t0
+    return layers, {"pre_init": materializer.pre_init_seconds, "lsuv": total - materializer.pre_init_seconds}
 
 
 def _is_script_module(module) -> bool:

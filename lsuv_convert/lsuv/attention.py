@@ -80,8 +80,6 @@ class AttentionFit:
         self.name = name
         self.mha = mha
         self.tracker = tracker
-        self.maps = projection_maps(mha)
-        self.key = mha.in_proj_weight if mha._qkv_same_embed_dim else mha.q_proj_weight
         self.saved: tuple[torch.Tensor, torch.Tensor | None] | None = None  # out_proj while it is the identity
 
     def register(self) -> list:
@@ -94,8 +92,16 @@ class AttentionFit:
             raise ValueError(f"{self.name}: nested-tensor inputs are not supported")
         return values
 
+    @property
+    def key(self) -> torch.Tensor:
+        """The tensor that identifies the attention (its maps are views of it)."""
+        return self.mha.in_proj_weight if self.mha._qkv_same_embed_dim else self.mha.q_proj_weight
+
     @torch.no_grad()
     def pre_hook(self, module, args, kwargs):
+        # The maps are taken at the call, not before: a streaming run materializes the tensors
+        # right before the module runs.
+        self.maps = projection_maps(self.mha)
         if not self.tracker.first_use(self.name, self.key):
             return None  # fitted at an earlier call: runs as it is
         for (suffix, linear_map), x in zip(self.maps[:3], self._inputs(args, kwargs)):

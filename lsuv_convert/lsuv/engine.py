@@ -559,17 +559,18 @@ def _abs_max(weight: torch.Tensor) -> torch.Tensor:
 class _Tracker:
     """Bookkeeping of one walk: order, first use and shared parameters."""
 
-    def __init__(self, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer):
+    def __init__(self, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer, identity=id):
         self.targets = targets
         self.settings = settings
         self.on_layer = on_layer
+        self.identity = identity  # a weight's identity (its id; a streaming run re-creates tensors: their name)
         self.reports: list[LayerReport] = []
-        self.by_weight: dict[int, LayerReport] = {}
+        self.by_weight: dict = {}
 
     def first_use(self, name: str, key: torch.Tensor | None = None) -> bool:
         if key is None:
             key = self.targets[name].weight
-        report = self.by_weight.get(id(key))
+        report = self.by_weight.get(self.identity(key))
         if report is None:
             return True
         report.uses += 1
@@ -578,7 +579,7 @@ class _Tracker:
     def record(self, name: str, fields: dict, key: torch.Tensor) -> LayerReport:
         report = LayerReport(index=len(self.reports), name=name, **fields)
         self.reports.append(report)
-        self.by_weight.setdefault(id(key), report)
+        self.by_weight.setdefault(self.identity(key), report)
         if self.on_layer is not None:
             self.on_layer(report)
         return report
@@ -622,7 +623,7 @@ class _Tracker:
 
 
 def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], settings: LsuvSettings, on_layer=None,
-              kwargs: dict | None = None, special_hooks: Callable | None = None):
+              kwargs: dict | None = None, special_hooks: Callable | None = None, streaming=None):
     """LSUV in one forward pass of ``module``, fitting each target at its first call.
 
     A forward hook on every target receives the layer's input and its output with the
@@ -635,9 +636,11 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
     a target's hooks itself and return their handles (None: the plain hook), as attention
     modules do (:mod:`.attention`: q, k, v fitted on the module's inputs, out_proj on the
     attention output). torch's fused attention fast paths are off during the walk, so that
-    every hook sees its call.
+    every hook sees its call. ``streaming`` (a :class:`~lsuv_convert.lsuv.streaming.Materializer`)
+    puts each module's tensors in place right before it runs and writes and frees them after
+    its fit: its hooks are registered around the fitting ones.
     """
-    tracker = _Tracker(targets, settings, on_layer)
+    tracker = _Tracker(targets, settings, on_layer, identity=streaming.identity if streaming is not None else id)
     handles = []
 
     def make_hook(name: str):
@@ -655,6 +658,8 @@ def lsuv_walk(module: nn.Module, args: tuple, targets: dict[str, nn.Module], set
                 handles.extend(special)
             else:
                 handles.append(mod.register_forward_hook(make_hook(name), with_kwargs=True))
+        if streaming is not None:  # after the fitting hooks: its post-hooks run after theirs
+            handles.extend(streaming.register())
         with torch.no_grad(), _fast_path_off():
             module(*args, **(kwargs or {}))
     finally:

@@ -29,6 +29,7 @@ class FolderState:
     shards: list  # folder.Shard, tensors updated in place at write
     model: Any  # the transformers model, with the folder's weights
     keys: list  # loading.FileKey: each file key, its shard and the model entry it loads into
+    stream: Any = None  # SafetensorsStream of a streamed folder (model and shards then hold meta tensors)
 
 
 @register_format
@@ -53,15 +54,28 @@ class HuggingFaceFormat(ModelFormat):
         from ..shared.eager_graph import declared_inputs, module_target_layers
         from ..shared.safetensors_io import provenance_of
         from ..shared.stored_tensors import check_stored
+        from ..shared.eager_graph import stored_dtype_notes
         from .folder import read_shards, weight_files
-        from .loading import file_named, load_model
+        from .loading import file_named, key_notes, load_model
+        from .streamed import streamed_model
 
         if not self.claims_directory(path):
             raise ModelFormatError("is not a Hugging Face model folder (config.json + model.safetensors or "
                                    "pytorch_model.bin)", path=path)
         _, others = weight_files(path)
-        shards = read_shards(path)
-        model, keys, notes = load_model(path, shards)
+        streamed = streamed_model(path) if request.stream else "--no-stream"
+        if isinstance(streamed, str):
+            shards = read_shards(path)
+            model, keys, notes = load_model(path, shards)
+            stream = None
+            if request.stream:
+                notes.append(f"loaded whole, not streamed: {streamed}")
+        else:
+            model, keys, shards, stream = streamed
+            notes = [f"architecture: transformers {type(model).__name__} built from config.json without its "
+                     "weights; streamed: each tensor read from the folder when its layer runs, the fitted ones "
+                     "written to the output then (local files only, no remote code)"] + key_notes(keys) + \
+                stored_dtype_notes([t for shard in shards for t in shard.tensors.values()])
         check_stored(*_stored_by_entry(model, shards, keys), path)  # ties, expanded and integer weights
         targets, tied = module_target_layers(model)
         targets = file_named(targets, keys)
@@ -76,7 +90,7 @@ class HuggingFaceFormat(ModelFormat):
             notes.append(f"{len(carried)} tensor(s) of the folder that {type(model).__name__} does not take: "
                          "carried through unchanged")
         return LoadedModel(format=self.name, source=path, inputs=declared_inputs(model),
-                           state=FolderState(shards, model, keys), targets=targets, notes=notes,
+                           state=FolderState(shards, model, keys, stream), targets=targets, notes=notes,
                            provenance=provenance_of(shards[0].metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
@@ -84,6 +98,7 @@ class HuggingFaceFormat(ModelFormat):
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
         graph.run_inputs = with_decoder_inputs(loaded.state.model, graph.run_inputs)
+        graph.streaming = loaded.state.stream
         return graph
 
     def account(self, graph: ModelGraph, reports) -> list:
@@ -97,25 +112,36 @@ class HuggingFaceFormat(ModelFormat):
                 + carried_entries(_carried(state)))
 
     def write(self, graph: ModelGraph, out_path: Path, provenance: dict) -> None:
+        from ...folders import folder_links
+
+        state: FolderState = graph.state
+        if state.stream is not None:  # the fitted tensors are in the output already
+            state.stream.commit()
+            links = folder_links(graph.source)  # copied as links by the staged folder, as write_folder does
+        else:
+            links = self._write_whole(graph, state, out_path, provenance)
+        if links:
+            graph.notes.append(f"links to folders copied as links, not followed: {first_few(links)}")
+
+    def _write_whole(self, graph: ModelGraph, state, out_path: Path, provenance: dict) -> list[str]:
         from ..shared.eager_graph import copy_into, fitted_state
         from .folder import write_folder
         from .loading import file_values
 
-        state: FolderState = graph.state
         tensors = {key: tensor for shard in state.shards for key, tensor in shard.tensors.items()}
         renamed, converted = file_values(state.model, state.keys, set(fitted_state(graph, out_path)))
         copy_into(tensors, renamed)
         copy_into(tensors, {k: v for k, v in converted.items() if not _equal_as_stored(tensors[k], v)})
-        links = write_folder(graph.source, Path(out_path), state.shards, provenance)
-        if links:
-            graph.notes.append(f"links to folders copied as links, not followed: {first_few(links)}")
+        return write_folder(graph.source, Path(out_path), state.shards, provenance)
 
     def measure_all(self, model_path: Path, weights_path: Path | None, inputs: list, request=None):
         """The written folder loaded as :meth:`read` loads it (transformers' ``from_pretrained``,
         local files only), each target's output measured with hooks, named as the file names it."""
         from ..shared.eager_graph import measure_module, model_args
 
-        loaded = self.read(model_path, request or LoadRequest())
+        from dataclasses import replace
+
+        loaded = self.read(model_path, replace(request or LoadRequest(), stream=False))  # measured with its weights
         model = loaded.state.model
         return measure_module(model, with_decoder_inputs(model, model_args(inputs, loaded.inputs)), loaded.targets)
 

@@ -15,6 +15,7 @@ protocol); links to folders inside the input are copied as links, never followed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -113,3 +114,18 @@ def write_shard(shard: Shard, path: Path, provenance: dict) -> None:
         write_safetensors(shard.tensors, path, shard.metadata, provenance)
     else:
         write_torch_save(shard.tensors, path, shard.kind)
+@contextlib.contextmanager
+def staged_folder(source: Path, out: Path, shard_names: list[str]):
+    """The output folder of a streamed run: every file of ``source`` but the shards copied into a
+    folder built aside (:func:`lsuv_convert.folders.atomic_folder`, as :func:`write_folder` does);
+    yields ``{shard name: its path there}`` for the streaming writers, and on a clean exit the
+    folder is swapped in crash-safe."""
+    with atomic_folder(out) as tmp:
+        try:
+            copy_folder(source, tmp, skip=set(shard_names))
+        except (OSError, shutil.Error) as exc:
+            raise OutputError(f"cannot copy the folder's files: {exc}", path=out) from None
+        yield {name: tmp / name for name in shard_names}
+        for name in shard_names:
+            if (tmp / name).exists():
+                shutil.copymode(source / name, tmp / name)  # writers make it 0600

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ModelFormatError, first_few, first_line
+from ..shared.eager_graph import stored_dtype_notes
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
                            for shard in shards})
     notes = [f"architecture: transformers {name} loaded by from_pretrained from config.json and the folder's "
              "tensors (local files only, no remote code)"]
+    return model, keys, notes + key_notes(keys) + stored_dtype_notes(list(tensors.values()))
+
+
+def key_notes(keys: list[FileKey]) -> list[str]:
+    """The log's notes about file keys transformers renames, fuses or splits on load."""
+    notes = []
     renamed = [fk for fk in keys if fk.param is not None and fk.param != fk.key and not fk.converted]
     if renamed:
         notes.append(f"{len(renamed)} file key(s) renamed by transformers on load (e.g. {renamed[0].key} -> "
@@ -224,11 +231,7 @@ def load_model(path: Path, shards: list) -> tuple[object, list[FileKey], list[st
     if converted:
         notes.append(f"{len(converted)} file key(s) fused or split by transformers' converters on load (e.g. "
                      f"{converted[0].key} -> {converted[0].param}); written back through its reverse conversion")
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()
-                     if t.is_floating_point() and t.dtype != torch.float32})
-    if dtypes:
-        notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
-    return model, keys, notes
+    return notes
 
 
 def file_spelling(model, names: list[str]) -> list[str]:

@@ -106,7 +106,9 @@ def first_run_checked(model, args: list, source: Path) -> None:
             return model.forward(*a, **k)
         except LsuvError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the model's own error on this batch
+        except Exception as exc:  # the model's own error on this batch
+            if is_unmaterialized_use(model, exc):
+                raise  # a streamed model read a tensor outside its module's call: the engine's to tell
             raise DataError(f"the model cannot run on the batch of shape {shapes}: {first_line(exc)[:300]}",
                             path=source) from None
 
@@ -240,3 +242,20 @@ def copy_targets_into(graph: ModelGraph, tensors: dict, file_key, out_path: Path
     """Copy every target's own parameters (:func:`fitted_state`) into ``tensors`` (the file's, by
     key); ``file_key`` maps the module's key to the file's. Returns the keys written."""
     return copy_into(tensors, {file_key(key): value for key, value in fitted_state(graph, out_path).items()})
+
+
+def stored_dtype_notes(values: list) -> list[str]:
+    """The log's note about weights stored in another float dtype than float32 (the model runs in
+    float32; the writers convert back)."""
+    import torch
+
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in values
+                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
+    return [f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored"] if dtypes else []
+
+
+def is_unmaterialized_use(model, exc: Exception) -> bool:
+    """Whether ``exc`` is a streamed model (placeholders on the meta device) computing with a
+    placeholder: code that reads a module's tensors without calling that module."""
+    return isinstance(exc, (RuntimeError, NotImplementedError)) and "meta" in str(exc) and any(
+        p.device.type == "meta" for p in model.parameters())

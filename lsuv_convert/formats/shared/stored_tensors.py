@@ -46,7 +46,7 @@ def check_stored(model_tensors: dict, stored: dict, path: Path, weights: set[str
         if key in weights and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
             raise ModelFormatError(f"tensor {shown(key)} is stored expanded (stride 0: one value repeated), so it "
                                    "can't hold LSUV's values: refused (save it with .contiguous())", path=path)
-        if tensor.numel() == 0:
+        if tensor.numel() == 0 or tensor.is_meta:  # a streamed file's placeholder: no storage to share
             continue
         storage = tensor.untyped_storage()
         item = tensor.element_size()

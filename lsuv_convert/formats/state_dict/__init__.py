@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import ModelFormatError, first_few
 from ..contract import LoadedModel, LoadRequest, ModelFormat
 from ..model_graph import ModelGraph
+from ..shared.eager_graph import stored_dtype_notes
 from ..registry import register_format
 
 _TORCH_SAVE_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
@@ -26,6 +27,7 @@ class StateDictState:
     checkpoint: Any  # checkpoint.Checkpoint
     located: Any  # locate.Located
     model: Any  # the architecture, with the file's weights
+    stream: Any = None  # SafetensorsStream of a streamed checkpoint (model and checkpoint then hold meta tensors)
 
 
 @register_format
@@ -47,6 +49,7 @@ class StateDictFormat(ModelFormat):
         from ..shared.safetensors_io import provenance_of
         from .arch import build_architecture
         from .checkpoint import read_checkpoint
+        from .streamed import streamed_checkpoint
 
         if not request.arch:  # said before the file is read: loading a large checkpoint to refuse it is waste
             folder = " (or give its folder, which has a config.json: a Hugging Face model folder)" if (
@@ -54,19 +57,35 @@ class StateDictFormat(ModelFormat):
             raise ModelFormatError(
                 "is a checkpoint of tensors (state_dict) without the code of its architecture: name it with "
                 f"--arch torchvision:NAME, timm:NAME or package.module:factory{folder}", path=path)
-        checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
-        arch = build_architecture(request.arch, path)
-        located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+        streamed = streamed_checkpoint(path, request.arch) if request.stream else "--no-stream"
+        if isinstance(streamed, str):
+            checkpoint = read_checkpoint(path)  # refuses what needs a full unpickle, before any --arch code runs
+            arch = build_architecture(request.arch, path)
+            located, notes = load_into(arch.module, checkpoint.obj, request.arch, path)
+            stream = None
+            if request.stream:
+                notes.append(f"loaded whole, not streamed: {streamed}")
+        else:
+            checkpoint, arch, located, stream = streamed
+            from ..shared.stored_tensors import check_stored
+
+            own = arch.module.state_dict(keep_vars=True)
+            check_stored(own, {k: checkpoint.obj[located.file_key(k)] for k in own}, path)  # integer weights
+            notes = [located.describe(), "streamed: each tensor read from the file when its layer runs, the fitted "
+                     "ones written to the output then"] + _carried_note(located) + stored_dtype_notes(
+                         [checkpoint.obj[located.file_key(k)] for k in arch.module.state_dict()])
         targets, tied = module_target_layers(arch.module)
         notes += tied
         return LoadedModel(format=self.name, source=path, inputs=arch.inputs,
-                           state=StateDictState(checkpoint, located, arch.module), targets=targets, notes=notes,
+                           state=StateDictState(checkpoint, located, arch.module, stream), targets=targets, notes=notes,
                            provenance=provenance_of(checkpoint.metadata))
 
     def build(self, loaded: LoadedModel, inputs: list, check: bool) -> ModelGraph:
         from ..shared.eager_graph import built_graph
 
-        return built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
+        graph.streaming = loaded.state.stream
+        return graph
 
     def account(self, graph: ModelGraph, reports) -> list:
         """The architecture's parameters, and the checkpoint's tensors beside them that it does not
@@ -83,6 +102,9 @@ class StateDictFormat(ModelFormat):
         from .checkpoint import write_checkpoint
 
         state: StateDictState = graph.state
+        if state.stream is not None:  # the fitted tensors are in the output already
+            state.stream.commit()
+            return
         copy_targets_into(graph, state.located.mapping, state.located.file_key, out_path)
         write_checkpoint(state.checkpoint, out_path, provenance)
 
@@ -90,14 +112,14 @@ class StateDictFormat(ModelFormat):
         """The named architecture built afresh with the written weights, measured with hooks."""
         from ..shared.eager_graph import measure_module, model_args
 
-        loaded = self.read(model_path, request or LoadRequest())
+        from dataclasses import replace
+
+        loaded = self.read(model_path, replace(request or LoadRequest(), stream=False))  # measured with its weights
         return measure_module(loaded.state.model, model_args(inputs, loaded.inputs), loaded.targets)
 
 
 def load_into(model, obj, arch: str, path: Path):
     """Find the weights in ``obj`` and load them into ``model``; (Located, notes)."""
-    import torch
-
     from ..shared.stored_tensors import check_stored
     from .locate import locate
 
@@ -112,14 +134,14 @@ def load_into(model, obj, arch: str, path: Path):
         shown = first_few(lines, 3, "; ")
         raise ModelFormatError(f"the checkpoint's tensors do not fit --arch {arch}: {shown or str(exc).splitlines()[0]}",
                                path=path) from None
-    notes = [located.describe()]
+    return located, [located.describe()] + _carried_note(located) + stored_dtype_notes(list(weights.values()))
+
+
+def _carried_note(located) -> list[str]:
+    notes = []
     if located.carried:
         notes.append(f"{len(located.carried)} tensor(s) beside the weights that the architecture does not have, carried "
                      f"through unchanged: {first_few(located.carried)}")
     if located.others:
         notes.append(f"also holds the same architecture at {', '.join(located.others)}: left unchanged")
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in weights.values()
-                     if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
-    if dtypes:
-        notes.append(f"weights stored as {', '.join(dtypes)}: LSUV runs in float32, values are written back as stored")
-    return located, notes
+    return notes

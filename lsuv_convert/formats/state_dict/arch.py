@@ -36,10 +36,22 @@ class Architecture:
     spec: str
 
 
-def build_architecture(spec: str, path: Path) -> Architecture:
+LIBRARIES = ("torchvision", "timm")  # builders whose models tie no weights: they can be built empty
+
+
+def build_architecture(spec: str, path: Path, empty: bool = False) -> Architecture:
+    """The architecture ``spec`` names; ``empty`` (a library's model only, see :data:`LIBRARIES`):
+    its parameters on the meta device (accelerate's ``init_empty_weights``), for streaming."""
     source, _, rest = spec.partition(":")
     if not source or not rest:
         raise ModelFormatError(f"--arch {spec!r} is not one of {_FORMS}", path=path)
+    if empty and source not in LIBRARIES:
+        raise ValueError(f"only models of {', '.join(LIBRARIES)} are built empty")
+    if empty:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return build_architecture(spec, path)
     from ..shared.no_network import no_network
 
     name, kwargs = _call(rest, spec, path)

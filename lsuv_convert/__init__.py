@@ -8,8 +8,8 @@ The map of the package (each room's ``__init__`` says what lives there and what 
   ``formats/shared/`` for what several plug-ins use.
 - ``batch/``: the data batch (arrays, images, ...) a model is initialized on.
 - ``command/``: the CLI, running a command over many models, records, console, plots.
-- The few modules every room uses: ``errors``, ``paths``, ``atomic``, ``interrupt``, ``budget``,
-  ``timings``, ``version``.
+- The few modules every room uses: ``errors``, ``paths``, ``atomic``, ``folders`` (crash-safe
+  folder replace, link-safe copies), ``interrupt``, ``budget``, ``timings``, ``version``.
 
 The heavy parts (torch, onnx) are imported lazily so that the CLI starts instantly.
 """

@@ -133,7 +133,7 @@ def _decoded(sf, path: Path, rate: int, length: int) -> np.ndarray:
     """The clip as mono float32 at ``rate``, at most ``length`` samples."""
     try:
         data, native = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - soundfile / libsndfile raise many kinds for a bad clip; one line names it
         raise DataError(f"cannot decode audio: {_reason(exc)}", path=path) from None
     if data.size == 0:
         raise DataError("the audio clip is empty", path=path)

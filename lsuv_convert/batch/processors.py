@@ -87,7 +87,7 @@ def load_tokenizer(source: Path):
     transformers = _transformers(source)
     try:
         return transformers.PreTrainedTokenizerFast(tokenizer_file=str(source))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own kinds for a bad file; one line names it
         raise DataError(f"not a tokenizer file the tokenizers library reads: {first_line(exc)}", path=source) from None
 
 

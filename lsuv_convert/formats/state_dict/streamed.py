@@ -30,7 +30,7 @@ def streamed_checkpoint(path: Path, arch: str):
     if arch.partition(":")[0] not in LIBRARIES:
         return "a --arch factory's model may tie weights, which building it without them would undo"
     try:
-        import accelerate  # noqa: F401
+        import accelerate  # noqa: F401 - only asks whether it is installed
     except ImportError:
         return "accelerate is not installed (pip install accelerate)"
     import torch

@@ -94,7 +94,7 @@ def register_library_ops(info: ArchiveInfo) -> None:
     """torchvision's operators (nms, roi_align) exist once torchvision is imported."""
     if info.uses_torchvision_ops:
         try:
-            import torchvision.ops  # noqa: F401
+            import torchvision.ops  # noqa: F401 - imported to register its operators with torch
         except ImportError:
             pass
 

@@ -19,7 +19,7 @@ from lsuv_convert.command.discovery import expand
 from lsuv_convert.formats import find_format
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402 - after the importorskip above
 
 TOL = 0.02 + 1e-3
 

@@ -21,7 +21,7 @@ WEIGHTS = {"w1": (8, 3, 3, 3), "b1": (8,), "scale": (8,), "shift": (8,), "w2": (
 def onnxscript_model() -> onnx.ModelProto:
     @script()
     def net(x: FLOAT["N", 3, 16, 16], w1: FLOAT[8, 3, 3, 3], b1: FLOAT[8], scale: FLOAT[8], shift: FLOAT[8],  # noqa: F821 - "N": onnxscript's symbolic dim, not a name
-            w2: FLOAT[6, 8], b2: FLOAT[6], w3: FLOAT[6, 4]) -> FLOAT["N", 4]:  # noqa: F821
+            w2: FLOAT[6, 8], b2: FLOAT[6], w3: FLOAT[6, 4]) -> FLOAT["N", 4]:  # noqa: F821 - onnxscript's symbolic dimension, not a Python name
         h = op.Relu(op.Conv(x, w1, b1, pads=[1, 1, 1, 1], strides=[2, 2]))
         pooled = op.ReduceMean(h, op.Constant(value_ints=[2, 3]), keepdims=0)
         normed = op.LayerNormalization(pooled, scale, shift, axis=-1)

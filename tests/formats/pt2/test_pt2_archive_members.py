@@ -187,7 +187,7 @@ def test_the_expression_payload_is_a_real_hazard(work, dynamic_program):
     hostile = _with_expression(dynamic_program, tmp / "sympy.pt2", marker)
     try:
         torch.export.load(str(hostile))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - whatever torch then raises, the payload has already run
         pass
     assert marker.exists()
 

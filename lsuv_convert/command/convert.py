@@ -123,10 +123,10 @@ def _convert(model: Path, output, options: ConvertOptions, log_path, on_layer, o
         if on_layer is not None:
             on_layer(source_name(report.name), report)
 
-    # A streamed model (graph.streaming) is written during the LSUV pass, into a temporary that
+    # A streamed model (fmt.stream_of) is written during the LSUV pass, into a temporary that
     # save() puts in place, so the provenance its headers carry is settled before the pass.
     made_by = provenance(options, batch)
-    stream = graph.streaming
+    stream = fmt.stream_of(graph)
     try:
         report = lsuv_init(
             graph.module, tuple(graph.run_inputs), settings, device=device,

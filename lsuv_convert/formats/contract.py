@@ -111,6 +111,13 @@ class ModelFormat(ABC):
         """Write ``graph``'s weights back in this format, atomically; ``provenance`` (tool version,
         seed, settings, batch hash) goes into the file where the format keeps metadata."""
 
+    def stream_of(self, graph: ModelGraph):
+        """How the graph streams, when the format built it without its weights: an object with a
+        ``source`` (tensors read from the file as their layer runs), ``open(out, provenance)``
+        (the sink the fitted tensors are written to during the pass; ``save`` then puts the output in
+        place) and ``discard()``; None (the default): the graph holds its weights."""
+        return None
+
     def account(self, graph: ModelGraph, reports) -> list:
         """The log's account of every parameter (:class:`~lsuv_convert.lsuv.account.ParamAccount`),
         named as in the file, given the engine's layer reports."""

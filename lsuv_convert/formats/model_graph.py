@@ -61,10 +61,6 @@ class ModelGraph:
     # The batch as the module takes it: what prepare() was given, or what the plug-in typed it to
     # (token ids the data path delivered as floats, now int64). prepare() fills it for every format.
     run_inputs: list | None = None
-    # A streamed model (formats.shared.safetensors_io.SafetensorsStream): ``module`` holds placeholders
-    # on the meta device; the engine reads each tensor from its source and writes the fitted ones to
-    # the output it opens; None: the module holds the whole model.
-    streaming: Any = None
 
     def target_by_path(self) -> dict[str, TargetLayer]:
         return {t.module_path: t for t in self.targets}

@@ -98,8 +98,11 @@ class HuggingFaceFormat(ModelFormat):
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
         graph.run_inputs = with_decoder_inputs(loaded.state.model, graph.run_inputs)
-        graph.streaming = loaded.state.stream
         return graph
+
+    def stream_of(self, graph: ModelGraph):
+        """The model's stream when it was built without its weights (see :mod:`...lsuv.streaming`)."""
+        return graph.state.stream
 
     def account(self, graph: ModelGraph, reports) -> list:
         """The module's parameters under the file's keys, and the folder's tensors the model does

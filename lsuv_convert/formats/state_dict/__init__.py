@@ -84,8 +84,11 @@ class StateDictFormat(ModelFormat):
         from ..shared.eager_graph import built_graph
 
         graph = built_graph(self.name, loaded, loaded.state.model, inputs, check, engine_path="hooks")
-        graph.streaming = loaded.state.stream
         return graph
+
+    def stream_of(self, graph: ModelGraph):
+        """The model's stream when it was built without its weights (see :mod:`...lsuv.streaming`)."""
+        return graph.state.stream
 
     def account(self, graph: ModelGraph, reports) -> list:
         """The architecture's parameters, and the checkpoint's tensors beside them that it does not

@@ -104,7 +104,8 @@ def test_fx_and_interpreter_paths_agree_on_resnet18(tmp_path):
     assert fx_graph.engine_path == "fx"
     fx_report = run_lsuv(fx_graph, batch, seed=3)
     exact = ts_graph(path)  # the same program, run by the interpreter with hooks instead of fx
-    exact.module, exact.engine_path = ProgramModule(exact.state.program), "hooks"
+    exact.module = exact.state.translated = ProgramModule(exact.state.program)
+    exact.engine_path = exact.state.engine_path = "hooks"
     exact_report = run_lsuv(exact, batch, seed=3)
     assert [layer.name for layer in fx_report.layers] == [layer.name for layer in exact_report.layers]
     assert_params_match(script_params(fx_graph), script_params(exact))

@@ -62,24 +62,7 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def first_use_stats(model: nn.Module, batch: torch.Tensor) -> dict[str, tuple[float, float]]:
     """{module name: (variance, mean)} of each conv / linear output at its first call."""
-    stats: dict[str, tuple[float, float]] = {}
-    handles = []
-
-    def record(name, output):
-        if name not in stats:
-            out = output.detach().double()
-            stats[name] = (float(out.var(unbiased=False)), float(out.mean()))
-
-    for name, module in model.named_modules():
-        if isinstance(module, LAYER_TYPES):
-            handles.append(module.register_forward_hook(lambda m, i, o, n=name: record(n, o)))
-    try:
-        with torch.no_grad():
-            model.eval()(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
+    return _run_in_order(model, batch)[0]
 
 
 def eager_with_weights(eager: nn.Module, script_module) -> nn.Module:
@@ -116,6 +99,7 @@ def naive_lsuv_dynamic(model: nn.Module, batch: torch.Tensor, *, tol=0.02, max_i
 
 
 def _run_in_order(model, batch):
+    """({module name: (variance, mean)} of each conv / linear output at its first call, names in call order)."""
     order: list[str] = []
     stats: dict[str, tuple[float, float]] = {}
     handles = []

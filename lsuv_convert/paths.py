@@ -23,6 +23,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError, shown
 
@@ -65,6 +66,9 @@ class PathPlan:
 
     reads: list[Role] = field(default_factory=list)
     writes: list[Role] = field(default_factory=list)
+    # what check() indexed: the reads, and each write's identity (check_reads checks against them)
+    _read_index: Any = field(default=None, repr=False, compare=False)
+    _write_ids: list = field(default_factory=list, repr=False, compare=False)
 
     def read(self, path: Path | None, what: str) -> None:
         """A file or folder the run reads; each file of a folder counts as read too."""
@@ -93,29 +97,13 @@ class PathPlan:
         files rather than comparing every write with every read."""
         for r in self.reads:
             _check_readable(r)
-        reads = _Index([(identity(r.path), r) for r in self.reads])
-        write_ids = [(identity(w.path), w) for w in self.writes]
-        for wid, w in write_ids:
-            def allowed(r: Role, rid: tuple, w=w) -> bool:
-                return any(same_file(rid, a) for a in w.may_overwrite) or (
-                    r.owner is not None and any(same_file(r.owner, a) for a in w.may_overwrite))
-
-            for rid, r in reads.same_as(wid):
-                if not allowed(r, rid):
-                    hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
-                    raise UsageError(f"{shown(w.path)} would be written as {w.what}, but it is {r.what}; "
-                                     f"nothing was done{hint}")
-            for rid, r in reads.folders_holding(wid):
-                if not allowed(r, rid):
-                    raise UsageError(f"{shown(w.path)} would be written as {w.what}, inside {r.what}; nothing was done")
-            if w.folder:
-                for rid, r in reads.inside(wid):
-                    if not allowed(r, rid):
-                        raise UsageError(f"{shown(w.path)} would be replaced as {w.what}, but it holds {r.what}; "
-                                         "nothing was done")
+        self._read_index = _Index([(identity(r.path), r) for r in self.reads])
+        self._write_ids = [(identity(w.path), w) for w in self.writes]
+        for wid, w in self._write_ids:
+            _check_write_against(wid, w, self._read_index)
             _check_writable(w)
         writes = _Index([])
-        for wid, w in write_ids:
+        for wid, w in self._write_ids:
             for _, other in writes.same_as(wid):
                 raise UsageError(f"{shown(w.path)} would be written twice: as {other.what} and as {w.what}; "
                                  "nothing was done (use --output-dir / a --log folder, or fewer models)")
@@ -130,12 +118,48 @@ class PathPlan:
 
     def check_reads(self, paths, what: str) -> None:
         """Files found only once a model is loaded (external data, a solver's net), checked
-        against every write of the run before anything is written."""
-        known = _Index([(identity(r.path), r) for r in self.reads])
+        against every write of the run before anything is written. Only the files the plan did
+        not know are checked, against the writes as :meth:`check` indexed them, so each model of
+        a zoo costs the files it adds, not the whole plan again."""
+        if self._read_index is None:
+            self.check()
+        added = []
         for path in paths:
-            if path is not None and not known.same_as(identity(Path(path))):
-                self.reads.append(Role(Path(path), f"{what} {shown(path)}"))
-        self.check()
+            if path is None:
+                continue
+            rid = identity(Path(path))
+            if not self._read_index.same_as(rid):
+                role = Role(Path(path), f"{what} {shown(path)}")
+                _check_readable(role)
+                self.reads.append(role)
+                self._read_index.add(rid, role)
+                added.append((rid, role))
+        if added:
+            fresh = _Index(added)
+            for wid, w in self._write_ids:
+                _check_write_against(wid, w, fresh)
+
+
+def _check_write_against(wid: tuple, w: Role, reads: "_Index") -> None:
+    """Raise UsageError if the write ``w`` (identity ``wid``) would land on, inside, or over one of
+    ``reads``, unless it may overwrite that input (--in-place over its own model)."""
+    def allowed(r: Role, rid: tuple) -> bool:
+        return any(same_file(rid, a) for a in w.may_overwrite) or (
+            r.owner is not None and any(same_file(r.owner, a) for a in w.may_overwrite))
+
+    for rid, r in reads.same_as(wid):
+        if not allowed(r, rid):
+            hint = "" if "model" not in r.what else " (--in-place allows only the output over its own model)"
+            raise UsageError(f"{shown(w.path)} would be written as {w.what}, but it is {r.what}; "
+                             f"nothing was done{hint}")
+    for rid, r in reads.folders_holding(wid):
+        if not allowed(r, rid):
+            raise UsageError(f"{shown(w.path)} would be written as {w.what}, inside {r.what}; nothing was done")
+    if w.folder:
+        for rid, r in reads.inside(wid):
+            if not allowed(r, rid):
+                raise UsageError(f"{shown(w.path)} would be replaced as {w.what}, but it holds {r.what}; "
+                                 "nothing was done")
 
 
 class _Index:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import ConversionError
+from ..shared.protobuf_wire import field_head
 from .build import BuiltNet
 from .context import BlobRef
 from .schema import caffe_pb
@@ -22,24 +23,12 @@ _BLOBS_FIELD = 7  # LayerParameter.blobs
 _DATA_FIELD = 5  # BlobProto.data (packed float)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _length_delimited(number: int, chunks: list) -> list:
     """A length-delimited field as chunks (bytes / memoryviews): tag, length, payload.
 
     Chunks are never joined, so a large blob's float data is written straight from its array."""
     size = sum(len(c) for c in chunks)
-    return [_varint((number << 3) | 2) + _varint(size), *chunks]
+    return [field_head(number, size), *chunks]
 
 
 def encode_blob(values: np.ndarray, shape: tuple[int, ...]) -> list:

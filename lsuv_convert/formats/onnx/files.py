@@ -23,6 +23,7 @@ from onnx.external_data_helper import load_external_data_for_tensor
 
 from ...atomic import atomic_path, atomic_paths
 from ...errors import ModelFormatError, OutputError
+from ..shared.protobuf_wire import field_head, varint
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
@@ -99,7 +100,7 @@ def _raw_length(tensor: TensorProto) -> int:
     copy_fields(tensor, shell, skip=("raw_data",))
     rest = tensor.ByteSize() - shell.ByteSize() - 1
     for width in range(1, 11):
-        if len(_varint(rest - width)) == width:
+        if len(varint(rest - width)) == width:
             return rest - width
     return len(tensor.raw_data)
 
@@ -204,19 +205,6 @@ _RAW_DATA_TAG = bytes([(9 << 3) | 2])  # TensorProto.raw_data, field 9, length-d
 _FAST_DTYPES = (np.float32, np.float16, np.float64)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field_head(number: int, length: int) -> bytes:
-    return _varint((number << 3) | 2) + _varint(length)
-
-
 def _stream(model: onnx.ModelProto, tensors: list, fh, out_path: Path, external_to) -> None:
     """``model`` with ``tensors`` as its initializers, encoded into ``fh``: the model's other fields,
     then its graph (field 7) as the graph's other fields followed by one initializer field (5)
@@ -237,7 +225,7 @@ def _stream(model: onnx.ModelProto, tensors: list, fh, out_path: Path, external_
             parts.append((tensor, head, raw, 0))
         elif isinstance(tensor, NewTensor) and tensor.array.dtype.type in _FAST_DTYPES and tensor.array.dtype.isnative:
             array = np.ascontiguousarray(tensor.array)
-            shell = _serialize(_shell(tensor), out_path) + _RAW_DATA_TAG + _varint(array.nbytes)
+            shell = _serialize(_shell(tensor), out_path) + _RAW_DATA_TAG + varint(array.nbytes)
             parts.append((tensor, shell, memoryview(array).cast("B"), array.nbytes))
         else:
             proto = tensor.proto() if isinstance(tensor, NewTensor) else tensor
@@ -246,11 +234,11 @@ def _stream(model: onnx.ModelProto, tensors: list, fh, out_path: Path, external_
     fields = []
     for _tensor, head, _payload, size in parts:
         inner = size + (len(head) if head is not None else 0)
-        fields.append(_field_head(5, inner))
+        fields.append(field_head(5, inner))
     graph_size = len(graph_head) + sum(len(f) for f in fields) + sum(
         size + (len(head) if head is not None else 0) for _, head, _, size in parts)
     fh.write(_serialize(top, out_path))
-    fh.write(_field_head(7, graph_size))
+    fh.write(field_head(7, graph_size))
     fh.write(graph_head)
     for field, (tensor, head, payload, size) in zip(fields, parts):
         fh.write(field)

@@ -15,6 +15,7 @@ import torch
 from ...lsuv.account import check_strict, rename_layer
 from ..registry import get_format
 from .read import graph_of, prepare_inputs, read_script, set_training
+from .write import extra_params
 
 
 def _positional(graph, batch: Any, kwargs: dict | None) -> list[torch.Tensor]:
@@ -83,13 +84,7 @@ def _copy_back(graph) -> None:
         layer = graph.module.get_submodule(target.module_path)
         weight_path, bias_path = target.binding
         pairs = [(params[weight_path], layer.weight)]
-        pairs += [(params[path], layer.get_parameter(attr)) for attr, path in _extra_params(graph, target).items()] + ([(params[bias_path], layer.bias)] if bias_path else [])
+        pairs += [(params[path], layer.get_parameter(attr)) for attr, path in extra_params(graph, target).items()] + ([(params[bias_path], layer.bias)] if bias_path else [])
         for dest, value in pairs:
             if dest.data_ptr() != value.data_ptr() or dest.device != value.device:
                 dest.copy_(value.detach().to(dest.device, dest.dtype))
-
-
-def _extra_params(graph, target) -> dict[str, str]:
-    """Parameters a target holds besides weight and bias (an attention's out_proj): attribute -> path."""
-    calls = graph.state.program.layers.get(target.module_path, [])
-    return dict(calls[0].extra_params) if calls else {}

@@ -31,7 +31,7 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
         layer = graph.module.get_submodule(target.module_path)
         weight_path, bias_path = target.binding
         pairs = [(params[weight_path], layer.weight)]
-        pairs += [(params[path], layer.get_parameter(attr)) for attr, path in _extra_params(graph, target).items()]
+        pairs += [(params[path], layer.get_parameter(attr)) for attr, path in extra_params(graph, target).items()]
         if bias_path is not None:
             pairs.append((params[bias_path], layer.bias))
         if not all(all_finite(value) for _, value in pairs):
@@ -53,7 +53,7 @@ def save_script(graph: ModelGraph, out_path: Path) -> None:
         set_training(module, {name: False for name in state.training})
 
 
-def _extra_params(graph, target) -> dict[str, str]:
+def extra_params(graph, target) -> dict[str, str]:
     """Parameters a target holds besides weight and bias (an attention's out_proj): attribute -> path."""
     calls = graph.state.program.layers.get(target.module_path, [])
     return dict(calls[0].extra_params) if calls else {}
